@@ -1,0 +1,33 @@
+"""Helpers shared by the benchmark scripts: timing, tables and JSON output."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from bitswitch.io import atomic_write_json  # noqa: E402
+from bitswitch.results import markdown_table, run_metadata  # noqa: E402
+
+
+def timeit(fn, repeat: int = 5, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeat`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def write(out: str | None, rows: list[dict], columns: list[str], **meta) -> None:
+    """Print the table and write ``{"meta", "rows"}`` to ``out``."""
+    print(markdown_table(rows, columns))
+    if out:
+        atomic_write_json(out, {"meta": {**run_metadata(None, meta.pop("seed", 0)), **meta}, "rows": rows})
+        print(f"\nwritten: {out}")

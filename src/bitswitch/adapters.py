@@ -1,0 +1,165 @@
+"""LoRA adapters keyed by profile (or ``shared``, or per unit spec), and their safetensors files.
+
+Each wrapped module keeps its adapters by key in a ``ModuleDict`` (as peft's LoRA layers do);
+``set_profile`` activates the key a unit should use. Only the active adapter takes part in the
+forward pass, so only it gets gradients.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save
+
+from .errors import BitswitchError
+from .io import atomic_write_bytes, atomic_write_json
+from .switching import adapter_key, resolve_profile, state, unit_modules
+from .units import ROLES
+
+ADAPTER_FILE = "adapters.safetensors"
+CONFIG_FILE = "adapter_config.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class AdapterConfig:
+    """LoRA hyper-parameters (peft's names: r, lora_alpha, lora_dropout, target roles)."""
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    roles: tuple[str, ...] = field(default_factory=lambda: ROLES)
+    seed: int = 0
+
+    def __post_init__(self):
+        self.roles = tuple(self.roles)
+        if self.r < 1:
+            raise BitswitchError(f"LoRA rank r={self.r} must be at least 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise BitswitchError(f"LoRA dropout {self.dropout} must be in [0, 1)")
+        bad = [r for r in self.roles if r not in (*ROLES, "head")]
+        if bad:
+            raise BitswitchError(f"unknown adapter role(s) {bad}: use {', '.join(ROLES)} or head")
+
+
+def _role(unit: str) -> str:
+    return unit.split(".", 1)[1] if "." in unit else unit
+
+
+def add_adapters(model, profiles, cfg: AdapterConfig = AdapterConfig()) -> list[str]:
+    """Create the adapters that ``profiles`` will use under the model's keying; returns the new keys.
+
+    Initialisation is seeded per (module, key), so it does not depend on creation order.
+    """
+    st = state(model)
+    st.adapter_config = cfg
+    created = set()
+    for profile in profiles:
+        prof, table = resolve_profile(model, profile)
+        for unit, name, mod in unit_modules(model):
+            if _role(unit) not in cfg.roles:
+                continue
+            key = adapter_key(st.keying, prof, table[unit])
+            if key in mod.adapters:
+                continue
+            gen = torch.Generator().manual_seed(cfg.seed + zlib.crc32(f"{name}/{key}".encode()))
+            mod.add_adapter(key, cfg.r, cfg.alpha, cfg.dropout, gen)
+            created.add(key)
+    st.profile = None  # the next set_profile picks the new adapters up
+    return sorted(created)
+
+
+def adapter_parameters(model, key: str | None = None):
+    """Adapter parameters (all, or one key's)."""
+    for _, _, mod in unit_modules(model):
+        for k, ad in mod.adapters.items():
+            if key is None or k == key:
+                yield from ad.parameters()
+
+
+def freeze_base(model) -> None:
+    """Freeze everything but the adapters (LoRA training)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in adapter_parameters(model):
+        p.requires_grad_(True)
+
+
+def adapter_state_dict(model) -> dict[str, torch.Tensor]:
+    """Adapters and calibrated observers as ``{"<module>::<key>::lora_A": tensor, ...}``."""
+    out = {}
+    for _, name, mod in unit_modules(model):
+        for key, ad in mod.adapters.items():
+            out[f"{name}::{key}::lora_A"] = ad.lora_A.detach().float().cpu().contiguous()
+            out[f"{name}::{key}::lora_B"] = ad.lora_B.detach().float().cpu().contiguous()
+        for key, obs in mod.observers.items():
+            if obs.calibrated:
+                out[f"{name}::obs::{key}"] = torch.stack([obs.min_val, obs.max_val]).detach().float().cpu()
+    return out
+
+
+def save_adapters(model, directory: str | Path, profiles=()) -> Path:
+    """Write ``adapters.safetensors`` and ``adapter_config.json`` (config, keying, options and the
+    resolved per-unit table of each profile in ``profiles``) atomically into ``directory``."""
+    st = state(model)
+    cfg = st.adapter_config or AdapterConfig()
+    directory = Path(directory)
+    tables = {}
+    for p in profiles:
+        prof, table = resolve_profile(model, p)
+        tables[prof.name] = {u: prec.spec for u, prec in table.items()}
+    atomic_write_bytes(directory / ADAPTER_FILE, save(adapter_state_dict(model), metadata={"format": "bitswitch"}))
+    atomic_write_json(directory / CONFIG_FILE, {
+        "format_version": FORMAT_VERSION, "keying": st.keying, "adapter": asdict(cfg),
+        "options": asdict(st.options), "profiles": tables})
+    return directory
+
+
+def read_adapter_config(directory: str | Path) -> dict:
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file() or not (Path(directory) / ADAPTER_FILE).is_file():
+        raise BitswitchError(f"adapter directory {str(directory)!r} lacks {CONFIG_FILE} or {ADAPTER_FILE}: "
+                             "pass a directory written by bitswitch train or save_adapters")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BitswitchError(f"{path} is not valid JSON ({exc}): re-save the adapters") from exc
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise BitswitchError(f"{path} has format_version {meta.get('format_version')!r}; this bitswitch "
+                             f"reads version {FORMAT_VERSION}")
+    return meta
+
+
+def load_adapters(model, directory: str | Path) -> dict:
+    """Recreate and load the adapters (and observers) saved by :func:`save_adapters`; returns the config."""
+    meta = read_adapter_config(directory)
+    st = state(model)
+    if meta["keying"] != st.keying:
+        raise BitswitchError(f"adapters in {str(directory)!r} are keyed by {meta['keying']!r} but the model by "
+                             f"{st.keying!r}: make the model switchable with keying={meta['keying']!r}")
+    cfg = AdapterConfig(**meta["adapter"])
+    st.adapter_config = cfg
+    tensors = load_file(str(Path(directory) / ADAPTER_FILE))
+    mods = {name: mod for _, name, mod in unit_modules(model)}
+    for full, tensor in tensors.items():
+        name, key, part = full.split("::")
+        if name not in mods:
+            raise BitswitchError(f"adapter tensor {full!r} names a module the model lacks: load the adapters "
+                                 "into the model they were trained on")
+        mod = mods[name]
+        if key == "obs":
+            obs = mod.observers[part] if part in mod.observers else None
+            if obs is None:
+                mod.observer_key = part
+                obs = mod.observer(create=True)
+            obs.min_val.copy_(tensor[0]), obs.max_val.copy_(tensor[1]), obs.count.fill_(1)
+            continue
+        if key not in mod.adapters:
+            mod.add_adapter(key, cfg.r, cfg.alpha, cfg.dropout)
+        getattr(mod.adapters[key], part).data.copy_(tensor)
+    st.profile = None
+    return meta

@@ -1,0 +1,132 @@
+"""The ``bitswitch`` command line: parses arguments and calls library functions, nothing more.
+
+User errors (``BitswitchError``, bad arguments) print one line on stderr and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import BitswitchError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse would print the usage block too)
+        raise BitswitchError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _quant_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("quantizers")
+    g.add_argument("--act-mode", choices=["token", "tensor"], default="token",
+                   help="activations: per-token dynamic (default) or per-tensor static (calibrated)")
+    g.add_argument("--group-size", type=int, default=None, help="weight group size (default: per channel)")
+    g.add_argument("--weight-asym", action="store_true", help="asymmetric weight quantization")
+    g.add_argument("--act-sym", action="store_true", help="symmetric activation quantization")
+    g.add_argument("--quantizer", choices=["uniform", "log"], default="uniform")
+
+
+def _options(a):
+    from .profiles import QuantOptions
+
+    if a.group_size is not None and a.group_size < 1:
+        raise BitswitchError(f"--group-size must be a positive number of input columns, got {a.group_size}")
+    return QuantOptions(weight_symmetric=not a.weight_asym, group_size=a.group_size, act_mode=a.act_mode,
+                        act_symmetric=a.act_sym, method=a.quantizer)
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="hub id, local dir, smollm2-135m, tiny-gpt2, tiny-llama")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="bitswitch", description="Switchable-precision quantization of causal LMs.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    ev = sub.add_parser("eval", help="evaluate profiles: wikitext perplexity, SQuAD EM/F1, lm-eval tasks")
+    _model_args(ev)
+    ev.add_argument("--task", required=True, help="wikitext | squad | lm-eval:TASK[,TASK...]")
+    ev.add_argument("--data", default=None, help="file, directory or hub name (wikitext, squad)")
+    ev.add_argument("--profiles", nargs="+", default=["fp"], help="profiles (names, rules or files)")
+    ev.add_argument("--adapters", default=None, help="adapter directory written by bitswitch train")
+    ev.add_argument("--out", required=True, help="output directory (results.json, results.md)")
+    ev.add_argument("--max-tokens", type=int, default=None, help="wikitext: first N tokens only")
+    ev.add_argument("--window", type=int, default=1024, help="wikitext: window length in tokens")
+    ev.add_argument("--stride", type=int, default=None, help="wikitext: window stride (default: window)")
+    ev.add_argument("--limit", type=int, default=None, help="squad / lm-eval: first N examples")
+    ev.add_argument("--shots", type=int, default=0, help="squad: k-shot examples per prompt")
+    ev.add_argument("--shots-data", default=None, help="squad: where k-shot examples come from")
+    ev.add_argument("--template", default=None, help="squad: prompt template with {context} and {question}")
+    ev.add_argument("--chat", action="store_true", help="squad: wrap prompts in the chat template")
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--max-new-tokens", type=int, default=32)
+    ev.add_argument("--calib-batches", type=int, default=4, help="batches for static activation ranges")
+    _quant_args(ev)
+
+    pr = sub.add_parser("profiles", help="show a profile's per-unit table and weight bytes")
+    _model_args(pr)
+    pr.add_argument("--profile", required=True)
+    pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _quant_args(pr)
+    return parser
+
+
+def _cmd_eval(a, argv) -> int:
+    from .evaluate.config import EvalConfig
+    from .evaluate.runner import run_eval
+
+    cfg = EvalConfig(model=a.model, task=a.task, profiles=a.profiles, out=a.out, data=a.data,
+                     adapters=a.adapters, device=a.device, dtype=a.dtype, seed=a.seed,
+                     options=_options(a), max_tokens=a.max_tokens, window=a.window, stride=a.stride,
+                     limit=a.limit, shots=a.shots, shots_data=a.shots_data, template=a.template,
+                     chat=a.chat, batch_size=a.batch_size, max_new_tokens=a.max_new_tokens,
+                     calib_batches=a.calib_batches)
+    results = run_eval(cfg, argv, log=lambda m: print(m, file=sys.stderr))
+    print(results["table"])
+    print(f"\nresults: {a.out}/results.json" + "".join(f"\nplot: {p}" for p in results.get("artifacts", [])))
+    return 0
+
+
+def _cmd_profiles(a, argv) -> int:
+    from .accounting import profile_report
+    from .models import load_model
+    from .results import markdown_table
+    from .switching import make_switchable
+
+    model, _ = load_model(a.model, device=a.device, dtype=a.dtype, seed=a.seed)
+    make_switchable(model, _options(a))
+    rep = profile_report(model, a.profile)
+    if a.json:
+        print(json.dumps(rep, indent=2))
+        return 0
+    print(markdown_table(rep["units"], ["name", "module", "w_bits", "group_size", "a_bits", "params"]))
+    mib = 1024 * 1024
+    print(f"\nprofile {rep['profile']!r}: average weight bits {rep['avg_w_bits']:.3f}; weight bytes "
+          f"{rep['weight_bytes']:,} ({rep['weight_bytes'] / mib:.2f} MiB) against fp16 "
+          f"{rep['fp16_weight_bytes']:,} ({rep['weight_bytes'] / rep['fp16_weight_bytes']:.1%}) and fp32 "
+          f"{rep['fp32_weight_bytes']:,} ({rep['weight_bytes'] / rep['fp32_weight_bytes']:.1%})")
+    return 0
+
+
+COMMANDS = {"eval": _cmd_eval, "profiles": _cmd_profiles}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args, argv)
+    except BitswitchError as exc:
+        print(f"bitswitch: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bitswitch: interrupted; results written so far are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Evaluation data: loaders and prompt builders."""

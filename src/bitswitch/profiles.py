@@ -1,0 +1,196 @@
+"""The profile grammar: parse, resolve to a per-unit table, byte accounting.
+
+Grammar (later rules override earlier ones)::
+
+    profile  := rule (';' rule)*
+    rule     := [selector '='] spec
+    spec     := 'fp' | 'w' (BITS | 'fp') ['g' GROUP] ['a' (BITS | 'fp')]
+    selector := fnmatch glob over unit names (L11.attn_in, L*.mlp_*, L[0-5].*, head)
+
+``w8a8``: 8-bit weights, 8-bit activations; ``w4`` / ``w4afp``: weights only; ``w4g32a8``: 4-bit
+weights in groups of 32 input columns (an extension of the base grammar); ``wfpa8``: activations only.
+A rule without a selector applies to the block units (``L*``), never to ``head``. A profile may
+also be a JSON/YAML file mapping selectors to specs, or a built-in name (``fp``, ``w8a8``, ...).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import BitswitchError
+from .quant.config import ACT_BITS, WEIGHT_BITS, ActQuant, UnitPrecision, WeightQuant
+
+BUILTIN = ("fp", "w8a8", "w6a8", "w4a8", "w4a16", "w8a16")
+_SPEC = re.compile(r"^(?:fp|w(?P<w>\d+|fp)(?:g(?P<g>\d+))?(?:a(?P<a>\d+|fp))?)$")
+_KEY_OK = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    """How bits become quantizers; the same for every unit of a profile."""
+
+    weight_symmetric: bool = True
+    group_size: int | None = None       # default weight group size (None = per output channel)
+    act_mode: str = "token"              # token (dynamic) | tensor (static, needs calibration)
+    act_symmetric: bool = False
+    method: str = "uniform"              # uniform | log
+
+    def precision(self, w_bits: int | None, group: int | None, a_bits: int | None) -> UnitPrecision:
+        weight = act = None
+        if w_bits is not None:
+            weight = WeightQuant(w_bits, group or self.group_size, self.weight_symmetric, self.method)
+        if a_bits is not None:
+            act = ActQuant(a_bits, self.act_mode, self.act_symmetric or self.method == "log", self.method)
+        return UnitPrecision(weight, act)
+
+
+@dataclass(frozen=True)
+class Rule:
+    selector: str | None
+    w_bits: int | None
+    group: int | None
+    a_bits: int | None
+    text: str
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A parsed profile: a name (what adapters are keyed by) and its rules."""
+
+    name: str
+    rules: tuple[Rule, ...] = field(default_factory=tuple)
+
+    @property
+    def key(self) -> str:
+        return safe_key(self.name)
+
+
+def safe_key(name: str) -> str:
+    """A module-dict-safe key for a profile name (``w8a8`` stays ``w8a8``)."""
+    if _KEY_OK.match(name):
+        return name
+    cleaned = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")[:40]
+    return f"{cleaned}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
+def parse_spec(spec: str, context: str) -> tuple[int | None, int | None, int | None]:
+    """``'w4g32a8'`` -> (4, 32, 8); ``'fp'`` -> (None, None, None)."""
+    s = spec.strip()
+    m = _SPEC.match(s)
+    if not m:
+        raise BitswitchError(f"unparsable spec {s!r} in profile {context!r}: use fp, wB, wBaB or wBgNaB "
+                             "(e.g. w8a8, w4a16, w4, w4g32a8)")
+    if s == "fp":
+        return None, None, None
+    w = None if m["w"] == "fp" else int(m["w"])
+    a = None if m["a"] in (None, "fp") else int(m["a"])
+    g = int(m["g"]) if m["g"] else None
+    if w is not None and w not in WEIGHT_BITS:
+        raise BitswitchError(f"weight bits {w} out of range in {s!r} of profile {context!r}: use 2-8 or 16")
+    if a is not None and a not in ACT_BITS:
+        raise BitswitchError(f"activation bits {a} out of range in {s!r} of profile {context!r}: use 4-16")
+    if g is not None and (g < 1 or w is None):
+        raise BitswitchError(f"group size in {s!r} of profile {context!r} needs weight bits and a positive size")
+    return w, g, a
+
+
+def _rule(selector: str | None, spec: str, context: str) -> Rule:
+    if selector is not None and not selector.strip():
+        raise BitswitchError(f"empty selector in profile {context!r}: write SELECTOR=SPEC, e.g. L0.*=fp")
+    return Rule(selector.strip() if selector else None, *parse_spec(spec, context), text=spec.strip())
+
+
+def parse_profile(text: str) -> Profile:
+    """Parse a profile string, a built-in name, or a JSON/YAML file of ``{selector: spec}``."""
+    if not isinstance(text, str) or not text.strip():
+        raise BitswitchError("empty profile: use a built-in name (fp, w8a8, w6a8, w4a8, w4a16, w8a16), "
+                             "a rule list like 'w8a8;L0.*=fp' or a JSON/YAML file")
+    text = text.strip()
+    path = Path(text)
+    if path.suffix.lower() in (".json", ".yaml", ".yml"):
+        return _parse_file(path)
+    rules = []
+    for part in text.split(";"):
+        if not part.strip():
+            raise BitswitchError(f"empty rule in profile {text!r}: remove the stray ';'")
+        selector, eq, spec = part.rpartition("=")
+        rules.append(_rule(selector if eq else None, spec, text))
+    return Profile(text, tuple(rules))
+
+
+def _parse_file(path: Path) -> Profile:
+    if not path.is_file():
+        raise BitswitchError(f"profile file {str(path)!r} does not exist: pass an existing JSON/YAML file")
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(path.read_text())
+        else:
+            import yaml
+
+            data = yaml.safe_load(path.read_text())
+    except Exception as exc:  # noqa: BLE001 - any parse failure is the file's fault
+        raise BitswitchError(f"profile file {str(path)!r} cannot be parsed ({str(exc).splitlines()[0]}): "
+                             "write a mapping of selector to spec") from exc
+    if isinstance(data, dict) and isinstance(data.get("profile"), dict):  # files written by `search`
+        data = data["profile"]
+    if not isinstance(data, dict) or not data:
+        raise BitswitchError(f"profile file {str(path)!r} must map selectors to specs, e.g. "
+                             '{"L*": "w8a8", "L0.*": "fp"}')
+    rules = tuple(_rule(None if str(k) == "default" else str(k), str(v), str(path)) for k, v in data.items())
+    return Profile(path.stem, rules)
+
+
+def resolve(profile: Profile | str, unit_names, options: QuantOptions = QuantOptions()) -> dict[str, UnitPrecision]:
+    """Per-unit table ``{unit: UnitPrecision}`` for every name in ``unit_names`` (fp where no rule applies)."""
+    if isinstance(profile, str):
+        profile = parse_profile(profile)
+    names = list(unit_names)
+    table = {n: UnitPrecision() for n in names}
+    blocks = [n for n in names if n.startswith("L")]
+    for rule in profile.rules:
+        matched = blocks if rule.selector is None else fnmatch.filter(names, rule.selector)
+        if not matched:
+            raise BitswitchError(f"selector {rule.selector!r} in profile {profile.name!r} matches no unit: "
+                                 f"units are L0..L{_max_layer(names)}.{{attn_in,attn_out,mlp_in,mlp_out}} and head")
+        try:
+            prec = options.precision(rule.w_bits, rule.group, rule.a_bits)
+        except ValueError as exc:
+            raise BitswitchError(f"{exc} in rule {rule.text!r} of profile {profile.name!r}") from exc
+        for n in matched:
+            table[n] = prec
+    return table
+
+
+def _max_layer(names) -> int:
+    layers = [int(n[1:].split(".")[0]) for n in names if n.startswith("L")]
+    return max(layers) if layers else 0
+
+
+def table_to_string(table: dict[str, UnitPrecision]) -> str:
+    """The profile grammar for a per-unit table, shortest first rule = the most common spec."""
+    specs = {n: p.spec for n, p in table.items()}
+    block = [s for n, s in specs.items() if n.startswith("L")]
+    common = max(set(block), key=block.count) if block else "fp"
+    rules = [common] + [f"{n}={s}" for n, s in specs.items()
+                        if (s != common if n.startswith("L") else s != "fp")]
+    return ";".join(rules)
+
+
+# -- byte accounting ------------------------------------------------------------------------------
+
+def quantized_tensor_bytes(out_features: int, in_features: int, cfg: WeightQuant) -> dict[str, int]:
+    """Bytes of one weight (out, in) stored at ``cfg``: densely packed codes, scales, zero points.
+
+    Scales are fp16 for bits <= 8 and fp32 for 16 bits; asymmetric zero points take ceil(bits/8)
+    bytes per group. This is exactly what ``bitswitch export`` writes.
+    """
+    groups = out_features * (1 if cfg.group_size is None else in_features // cfg.group_size)
+    return {"codes": math.ceil(out_features * in_features * cfg.bits / 8),
+            "scales": groups * (2 if cfg.bits <= 8 else 4),
+            "zeros": 0 if cfg.symmetric else groups * math.ceil(cfg.bits / 8)}

@@ -1,0 +1,86 @@
+"""Validated, hashable quantization configs (kept apart from the modules that use them).
+
+A :class:`UnitPrecision` is what one unit runs at: a weight quantizer and an activation quantizer,
+each ``None`` for "left in floating point". Configs are frozen dataclasses so that a
+:class:`WeightQuant` can key the fake-quantized weight cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+WEIGHT_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
+ACT_BITS = tuple(range(4, 17))
+METHODS = ("uniform", "log")
+ACT_MODES = ("token", "tensor")
+
+
+@dataclass(frozen=True)
+class WeightQuant:
+    """Weight fake quantization.
+
+    bits: 2-8 or 16. group_size: None = one scale per output channel, N = one per N input columns.
+    symmetric: zero point fixed at 0 (codes in [-(2^(b-1)-1), 2^(b-1)-1]) or asymmetric
+    (codes in [0, 2^b-1] with a zero point). method: ``uniform`` or ``log`` (powers of two).
+    """
+
+    bits: int
+    group_size: int | None = None
+    symmetric: bool = True
+    method: str = "uniform"
+
+    def __post_init__(self):
+        if self.bits not in WEIGHT_BITS:
+            raise ValueError(f"weight bits must be 2-8 or 16, got {self.bits}")
+        if self.group_size is not None and self.group_size < 1:
+            raise ValueError(f"group size must be a positive number of input columns, got {self.group_size}")
+        if self.method not in METHODS:
+            raise ValueError(f"quantizer method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method == "log" and not self.symmetric:
+            raise ValueError("the log quantizer is symmetric (sign + power-of-two magnitude)")
+
+
+@dataclass(frozen=True)
+class ActQuant:
+    """Activation (unit input) fake quantization.
+
+    mode ``token``: dynamic, one range per token (last dim), nothing to calibrate.
+    mode ``tensor``: static, one range per tensor from an EMA observer filled by calibration.
+    """
+
+    bits: int
+    mode: str = "token"
+    symmetric: bool = False
+    method: str = "uniform"
+
+    def __post_init__(self):
+        if self.bits not in ACT_BITS:
+            raise ValueError(f"activation bits must be 4-16, got {self.bits}")
+        if self.mode not in ACT_MODES:
+            raise ValueError(f"activation mode must be one of {', '.join(ACT_MODES)}, got {self.mode!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"quantizer method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method == "log" and not self.symmetric:
+            raise ValueError("the log quantizer is symmetric (sign + power-of-two magnitude)")
+
+
+@dataclass(frozen=True)
+class UnitPrecision:
+    """What one unit runs at; ``None`` parts are left in floating point."""
+
+    weight: WeightQuant | None = None
+    act: ActQuant | None = None
+
+    @property
+    def is_fp(self) -> bool:
+        return self.weight is None and self.act is None
+
+    @property
+    def spec(self) -> str:
+        """The profile-grammar spelling: ``fp``, ``w8a8``, ``w4g32a8``, ``w4`` (weights only)."""
+        if self.is_fp:
+            return "fp"
+        w = "w" + ("fp" if self.weight is None else str(self.weight.bits))
+        if self.weight is not None and self.weight.group_size:
+            w += f"g{self.weight.group_size}"
+        return w + (f"a{self.act.bits}" if self.act is not None else "")

@@ -1,0 +1,104 @@
+"""QuantLinear: wraps a base linear layer (``nn.Linear`` or transformers' ``Conv1D``) with
+switchable fake quantization and LoRA adapters kept by key.
+
+Precision is module state (``precision``, ``active_adapter``, ``observer_key``), set from outside by
+``bitswitch.set_profile``; ``forward`` takes only the input. With no precision and no active
+adapter the wrapper calls the base layer itself, so the output is bitwise the unwrapped model's.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import UnitPrecision, WeightQuant
+from .functional import fake_quantize_act, fake_quantize_weight
+from .lora import LoraAdapter
+from .observers import EMAObserver
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """transformers' Conv1D (GPT-2): a linear layer whose weight is stored (in, out)."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
+class QuantLinear(nn.Module):
+    def __init__(self, base: nn.Module):
+        super().__init__()
+        if not (isinstance(base, nn.Linear) or is_conv1d(base)):
+            raise TypeError(f"QuantLinear wraps nn.Linear or Conv1D, got {type(base).__name__}")
+        self.base = base
+        self.conv1d = is_conv1d(base)
+        w = base.weight
+        self.out_features, self.in_features = (w.shape[1], w.shape[0]) if self.conv1d else w.shape
+        self.adapters = nn.ModuleDict()
+        self.observers = nn.ModuleDict()
+        self.precision: UnitPrecision | None = None
+        self.active_adapter: str | None = None
+        self.observer_key: str = "default"
+        self.calibrating = False
+        # WeightQuant -> (weight version, data_ptr, fake-quantized weight (out, in)); a plain dict so
+        # it is never saved, and shared by every profile that uses the same weight quantizer.
+        self._wcache: dict[WeightQuant, tuple[int, int, Tensor]] = {}
+
+    # -- weights ---------------------------------------------------------------------------------
+    def weight_out_in(self) -> Tensor:
+        """The base weight as (out, in) (a view for Conv1D)."""
+        w = self.base.weight
+        return w.t() if self.conv1d else w
+
+    def quantized_weight(self, cfg: WeightQuant) -> Tensor:
+        """Fake-quantized weight (out, in), computed once per quantizer while the weight is unchanged."""
+        w = self.base.weight
+        if w.requires_grad and torch.is_grad_enabled():  # full QAT of the base weight: STE, no cache
+            wt = self.weight_out_in()
+            return wt + (fake_quantize_weight(wt, cfg) - wt).detach()
+        hit = self._wcache.get(cfg)
+        key = (w._version, w.data_ptr())
+        if hit is None or hit[:2] != key:
+            hit = (*key, fake_quantize_weight(self.weight_out_in(), cfg).contiguous())
+            self._wcache[cfg] = hit
+        return hit[2]
+
+    def clear_cache(self) -> None:
+        self._wcache.clear()
+
+    # -- adapters --------------------------------------------------------------------------------
+    def add_adapter(self, key: str, r: int, alpha: float, dropout: float,
+                    generator: torch.Generator | None = None) -> None:
+        adapter = LoraAdapter(self.in_features, self.out_features, r, alpha, dropout, generator)
+        self.adapters[key] = adapter.to(self.base.weight.device)
+
+    # -- static activation ranges ----------------------------------------------------------------
+    def observer(self, create: bool = False) -> EMAObserver | None:
+        if self.observer_key not in self.observers and create:
+            self.observers[self.observer_key] = EMAObserver().to(self.base.weight.device)
+        return self.observers[self.observer_key] if self.observer_key in self.observers else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (..., in) -> (..., out)."""
+        p = self.precision
+        if self.calibrating:
+            self.observer(create=True).observe(x)
+        if p is None or p.is_fp:
+            y = self.base(x)
+        else:
+            xq = x
+            if p.act is not None and not self.calibrating:
+                obs = self.observer() if p.act.mode == "tensor" else None
+                if p.act.mode == "tensor" and (obs is None or not obs.calibrated):
+                    raise RuntimeError(f"static activation ranges for profile {self.observer_key!r} are "
+                                       "not calibrated: run bitswitch.calibrate(model, batches) first")
+                xq = fake_quantize_act(x, p.act, obs.range() if obs is not None else None)
+            if p.weight is None:
+                y = self.base(xq)
+            else:
+                y = F.linear(xq, self.quantized_weight(p.weight), self.base.bias)
+        if self.active_adapter is not None:
+            y = y + self.adapters[self.active_adapter](x).to(y.dtype)
+        return y
+
+    def extra_repr(self) -> str:
+        spec = "fp" if self.precision is None else self.precision.spec
+        return f"{self.in_features}->{self.out_features}, {spec}, adapter={self.active_adapter}"

@@ -1,0 +1,50 @@
+"""Results records: run metadata, markdown tables, peak memory."""
+
+from __future__ import annotations
+
+import platform
+import resource
+import shlex
+import sys
+import time
+
+
+def versions() -> dict[str, str]:
+    import peft
+    import torch
+    import transformers
+
+    from . import __version__
+
+    return {"bitswitch": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__}
+
+
+def run_metadata(argv: list[str] | None, seed: int, **extra) -> dict:
+    """What reproduces a results file: the command, the versions, the seed, when and where."""
+    cmd = "bitswitch " + shlex.join(argv) if argv is not None else shlex.join(sys.argv)
+    return {"command": cmd, "seed": seed, "versions": versions(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(), **extra}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    return str(v)
+
+
+def markdown_table(records: list[dict], columns: list[str]) -> str:
+    head = "| " + " | ".join(columns) + " |"
+    sep = "|" + "|".join("---" for _ in columns) + "|"
+    rows = ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in records]
+    return "\n".join([head, sep, *rows])

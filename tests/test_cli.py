@@ -1,0 +1,69 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bitswitch.cli import main
+
+
+def _one_line_error(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("bitswitch: error:") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("profile, needle", [
+    ("w9a8", "'w9a8'"), ("w8a8;L9.*=fp", "'L9.*'"), ("w8q8", "'w8q8'"), ("w8a8;", "stray"),
+])
+def test_profile_errors_exit_2_with_one_line(capsys, profile, needle):
+    assert needle in _one_line_error(capsys, ["profiles", "--model", "tiny-gpt2", "--profile", profile])
+
+
+def test_unknown_model_and_task_and_args(capsys, tmp_path):
+    assert "no/such/model" in _one_line_error(capsys, ["profiles", "--model", "no/such/model", "--profile", "w8a8"])
+    assert "'nosuch'" in _one_line_error(capsys, ["eval", "--model", "tiny-gpt2", "--task", "nosuch",
+                                                  "--out", str(tmp_path)])
+    assert "--window" in _one_line_error(capsys, ["eval", "--model", "tiny-gpt2", "--task", "wikitext",
+                                                  "--window", "0", "--out", str(tmp_path)])
+    _one_line_error(capsys, ["profiles", "--profile", "w8a8"])          # missing --model
+    _one_line_error(capsys, ["eval", "--model", "tiny-gpt2", "--task", "wikitext", "--data",
+                             str(tmp_path / "missing.txt"), "--out", str(tmp_path)])
+
+
+def test_profiles_json(capsys):
+    assert main(["profiles", "--model", "tiny-llama", "--profile", "w4a8;L0.*=fp", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert {"units", "avg_w_bits", "weight_bytes", "fp16_weight_bytes"} <= rep.keys()
+    assert rep["units"][0] == {"name": "L0.attn_in", "module": "model.layers.0.self_attn.q_proj",
+                               "w_bits": None, "group_size": None, "a_bits": None, "params": 64 * 64}
+    assert rep["avg_w_bits"] == pytest.approx((16 * 4 + 4 * 4) / 8, rel=0.2)
+
+
+def test_eval_wikitext_writes_results_and_resumes(capsys, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog.\n" * 40)
+    argv = ["eval", "--model", "tiny-gpt2", "--task", "wikitext", "--data", str(text), "--profiles", "fp",
+            "w8a8", "w4a8", "--window", "128", "--max-tokens", "1000", "--out", str(tmp_path / "o")]
+    assert main(argv) == 0
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert [r["profile"] for r in res["records"]] == ["fp", "w8a8", "w4a8"]
+    r = res["records"][1]
+    assert {"profile", "ppl", "tokens", "avg_w_bits", "weight_bytes", "seconds"} <= r.keys()
+    assert r["tokens"] == 1000 - 8 and r["avg_w_bits"] == 8
+    assert res["command"].startswith("bitswitch eval") and res["seed"] == 0 and "torch" in res["versions"]
+    assert "| w4a8 |" in capsys.readouterr().out
+    # a rerun with the same settings reuses the records
+    assert main(argv + ["--profiles", "fp", "w6a8"]) == 0
+    res2 = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert res2["records"][0] == res["records"][0]
+    assert "already measured" in capsys.readouterr().err
+
+
+def test_console_script_error_has_no_traceback():
+    proc = subprocess.run([sys.executable, "-m", "bitswitch.cli", "profiles", "--model", "tiny-gpt2",
+                           "--profile", "L0.*=w4a3"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "'w4a3'" in proc.stderr
