@@ -136,3 +136,15 @@ def test_unsupported_model_is_refused():
     model = AutoModelForCausalLM.from_config(BloomConfig(n_layer=1, hidden_size=32, n_head=2, vocab_size=64))
     with pytest.raises(bs.BitswitchError, match="'bloom' is not supported"):
         bs.make_switchable(model)
+
+
+def test_units_share_one_quantized_input_without_changing_results(ids):
+    """Llama's q/k/v (and gate/up) quantize their common input once; results are unchanged."""
+    model, _ = bs.load_model("tiny-llama", device="cpu")
+    bs.make_switchable(model)
+    bs.set_profile(model, "w4a8")
+    with torch.no_grad():
+        shared = model(ids).logits
+        for _, _, m in bs.switching.unit_modules(model):
+            m.input_share = None
+        assert torch.equal(model(ids).logits, shared)

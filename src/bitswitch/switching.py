@@ -51,10 +51,13 @@ def make_switchable(model: nn.Module, options: QuantOptions = QuantOptions(), ke
         return model
     units = find_units(model)
     for names in units.values():
-        for name in names:
+        share = {} if len(names) > 1 else None
+        for i, name in enumerate(names):
             parent, _, child = name.rpartition(".")
             owner = model.get_submodule(parent) if parent else model
-            setattr(owner, child, QuantLinear(owner.get_submodule(child)))
+            wrapped = QuantLinear(owner.get_submodule(child))
+            wrapped.input_share, wrapped.input_share_last = share, i == len(names) - 1
+            setattr(owner, child, wrapped)
     model.bitswitch = SwitchState(units, options, keying)
     return model
 

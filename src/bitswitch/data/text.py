@@ -27,6 +27,9 @@ def load_text(source: str, split: str = "test") -> str:
         return text
     if source in HUB:
         name, config = HUB[source]
+        from ..hub import hub_reachable
+
+        hub_reachable()  # offline: read the datasets cache only, fail fast
         try:
             from datasets import load_dataset
 

@@ -28,7 +28,7 @@ class EvalConfig:
     # squad / lm-eval
     limit: int | None = None
     shots: int = 0
-    shots_data: str | None = None
+    train_data: str | None = None
     template: str | None = None
     chat: bool = False
     batch_size: int = 8

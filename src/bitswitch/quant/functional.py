@@ -50,9 +50,9 @@ def compute_qparams(xmin: Tensor, xmax: Tensor, bits: int, symmetric: bool, meth
         return _safe(amax / denom), None
     qmax = 2**bits - 1
     xmin = xmin.clamp(max=0.0)
-    xmax = xmax.clamp(min=0.0)
-    scale = _safe((xmax - xmin) / qmax)
-    zero = torch.round(-xmin / scale).clamp(0, qmax)
+    scale = (xmax.clamp(min=0.0) - xmin).div_(qmax)
+    scale.masked_fill_(scale == 0, 1.0)  # an all-zero range: any positive scale is exact
+    zero = xmin.div(scale).neg_().round_()  # in [0, qmax] since xmin <= 0 and scale >= -xmin / qmax
     return scale, zero
 
 
@@ -139,6 +139,25 @@ def act_range(x: Tensor, mode: str) -> tuple[Tensor, Tensor]:
     return lo.float(), hi.float()
 
 
+def _fake_quant(x: Tensor, scale: Tensor, zero: Tensor | None, bits: int, method: str) -> Tensor:
+    """quantize + dequantize of ``x`` in ``x``'s dtype; the uniform case in place on one buffer,
+    since this runs on every unit input at every step."""
+    xf = x.float()
+    if method == "log":
+        out = dequantize(quantize(xf, scale, zero, bits, method), scale, zero, bits, method)
+    else:
+        lo, hi = qrange(bits, zero is None)
+        out = xf / scale
+        out.round_()
+        if zero is not None:
+            out.add_(zero)
+        out.clamp_(lo, hi)
+        if zero is not None:
+            out.sub_(zero)
+        out.mul_(scale)
+    return out.to(x.dtype)
+
+
 class _FakeQuantSTE(torch.autograd.Function):
     """Fake quantization with a straight-through estimator.
 
@@ -148,11 +167,10 @@ class _FakeQuantSTE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, scale, zero, bits, method, clip):
-        xf = x.float()
-        code = quantize(xf, scale, zero, bits, method)
-        out = dequantize(code, scale, zero, bits, method).to(x.dtype)
+        out = _fake_quant(x, scale, zero, bits, method)
         ctx.clip = clip
         if clip:
+            xf = x.float()
             if method == "log":
                 mask = xf.abs() <= scale
             else:
@@ -185,4 +203,6 @@ def fake_quantize_act(x: Tensor, cfg: ActQuant, static_range: tuple[Tensor, Tens
         lo, hi = static_range
         clip = True
     scale, zero = compute_qparams(lo, hi, cfg.bits, cfg.symmetric, cfg.method)
+    if not (x.requires_grad and torch.is_grad_enabled()):  # inference: skip the autograd machinery
+        return _fake_quant(x, scale, zero, cfg.bits, cfg.method)
     return _FakeQuantSTE.apply(x, scale, zero, cfg.bits, cfg.method, clip)

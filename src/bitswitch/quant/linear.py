@@ -38,6 +38,10 @@ class QuantLinear(nn.Module):
         self.active_adapter: str | None = None
         self.observer_key: str = "default"
         self.calibrating = False
+        # Modules of one unit that read the same input (Llama's q/k/v, gate/up) share its quantized
+        # copy: the first computes it, the others reuse it, the last one lets it go.
+        self.input_share: dict | None = None
+        self.input_share_last = False
         # WeightQuant -> (weight version, data_ptr, fake-quantized weight (out, in)); a plain dict so
         # it is never saved, and shared by every profile that uses the same weight quantizer.
         self._wcache: dict[WeightQuant, tuple[int, int, Tensor]] = {}
@@ -90,7 +94,7 @@ class QuantLinear(nn.Module):
                 if p.act.mode == "tensor" and (obs is None or not obs.calibrated):
                     raise RuntimeError(f"static activation ranges for profile {self.observer_key!r} are "
                                        "not calibrated: run bitswitch.calibrate(model, batches) first")
-                xq = fake_quantize_act(x, p.act, obs.range() if obs is not None else None)
+                xq = self._quantized_input(x, p, obs)
             if p.weight is None:
                 y = self.base(xq)
             else:
@@ -98,6 +102,18 @@ class QuantLinear(nn.Module):
         if self.active_adapter is not None:
             y = y + self.adapters[self.active_adapter](x).to(y.dtype)
         return y
+
+    def _quantized_input(self, x: Tensor, p: UnitPrecision, obs: EMAObserver | None) -> Tensor:
+        share = self.input_share
+        if share is not None and share.get("x") is x and share.get("act") == p.act:
+            xq = share["xq"]
+        else:
+            xq = fake_quantize_act(x, p.act, obs.range() if obs is not None else None)
+            if share is not None:
+                share.update(x=x, act=p.act, xq=xq)
+        if share is not None and self.input_share_last:
+            share.clear()
+        return xq
 
     def extra_repr(self) -> str:
         spec = "fp" if self.precision is None else self.precision.spec

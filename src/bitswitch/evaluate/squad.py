@@ -1,0 +1,89 @@
+"""``bitswitch eval --task squad``: SQuAD v1.1 EM / F1 and answer perplexity of each profile.
+
+Every profile sees the same examples and the same prompts (encoded once in ``setup``);
+predictions are written per profile as JSONL. EM and F1 are percentages, as the official script
+reports them; ``answer_ppl`` is the teacher-forced perplexity of the first gold answer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from ..data.squad import DEFAULT_TEMPLATE, PromptConfig, encode_prompts, load_squad
+from ..errors import BitswitchError
+from ..io import atomic_write_text
+from ..plots import metric_vs_bits
+from ..profiles import safe_key
+from .config import EvalConfig
+from .generate import answer_nll, greedy_generate
+from .squad_metrics import exact_match, f1
+from .tasks import _context_length
+
+
+class SquadTask:
+    name = "squad"
+    unit = "q"
+    columns = ["profile", "em", "f1", "answer_ppl", "n", "truncated", "avg_w_bits", "weight_bytes",
+               "seconds", "questions_per_s", "peak_rss_mb"]
+
+    def __init__(self, cfg: EvalConfig):
+        self.cfg = cfg
+
+    def setup(self, model, tokenizer) -> None:
+        cfg = self.cfg
+        self._tokenizer = tokenizer
+        self.examples = load_squad(cfg.data or "squad", split="validation", limit=cfg.limit)
+        self.train = None
+        if cfg.train_data or cfg.shots:
+            if not cfg.train_data and cfg.data not in (None, "squad"):
+                raise BitswitchError(f"--shots {cfg.shots} needs --train-data (a SQuAD training file) to draw "
+                                     "examples from when --data is a local file")
+            self.train = load_squad(cfg.train_data or "squad", split="train")
+        prompt_cfg = PromptConfig(template=cfg.template or DEFAULT_TEMPLATE, shots=cfg.shots,
+                                  shot_source=self.train, seed=cfg.seed, chat=cfg.chat)
+        ctx = _context_length(model) or 2048
+        self.prompts, self.truncated = encode_prompts(tokenizer, self.examples, prompt_cfg, ctx,
+                                                      reserve=cfg.max_new_tokens)
+        self.prompt_cfg = prompt_cfg
+
+    def total(self) -> int:
+        return len(self.examples)
+
+    def calibration_batches(self):
+        """Prompts of training examples (never the evaluated ones), one batch per calibration step."""
+        if self.train is None:
+            raise BitswitchError("static activation ranges are calibrated on training examples: pass "
+                                 "--train-data (a SQuAD training file) or use --act-mode token")
+        import torch
+
+        n = self.cfg.calib_batches * self.cfg.batch_size
+        cfg = PromptConfig(template=self.prompt_cfg.template, chat=self.prompt_cfg.chat)
+        ids, _ = encode_prompts(self._tokenizer, self.train[:n], cfg, 1024, reserve=0)
+        return [torch.tensor([seq]) for seq in ids]
+
+    def evaluate(self, model, tokenizer, profile: str, out_dir, progress=None) -> dict:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        preds = greedy_generate(model, tokenizer, self.prompts, cfg.max_new_tokens, cfg.batch_size,
+                                progress=progress)
+        gen_seconds = time.perf_counter() - t0
+        nll, ntok = answer_nll(model, tokenizer, self.prompts, [ex.answers[0] for ex in self.examples],
+                               cfg.batch_size)
+        rows = []
+        for ex, pred in zip(self.examples, preds):
+            rows.append({"id": ex.id, "question": ex.question, "prediction": pred, "answers": list(ex.answers),
+                         "em": exact_match(pred, ex.answers), "f1": f1(pred, ex.answers)})
+        name = model.bitswitch.profile.name if hasattr(model, "bitswitch") else profile
+        atomic_write_text(Path(out_dir) / f"predictions-{safe_key(name)}.jsonl",
+                          "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        n = len(rows)
+        return {"em": 100 * sum(r["em"] for r in rows) / n, "f1": 100 * sum(r["f1"] for r in rows) / n,
+                "answer_ppl": math.exp(nll / max(ntok, 1)), "n": n, "truncated": self.truncated,
+                "questions_per_s": n / gen_seconds}
+
+    def finish(self, records, out_dir) -> list[str]:
+        return [metric_vs_bits(records, ["em", "f1"], Path(out_dir) / "squad.png",
+                               f"SQuAD v1.1 ({records[0]['n'] if records else 0} questions)")]
