@@ -134,6 +134,28 @@ def read_adapter_config(directory: str | Path) -> dict:
     return meta
 
 
+def load_adapter_state_dict(model, tensors: dict[str, torch.Tensor], cfg: AdapterConfig | None = None) -> None:
+    """Inverse of :func:`adapter_state_dict`: copy tensors into (new, if needed) adapters and observers."""
+    cfg = cfg or state(model).adapter_config or AdapterConfig()
+    mods = {name: mod for _, name, mod in unit_modules(model)}
+    for full, tensor in tensors.items():
+        name, key, part = full.split("::")
+        if name not in mods:
+            raise BitswitchError(f"adapter tensor {full!r} names a module the model lacks: load the adapters "
+                                 "into the model they were trained on")
+        mod = mods[name]
+        if key == "obs":
+            if part not in mod.observers:
+                mod.observer_key = part
+                mod.observer(create=True)
+            obs = mod.observers[part]
+            obs.min_val.copy_(tensor[0]), obs.max_val.copy_(tensor[1]), obs.count.fill_(1)
+            continue
+        if key not in mod.adapters:
+            mod.add_adapter(key, cfg.r, cfg.alpha, cfg.dropout)
+        getattr(mod.adapters[key], part).data.copy_(tensor)
+
+
 def load_adapters(model, directory: str | Path) -> dict:
     """Recreate and load the adapters (and observers) saved by :func:`save_adapters`; returns the config."""
     meta = read_adapter_config(directory)
@@ -143,23 +165,6 @@ def load_adapters(model, directory: str | Path) -> dict:
                              f"{st.keying!r}: make the model switchable with keying={meta['keying']!r}")
     cfg = AdapterConfig(**meta["adapter"])
     st.adapter_config = cfg
-    tensors = load_file(str(Path(directory) / ADAPTER_FILE))
-    mods = {name: mod for _, name, mod in unit_modules(model)}
-    for full, tensor in tensors.items():
-        name, key, part = full.split("::")
-        if name not in mods:
-            raise BitswitchError(f"adapter tensor {full!r} names a module the model lacks: load the adapters "
-                                 "into the model they were trained on")
-        mod = mods[name]
-        if key == "obs":
-            obs = mod.observers[part] if part in mod.observers else None
-            if obs is None:
-                mod.observer_key = part
-                obs = mod.observer(create=True)
-            obs.min_val.copy_(tensor[0]), obs.max_val.copy_(tensor[1]), obs.count.fill_(1)
-            continue
-        if key not in mod.adapters:
-            mod.add_adapter(key, cfg.r, cfg.alpha, cfg.dropout)
-        getattr(mod.adapters[key], part).data.copy_(tensor)
+    load_adapter_state_dict(model, load_file(str(Path(directory) / ADAPTER_FILE)), cfg)
     st.profile = None
     return meta

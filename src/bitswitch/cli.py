@@ -67,6 +67,26 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--calib-batches", type=int, default=4, help="batches for static activation ranges")
     _quant_args(ev)
 
+    tr = sub.add_parser("train", help="switchable-precision QAT of LoRA adapters")
+    tr.add_argument("--config", default=None, help="YAML file of TrainConfig keys")
+    tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key (repeatable), e.g. --set distill=1.0")
+    tr.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its checkpoint")
+    for flag, kw in TRAIN_FLAGS.items():
+        tr.add_argument(flag, default=None, **kw)
+
+    de = sub.add_parser("demo", help="the main job: train switchable adapters on SQuAD, evaluate every profile")
+    de.add_argument("--model", default="smollm2-135m")
+    de.add_argument("--train-data", default="squad", help="SQuAD training file/dir (default: hub 'squad')")
+    de.add_argument("--dev-data", default="squad", help="SQuAD dev file/dir (default: hub 'squad')")
+    de.add_argument("--profiles", nargs="+", default=["fp", "w8a8", "w6a8", "w4a8"])
+    de.add_argument("--steps", type=int, default=60)
+    de.add_argument("--batch-size", type=int, default=8)
+    de.add_argument("--lr", type=float, default=1e-3)
+    de.add_argument("--eval-limit", type=int, default=50, help="dev questions to evaluate")
+    de.add_argument("--device", default="auto")
+    de.add_argument("--out", default="runs/demo")
+
     pr = sub.add_parser("profiles", help="show a profile's per-unit table and weight bytes")
     _model_args(pr)
     pr.add_argument("--profile", required=True)
@@ -91,6 +111,61 @@ def _cmd_eval(a, argv) -> int:
     return 0
 
 
+# train flags that map 1:1 onto TrainConfig keys (None = not given, the config file decides)
+TRAIN_FLAGS = {
+    "--model": {}, "--data": {}, "--task": {}, "--profiles": {"nargs": "+"}, "--schedule": {},
+    "--keying": {}, "--steps": {"type": int}, "--batch-size": {"type": int}, "--lr": {"type": float},
+    "--seed": {"type": int}, "--save-every": {"type": int}, "--out": {}, "--device": {}, "--dtype": {},
+    "--max-batch-tokens": {"type": int}, "--limit": {"type": int},
+    "--checkpointing": {"action": "store_const", "const": True},
+}
+
+
+def _cmd_train(a, argv) -> int:
+    from pathlib import Path
+
+    from .train.config import TrainConfig
+    from .train.trainer import train
+
+    overrides = {}
+    for flag in TRAIN_FLAGS:
+        value = getattr(a, flag[2:].replace("-", "_"))
+        if value is not None:
+            overrides[flag[2:].replace("-", "_")] = value
+    config = a.config
+    if a.resume:
+        config = str(Path(a.resume) / "config.yaml")
+        if not Path(config).is_file():
+            raise BitswitchError(f"--resume {a.resume!r} has no config.yaml: pass the --out directory of a run")
+        overrides["out"] = a.resume
+    for item in a.overrides:   # --set wins over the flags
+        overrides.update(_parse_set(item))
+    cfg = TrainConfig.load(config, overrides)
+    summary = train(cfg, argv, resume=bool(a.resume), log=lambda m: print(m, file=sys.stderr))
+    print(f"trained {summary['steps']} steps; adapters: {summary['adapters']}; metrics: {cfg.out}/metrics.jsonl")
+    return 0
+
+
+def _parse_set(item: str) -> dict:
+    import yaml
+
+    key, eq, value = item.partition("=")
+    if not eq or not key.strip():
+        raise BitswitchError(f"--set {item!r} must be key=value, e.g. --set steps=200")
+    return {key.strip(): yaml.safe_load(value) if value.strip() else None}
+
+
+def _cmd_demo(a, argv) -> int:
+    from .demo import run_demo
+
+    res = run_demo(model=a.model, train_data=a.train_data, dev_data=a.dev_data, profiles=a.profiles,
+                   steps=a.steps, batch_size=a.batch_size, lr=a.lr, eval_limit=a.eval_limit, device=a.device,
+                   out=a.out, argv=argv, log=lambda m: print(m, file=sys.stderr))
+    print(res["table"])
+    print(f"\nresults: {res['results']}\nplot: {res['plot']}")
+    return 0
+
+
 def _cmd_profiles(a, argv) -> int:
     from .accounting import profile_report
     from .models import load_model
@@ -112,7 +187,7 @@ def _cmd_profiles(a, argv) -> int:
     return 0
 
 
-COMMANDS = {"eval": _cmd_eval, "profiles": _cmd_profiles}
+COMMANDS = {"eval": _cmd_eval, "train": _cmd_train, "demo": _cmd_demo, "profiles": _cmd_profiles}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,6 +201,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bitswitch: interrupted; results written so far are kept", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - training stops and interrupts have their own exit codes
+        from .train.trainer import Interrupted, NonFiniteLoss
+
+        if isinstance(exc, Interrupted):
+            print(f"bitswitch: {exc}; checkpoint saved, continue with --resume", file=sys.stderr)
+            return 128 + int(exc.signum)
+        if isinstance(exc, NonFiniteLoss):
+            print(f"bitswitch: error: {exc}", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":

@@ -62,17 +62,23 @@ def byte_tokenizer():
 
 
 def tiny_model(spec: str, seed: int = 0, n_layer: int = 2, hidden: int = 64):
-    """A seeded, randomly initialised tiny GPT-2 or Llama (vocab 257, ``n_layer`` blocks)."""
+    """A seeded, randomly initialised tiny GPT-2 or Llama (vocab 257, ``n_layer`` blocks).
+
+    Weights are drawn with std 0.2 (not HF's 0.02): with the default the frozen tied head gives
+    near-uniform logits that no LoRA can move, and training tests could not see a loss fall.
+    """
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
     tok = byte_tokenizer()
     vocab = len(tok)
     if spec == "tiny-gpt2":
         cfg = GPT2Config(vocab_size=vocab, n_positions=256, n_embd=hidden, n_layer=n_layer, n_head=4,
+                         initializer_range=0.2,
                          bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
     else:
         cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
                           num_hidden_layers=n_layer, num_attention_heads=4, num_key_value_heads=2,
+                          initializer_range=0.2,
                           max_position_embeddings=256, bos_token_id=tok.eos_token_id,
                           eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                           tie_word_embeddings=False)
@@ -128,6 +134,10 @@ def load_model(spec: str, device: str | torch.device = "auto", dtype: str | torc
     elif spec == "smollm2-135m":
         directory, name = smollm2_path()
         model, tok = _from_pretrained(directory, dt, gguf_file=name)
+    elif (Path(spec).expanduser() / "quant_map.json").is_file():  # written by bitswitch export
+        from .export import load_exported
+
+        return load_exported(Path(spec).expanduser(), dev, dt)
     else:
         local = Path(spec).expanduser()
         if local.exists() and not (local / "config.json").exists():

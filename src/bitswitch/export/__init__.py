@@ -1,0 +1,11 @@
+"""Export a profile to real packed low-bit weights, and load such an export back.
+
+    report = export_model(model, tok, "w4g32a8", "out/w4", merge="after")
+    model, tok = load_exported("out/w4")          # or bitswitch.load_model("out/w4")
+"""
+
+from .format import FORMAT_VERSION, MAP_FILE, WEIGHTS_FILE
+from .reader import exported_profile, load_exported
+from .writer import export_model
+
+__all__ = ["FORMAT_VERSION", "MAP_FILE", "WEIGHTS_FILE", "export_model", "exported_profile", "load_exported"]

@@ -1,0 +1,1 @@
+"""Switchable-precision quantization-aware training: schedules, data, losses, checkpoints, the loop."""

@@ -1,0 +1,257 @@
+"""The switchable QAT loop: one adapter set per profile (or shared / per unit bits), trained on the
+profiles a precision schedule picks, under accelerate (one process, or DDP under
+``accelerate launch`` / ``torchrun``; only rank 0 writes).
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..adapters import AdapterConfig, add_adapters, adapter_parameters, freeze_base, save_adapters
+from ..errors import BitswitchError
+from ..io import append_jsonl, atomic_write_json
+from ..models import load_model
+from ..profiles import QuantOptions
+from ..results import peak_rss_mb, run_metadata
+from ..switching import make_switchable, resolve_profile, set_profile, use_profile
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig
+from .data import LengthGroupedBatches, collate, squad_examples, text_examples
+from .losses import cross_entropy, distill_kl, hidden_mse, supervised_forward
+from .schedules import Schedule, _rng
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or inf; the run stopped before updating with it."""
+
+
+class Interrupted(Exception):
+    def __init__(self, step: int, signum: int):
+        super().__init__(f"interrupted at step {step}")
+        self.step, self.signum = step, signum
+
+
+def lr_lambda(cfg: TrainConfig):
+    """Linear warm-up, then cosine decay to ``min_lr_ratio`` of the peak."""
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return f
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, argv: list[str] | None = None, resume: bool = False, log=print):
+        from accelerate import Accelerator, DistributedDataParallelKwargs
+
+        if cfg.act_mode == "tensor":
+            raise BitswitchError("training runs with per-token activations (act_mode token); static ranges "
+                                 "are calibrated at evaluation (bitswitch eval --act-mode tensor)")
+        self.cfg, self.argv, self.log, self.resume = cfg, argv, log, resume
+        cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+        self.acc = Accelerator(cpu=cpu, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+        self.out = Path(cfg.out)
+        self._stop: int | None = None
+
+    # -- setup -------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg, acc = self.cfg, self.acc
+        torch.manual_seed(cfg.seed)
+        model, tok = load_model(cfg.model, device=acc.device, dtype=cfg.dtype, seed=cfg.seed)
+        opts = QuantOptions(weight_symmetric=cfg.weight_symmetric, group_size=cfg.group_size)
+        make_switchable(model, opts, cfg.keying)
+        blocks = [u for u in model.bitswitch.units if u != "head"]
+        self.schedule = Schedule(cfg.schedule, list(cfg.profiles), cfg.steps, cfg.seed, cfg.cycles, cfg.b_min,
+                                 cfg.b_max, cfg.family, cfg.order, list(cfg.candidates), blocks,
+                                 avg_bits={p: _avg_bits(model, p) for p in cfg.profiles})
+        self.train_profiles = self.schedule.all_profiles()
+        self.teacher = cfg.teacher or max(cfg.profiles or self.train_profiles, key=lambda p: _avg_bits(model, p))
+        needed = self.train_profiles + ([self.teacher] if self._needs_teacher() else [])
+        add_adapters(model, dict.fromkeys(needed), AdapterConfig(cfg.r, cfg.alpha, cfg.dropout, cfg.roles, cfg.seed))
+        freeze_base(model)
+        if cfg.checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        if cfg.task == "squad":
+            self.examples = squad_examples(tok, cfg.data, cfg.limit, cfg.max_length)
+        else:
+            self.examples = text_examples(tok, cfg.data, cfg.max_length, cfg.limit)
+        self.batches = LengthGroupedBatches([len(e) for e in self.examples], cfg.batch_size, cfg.max_batch_tokens,
+                                            cfg.seed)
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+        params = list(adapter_parameters(model))
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.model, self.opt = acc.prepare(model, opt)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
+        self.tokenizer = tok
+        self.start = 0
+        if self.resume:
+            self.start = load_checkpoint(self.out, self.inner, self.opt, self.sched)
+            if acc.is_main_process:
+                _truncate_metrics(self.out / "metrics.jsonl", self.start)
+        elif acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "metrics.jsonl").unlink(missing_ok=True)
+        if acc.is_main_process:
+            cfg.save(self.out / "config.yaml")
+
+    @property
+    def inner(self):
+        return self.acc.unwrap_model(self.model)
+
+    def _needs_teacher(self) -> bool:
+        return self.cfg.distill > 0 or self.cfg.hidden_mse > 0
+
+    # -- one step ----------------------------------------------------------------------------------
+    def step_losses(self, batch: dict, profiles: list[str], step: int) -> dict[str, torch.Tensor]:
+        cfg, model, inner = self.cfg, self.model, self.inner
+        want_hidden = cfg.hidden_mse > 0
+        teacher = None
+        if self._needs_teacher() and any(p != self.teacher for p in profiles):
+            with torch.no_grad(), use_profile(inner, self.teacher):
+                teacher = supervised_forward(model, batch, hidden=want_hidden)
+        parts: dict[str, list[torch.Tensor]] = {"ce": [], "kl": [], "mse": [], "consistency": []}
+        total = 0.0
+        for p in profiles:
+            set_profile(inner, p)
+            logits, targets, hidden = supervised_forward(model, batch, hidden=want_hidden and p != self.teacher)
+            loss = ce = cross_entropy(logits, targets)
+            parts["ce"].append(ce.detach())
+            if teacher is not None and p != self.teacher:
+                if cfg.distill > 0:
+                    kl = distill_kl(logits, teacher[0], cfg.temperature)
+                    loss = loss + cfg.distill * kl
+                    parts["kl"].append(kl.detach())
+                if want_hidden:
+                    n = len(hidden)
+                    layers = list(range(1, n)) if cfg.hidden_layers == "all" else [_rng(cfg.seed, step).randrange(1, n)]
+                    mse = hidden_mse(hidden, teacher[2], batch["attention_mask"], layers)
+                    loss = loss + cfg.hidden_mse * mse
+                    parts["mse"].append(mse.detach())
+            if cfg.consistency > 0:
+                other = self.schedule.at(step + 7_777_777)[0]   # an independent draw of the same schedule
+                set_profile(inner, other)
+                logits_b, _, _ = supervised_forward(model, batch)
+                cons = distill_kl(logits_b, logits, 1.0)
+                loss = loss + cfg.consistency * cons
+                parts["consistency"].append(cons.detach())
+            total = total + loss
+        out = {"loss": total / len(profiles)}
+        out.update({k: torch.stack(v).mean() for k, v in parts.items() if v})
+        return out
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def run(self) -> dict:
+        self.setup()
+        cfg, acc = self.cfg, self.acc
+        world, rank = acc.num_processes, acc.process_index
+        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM,)}
+        bar = tqdm(total=cfg.steps, initial=self.start, desc="train", disable=not acc.is_main_process,
+                   dynamic_ncols=True)
+        last = {}
+        try:
+            for step in range(self.start, cfg.steps):
+                snapshot = rng_state()
+                try:
+                    last = self._train_step(step, world, rank)
+                except KeyboardInterrupt:
+                    self._stop = signal.SIGINT
+                if self._stop is not None:
+                    set_rng_state(snapshot)            # the unfinished step will rerun identically
+                    self.opt.zero_grad(set_to_none=True)
+                    self._save(step)
+                    raise Interrupted(step, self._stop)
+                bar.update(1)
+                bar.set_postfix(profile=_short(last["profile"]), loss=f"{last['loss']:.4f}",
+                                tok_s=f"{last['tokens_per_s']:.0f}")
+                if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+                    self._save(step + 1)
+        finally:
+            bar.close()
+            for s, h in handlers.items():
+                signal.signal(s, h)
+        return self._finish(last)
+
+    def _train_step(self, step: int, world: int, rank: int) -> dict:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        profiles = self.schedule.at(step)
+        sums: dict[str, float] = {}
+        tokens = 0
+        for micro in range(cfg.grad_accum):
+            idx = self.batches.batch((step * cfg.grad_accum + micro) * world + rank)
+            batch = collate([self.examples[i] for i in idx], self.pad_id, self.acc.device)
+            tokens += int(batch["attention_mask"].sum())
+            losses = self.step_losses(batch, profiles, step)
+            if not torch.isfinite(losses["loss"]):
+                raise NonFiniteLoss(f"loss is {losses['loss'].item()} at step {step} (profile {_short(profiles[0])}): "
+                                    f"stopped before updating; the last good checkpoint in {self.out} is kept. "
+                                    "Lower --lr or raise the weight bits")
+            self.acc.backward(losses["loss"] / cfg.grad_accum)
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v.item() / cfg.grad_accum
+        grad_norm = self.acc.clip_grad_norm_(list(adapter_parameters(self.inner)), cfg.max_grad_norm) \
+            if cfg.max_grad_norm > 0 else torch.tensor(0.0)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - t0
+        record = {"step": step, "profile": "|".join(profiles), **{k: round(v, 6) for k, v in sums.items()},
+                  "lr": self.sched.get_last_lr()[0], "grad_norm": float(grad_norm), "tokens": tokens * world,
+                  "tokens_per_s": tokens * world / seconds, "seconds": round(seconds, 3),
+                  "peak_rss_mb": round(peak_rss_mb(), 1)}
+        if self.acc.is_main_process and (step % cfg.log_every == 0 or step + 1 == cfg.steps):
+            append_jsonl(self.out / "metrics.jsonl", record)
+        return record
+
+    def _on_signal(self, signum, frame):
+        self._stop = signum
+
+    def _save(self, step: int) -> None:
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            save_checkpoint(self.out, self.inner, self.opt, self.sched, step)
+
+    def _finish(self, last: dict) -> dict:
+        summary = {**run_metadata(self.argv, self.cfg.seed), "steps": self.cfg.steps, "last": last,
+                   "teacher": self.teacher, "profiles": self.train_profiles, "adapters": str(self.out / "adapters"),
+                   "peak_rss_mb": round(peak_rss_mb(), 1)}
+        if self.acc.is_main_process:
+            save_adapters(self.inner, self.out / "adapters", self.train_profiles)
+            atomic_write_json(self.out / "summary.json", summary)
+        self.acc.wait_for_everyone()
+        return summary
+
+
+def _avg_bits(model, profile: str) -> float:
+    _, table = resolve_profile(model, profile)
+    bits = [p.weight.bits if p.weight else 16 for u, p in table.items() if u != "head"]
+    return sum(bits) / len(bits)
+
+
+def _short(profile: str) -> str:
+    return profile if len(profile) <= 24 else profile[:21] + "..."
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop logged steps at or after ``step`` (they ran after the checkpoint and will run again)."""
+    if not path.is_file():
+        return
+    import json
+
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] < step]
+    from ..io import atomic_write_text
+
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+def train(cfg: TrainConfig, argv: list[str] | None = None, resume: bool = False, log=print) -> dict:
+    """Run a training job; returns the summary (also written to ``OUT/summary.json``)."""
+    return Trainer(cfg, argv, resume, log).run()

@@ -1,0 +1,119 @@
+import json
+
+import pytest
+import torch
+
+import bitswitch as bs
+from bitswitch.cli import main
+from bitswitch.train.config import TrainConfig
+from bitswitch.train.data import LengthGroupedBatches
+from bitswitch.train.trainer import Trainer, train
+
+
+@pytest.fixture
+def squad_file(tmp_path):
+    paras = [{"context": "Items: " + ", ".join(f"item {j}" for j in range(6)) + ".",
+              "qas": [{"id": f"q{i}{j}", "question": f"Which is item {j}?",
+                       "answers": [{"text": f"item {j}", "answer_start": 0}]} for j in range(6)]} for i in range(4)]
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps({"version": "1.1", "data": [{"title": "T", "paragraphs": paras}]}))
+    return str(path)
+
+
+def _cfg(tmp_path, squad_file, **kw):
+    base = dict(model="tiny-gpt2", data=squad_file, steps=6, batch_size=4, lr=1e-2, warmup_steps=1,
+                device="cpu", max_length=160, out=str(tmp_path / "run"), save_every=3, dropout=0.1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _losses(run):
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_loss_falls(tmp_path, squad_file):
+    train(_cfg(tmp_path, squad_file, steps=30, profiles=["w8a8"], schedule="fixed", lr=2e-2, dropout=0.0))
+    losses = _losses(tmp_path / "run")
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    assert (tmp_path / "run" / "adapters" / "adapters.safetensors").is_file()
+    assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+def test_resume_is_bitwise(tmp_path, squad_file):
+    full = tmp_path / "full"
+    train(_cfg(tmp_path, squad_file, out=str(full)))
+    part = tmp_path / "part"
+    trainer = Trainer(_cfg(tmp_path, squad_file, out=str(part)))
+    original = trainer._train_step
+
+    def stop_after_3(step, world, rank):
+        if step == 4:
+            raise KeyboardInterrupt
+        return original(step, world, rank)
+    trainer._train_step = stop_after_3
+    with pytest.raises(Exception, match="interrupted at step 4"):
+        trainer.run()
+    train(_cfg(tmp_path, squad_file, out=str(part)), resume=True)
+    assert _losses(part) == _losses(full)
+    a = torch.load(full / "checkpoint" / "state.pt", weights_only=False)["optimizer"]["state"]
+    b = torch.load(part / "checkpoint" / "state.pt", weights_only=False)["optimizer"]["state"]
+    assert all(torch.equal(a[k]["exp_avg"], b[k]["exp_avg"]) for k in a)
+
+
+def test_random_step_changes_only_the_sampled_adapter(tmp_path, squad_file):
+    t = Trainer(_cfg(tmp_path, squad_file, steps=1, profiles=["w8a8", "w4a8"]))
+    t.setup()
+    before = {n: p.detach().clone() for n, p in t.inner.named_parameters()}
+    rec = t._train_step(0, 1, 0)
+    changed = {n for n, p in t.inner.named_parameters() if not torch.equal(before[n], p)}
+    assert changed and all(f".adapters.{rec['profile']}." in n for n in changed)
+
+
+def test_all_schedule_averages_exactly(tmp_path, squad_file):
+    t = Trainer(_cfg(tmp_path, squad_file, schedule="all", profiles=["w8a8", "w4a8"], dropout=0.0))
+    t.setup()
+    t.inner.eval()   # no dropout: the three passes must see the same network
+    idx = t.batches.batch(0)
+    from bitswitch.train.data import collate
+
+    batch = collate([t.examples[i] for i in idx], t.pad_id, "cpu")
+    both = t.step_losses(batch, ["w8a8", "w4a8"], 0)["loss"]
+    one = [t.step_losses(batch, [p], 0)["loss"] for p in ("w8a8", "w4a8")]
+    assert torch.equal(both, (one[0] + one[1]) / 2)
+
+
+def test_distillation_and_hidden_losses_are_logged(tmp_path, squad_file):
+    train(_cfg(tmp_path, squad_file, steps=3, schedule="all", profiles=["fp", "w4a8"], distill=1.0,
+               hidden_mse=0.1, consistency=0.0))
+    rec = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"ce", "kl", "mse"} <= rec.keys() and rec["kl"] >= 0
+
+
+def test_length_grouped_batches_respect_token_budget():
+    lengths = [10, 200, 30, 180, 50, 60, 70, 80] * 4
+    b = LengthGroupedBatches(lengths, batch_size=4, max_tokens=400, seed=0)
+    for i in range(20):
+        idx = b.batch(i)
+        assert len(idx) <= 4 and max(lengths[j] for j in idx) * len(idx) <= 400
+    assert LengthGroupedBatches(lengths, 4, 400, 0).batch(13) == b.batch(13)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--set", "stepz=3"], "stepz"), (["--set", "steps=abc"], "steps"), (["--schedule", "nope"], "schedule"),
+    (["--set", "schedule=random-unit"], "unit-bits"), (["--config", "missing.yaml"], "missing.yaml"),
+])
+def test_config_errors_exit_2_with_one_line(capsys, argv, needle):
+    assert main(["train", "--model", "tiny-gpt2", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and needle in err
+
+
+def test_train_cli_end_to_end_and_eval_with_adapters(tmp_path, squad_file, capsys):
+    out = tmp_path / "cli"
+    assert main(["train", "--model", "tiny-llama", "--data", squad_file, "--profiles", "fp", "w4a8", "--steps", "4",
+                 "--batch-size", "4", "--device", "cpu", "--out", str(out), "--set", "max_length=160"]) == 0
+    assert main(["eval", "--model", "tiny-llama", "--adapters", str(out / "adapters"), "--task", "squad",
+                 "--data", squad_file, "--limit", "4", "--profiles", "fp", "w4a8", "--max-new-tokens", "3",
+                 "--out", str(tmp_path / "ev")]) == 0
+    res = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert [r["adapter"] for r in res["records"]] == ["fp", "w4a8"]
