@@ -2,9 +2,11 @@
 
 Goals (issue 7): each export's file within 3% of bits x params + scales (+ zero points) of the
 quantized units plus the unquantized parameters at fp16 (``vs_theory``), and its tensor bytes equal
-to ``profile_report``'s accounting; int8 weight-only (``w8``: symmetric, per channel) inference on
-torch's int8 CPU kernel compared with fp32 in tokens/s of one forward over a fixed batch and peak
-RSS, each inference row measured in a fresh process so rows do not contaminate each other.
+to ``profile_report``'s accounting; int8 weight-only (``w8``: symmetric, per channel) inference
+compared with fp32 in tokens/s of one forward over a fixed batch and peak RSS. Each inference row
+runs in a fresh process and reads its own high-water mark (VmHWM: ``ru_maxrss`` of a child started
+from this large process would report this process's peak). torch's int8 CPU kernel is fast only
+for bf16 inputs, so it is measured at fp32 (forced) and at bf16 against a bf16 baseline.
 
     python benchmarks/bench_export.py [--model smollm2-135m --mixed "w4g32a8;L*.attn_in=w8a8"] \
         [--batch 4 --seq 128 --repeat 3] --out benchmarks/results/export.json
@@ -29,19 +31,32 @@ from bitswitch.export import export_model, load_exported
 from bitswitch.results import peak_rss_mb
 
 MB = 2**20
-INFERENCE = {  # row name -> how the child process loads the model
-    "fp32": "fp32 (HF safetensors)",
-    "int8": "w8 export, int8 kernel",
-    "dequant": "w8 export, dequantized per forward",
-}
+INFERENCE = [  # (row, checkpoint: the fp32 HF one or the w8 export, compute dtype, int8 kernel)
+    ("fp32 (HF safetensors)", "hf", "fp32", "off"),
+    ("w8 export fp32, dequantized per forward", "w8", "fp32", "off"),
+    ("w8 export fp32, int8 kernel (forced)", "w8", "fp32", "on"),
+    ("bf16 (HF safetensors)", "hf", "bf16", "off"),
+    ("w8 export bf16, int8 kernel", "w8", "bf16", "on"),
+]
 
 
-def child(kind: str, directory: str, batch: int, seq: int, repeat: int) -> dict:
+def own_peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM, reset by exec) in MiB; ru_maxrss where /proc is absent."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return peak_rss_mb()
+
+
+def child(source: str, directory: str, dtype: str, int8: str, batch: int, seq: int, repeat: int) -> dict:
     """Load one model, time a forward over a fixed batch; runs in its own process (peak RSS)."""
-    if kind == "fp32":
-        model, _ = bs.load_model(directory, device="cpu")
+    if source == "hf":
+        model, _ = bs.load_model(directory, device="cpu", dtype=dtype)
     else:
-        model, _ = load_exported(directory, int8_kernel=kind == "int8")
+        model, _ = load_exported(directory, dtype=dtype, int8_kernel=int8 == "on")
     ids = torch.randint(0, model.config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
 
     def forward():
@@ -51,15 +66,15 @@ def child(kind: str, directory: str, batch: int, seq: int, repeat: int) -> dict:
     t = timeit(forward, repeat)
     held = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     return {"tokens_per_s": batch * seq / t, "forward_ms": t * 1e3, "model_mb": held / MB,
-            "peak_rss_mb": peak_rss_mb()}
+            "peak_rss_mb": own_peak_rss_mb()}
 
 
-def measure_in_child(kind: str, directory: Path, a) -> dict:
-    cmd = [sys.executable, __file__, "--child", kind, str(directory), "--batch", str(a.batch),
+def measure_in_child(source: str, directory: Path, dtype: str, int8: str, a) -> dict:
+    cmd = [sys.executable, __file__, "--child", source, str(directory), dtype, int8, "--batch", str(a.batch),
            "--seq", str(a.seq), "--repeat", str(a.repeat)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode:
-        raise SystemExit(f"child {kind} failed:\n{done.stderr}")
+        raise SystemExit(f"child {cmd[3:7]} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -72,10 +87,10 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--workdir", default=None, help="where the exports go (default: a temporary directory)")
     ap.add_argument("--out", default=None)
-    ap.add_argument("--child", nargs=2, metavar=("KIND", "DIR"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=4, metavar=("SOURCE", "DIR", "DTYPE", "INT8"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
-        print(json.dumps(child(a.child[0], a.child[1], a.batch, a.seq, a.repeat)))
+        print(json.dumps(child(*a.child, a.batch, a.seq, a.repeat)))
         return
     torch.manual_seed(0)
     transformers.utils.logging.disable_progress_bar()
@@ -95,8 +110,8 @@ def main(argv=None):
                          "vs_theory": rep["file_vs_theory"], "quantized_vs_theory": rep["quantized_vs_theory"],
                          "equals_accounting": rep["matches_accounting"]})
         del model
-        for kind, what in INFERENCE.items():
-            res = measure_in_child(kind, work / ("fp32" if kind == "fp32" else "export3"), a)
+        for what, source, dtype, int8 in INFERENCE:
+            res = measure_in_child(source, work / ("fp32" if source == "hf" else "export3"), dtype, int8, a)
             rows.append({"what": what, **res})
         fp = rows[-len(INFERENCE)]
         for r in rows[-len(INFERENCE):]:

@@ -77,7 +77,8 @@ def test_fp16_export_bytes_on_disk_equal_the_accounting(spec, ids, tmp_path):
     model, tok = _switchable(spec, bs.QuantOptions(weight_symmetric=False), fp16_params=True)
     rep = export_model(model, tok, profile, tmp_path / "exp")
     tensors = load_file(tmp_path / "exp" / "model.safetensors")
-    kinds = {n: e["kind"] for n, e in json.loads((tmp_path / "exp" / "quant_map.json").read_text())["tensors"].items()}
+    qmap = json.loads((tmp_path / "exp" / "quant_map.json").read_text())
+    kinds = {n: e["kind"] for n, e in qmap["tensors"].items()}
     on_disk = {k: sum(t.numel() * t.element_size() for n, t in tensors.items() if kinds[n] == k)
                for k in ("codes", "scales", "zeros", "unquantized")}
     assert on_disk == {k: rep["bytes"][k] for k in on_disk}
@@ -153,6 +154,14 @@ def test_int8_kernel_matches_dequantized_float(spec, ids, tmp_path):
     ref = _logits(model, ids, "w8")
     _assert_close(_logits(slow, ids), ref)
     _assert_close(_logits(fast, ids), ref, rel=1e-4)
+    # by default the kernel runs at bf16 only (where this torch's CPU kernel is fast); there it is
+    # at least as close to the fp32 logits as bf16 dequantized weights are (it scales in fp32)
+    assert not any(m.int8 for m in load_exported(tmp_path / "exp")[0].modules() if isinstance(m, ExportedLinear))
+    half, _ = load_exported(tmp_path / "exp", dtype="bf16")
+    half_slow, _ = load_exported(tmp_path / "exp", dtype="bf16", int8_kernel=False)
+    assert all(m.int8 for m in half.modules() if isinstance(m, ExportedLinear))
+    err, err_slow = ((_logits(m, ids).float() - ref).abs().max() for m in (half, half_slow))
+    assert err <= 1.5 * err_slow and err <= 0.05 * ref.abs().max()
 
 
 def test_cached_weights_and_load_model_hook(ids, tmp_path):
@@ -276,6 +285,13 @@ def test_quant_map_that_does_not_match_the_tensors(exported, tmp_path):
     path = _copy(exported, tmp_path / "malformed")
     _edit_map(path, lambda q: q["modules"]["model.layers.0.mlp.up_proj"]["weight"].update(bits=9, method="cubic"))
     _one_line_error(path, "malformed")
+
+
+def test_config_that_does_not_match_the_tensors(exported, tmp_path):
+    path = _copy(exported, tmp_path / "e")
+    cfg = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**cfg, "vocab_size": cfg["vocab_size"] + 3}))
+    _one_line_error(path, "do not fit the model of its config.json")
 
 
 def test_unknown_version_and_not_an_export(exported, tmp_path):

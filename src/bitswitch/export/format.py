@@ -144,7 +144,8 @@ def read_tensors(path: str | Path, qmap: dict) -> dict[str, torch.Tensor]:
         raise BitswitchError(f"{file} is corrupt or truncated ({first}): {FIX}") from exc
     table = qmap["tensors"]
     for name in sorted(set(table) ^ set(tensors)):
-        where = f"in {MAP_FILE} but not in {WEIGHTS_FILE}" if name in table else f"in {WEIGHTS_FILE} but not in {MAP_FILE}"
+        where = (f"in {MAP_FILE} but not in {WEIGHTS_FILE}" if name in table
+                 else f"in {WEIGHTS_FILE} but not in {MAP_FILE}")
         raise BitswitchError(f"tensor {name!r} is {where} of {path}: the files do not match; {FIX}")
     for name, t in tensors.items():
         _expect(path, name, t, table[name]["dtype"], table[name]["shape"])

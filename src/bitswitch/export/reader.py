@@ -25,13 +25,16 @@ def exported_profile(path: str | Path) -> str:
 
 
 def load_exported(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
-                  cache_weights: bool = False, int8_kernel: bool = True):
+                  cache_weights: bool = False, int8_kernel: bool | None = None):
     """Load ``(model, tokenizer)`` from an export directory, in eval mode on ``device``.
 
     dtype: the compute dtype (default: the exported model's). cache_weights: keep each unit's
     dequantized weight after its first forward (faster, float-sized) instead of rebuilding it from
     the packed codes every forward (default, lowest memory). int8_kernel: run symmetric 8-bit
-    per-channel weight-only units on torch's int8 CPU kernel when it works on ``device``.
+    per-channel weight-only units on torch's int8 kernel where it works on ``device``: True, False,
+    or None (default) for "at bf16/fp16 compute only" -- this torch's CPU kernel is vectorised for
+    bf16/fp16 inputs, while at fp32 it is 5-40x slower than the fp32 matmul of the dequantized
+    weight (measured on AVX-512, M = 1 and 512), so fp32 keeps the dequantized path.
     The model carries ``model.bitswitch_export`` = ``{"path", "profile", "merge", "units" (unit ->
     spec), "weight_bytes" (codes + scales + zeros + unquantized on disk), "avg_w_bits"}``.
     """
@@ -42,29 +45,37 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu", dtype: s
     qmap = read_quant_map(path)
     tensors = read_tensors(path, qmap)
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype) if dtype is not None else getattr(torch, qmap["dtype"])
+    dt = resolve_dtype(dtype if dtype is not None else qmap["dtype"])
     try:
         config = AutoConfig.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BitswitchError(f"config or tokenizer of export {str(path)!r} cannot be read ({first[:160]}): {FIX}") from exc
+        raise BitswitchError(f"config or tokenizer of export {str(path)!r} cannot be read ({first[:160]}): "
+                             f"{FIX}") from exc
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config)
-    use_int8 = int8_kernel and int8_kernel_works(dev.type)
+    wanted = dt != torch.float32 if int8_kernel is None else int8_kernel
+    use_int8 = wanted and int8_kernel_works(dev.type)
     for name, entry in qmap["modules"].items():
         _replace(model, path, name, _exported_linear(name, entry, tensors, dt, cache_weights, use_int8))
     state = {n: tensors.pop(n).to(dt) for n in list(tensors)}  # popped: each fp16 original is freed
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    try:
+        _, unexpected = model.load_state_dict(state, strict=False, assign=True)
+        for target, source in qmap["ties"].items():
+            owner, _, leaf = target.rpartition(".")
+            setattr(model.get_submodule(owner) if owner else model, leaf, model.get_parameter(source))
+    except (RuntimeError, AttributeError) as exc:  # a shape the config disagrees with, a tie to nothing
+        first = str(exc).strip().splitlines()[0]
+        raise BitswitchError(f"tensors of export {str(path)!r} do not fit the model of its config.json "
+                             f"({first[:160]}): {FIX}") from exc
     if unexpected:
-        raise BitswitchError(f"{MAP_FILE} of {path} lists tensor {unexpected[0]!r} that the model of its config.json "
-                             f"does not have: {FIX}")
-    for target, source in qmap["ties"].items():
-        owner, _, leaf = target.rpartition(".")
-        setattr(model.get_submodule(owner) if owner else model, leaf, model.get_parameter(source))
+        raise BitswitchError(f"{MAP_FILE} of {path} lists tensor {unexpected[0]!r} that the model of its "
+                             f"config.json does not have: {FIX}")
     empty = [n for n, p in model.named_parameters() if p.is_meta]
     if empty:
-        raise BitswitchError(f"export {str(path)!r} lacks tensor {empty[0]!r} of the model in its config.json: {FIX}")
+        raise BitswitchError(f"export {str(path)!r} lacks tensor {empty[0]!r} of the model in its config.json: "
+                             f"{FIX}")
     if tokenizer.pad_token is None:  # as load_model: batching needs one (masked out anyway)
         tokenizer.pad_token = tokenizer.eos_token
     model.bitswitch_export = {"path": str(path), "profile": qmap["profile"], "merge": qmap["merge"],

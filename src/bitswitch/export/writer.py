@@ -69,7 +69,8 @@ def export_model(model: nn.Module, tokenizer, profile, out_dir: str | os.PathLik
     out.parent.mkdir(parents=True, exist_ok=True)  # the temporary sibling must be on the same file system
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+        save_file(tensors, str(tmp / WEIGHTS_FILE),
+                  metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
         _fsync(tmp / WEIGHTS_FILE)
         qmap["weights_file_bytes"] = (tmp / WEIGHTS_FILE).stat().st_size
         model.config.save_pretrained(tmp)

@@ -13,9 +13,11 @@ and ``lora`` the adapter kept apart (merge ``after``; absent when merged ``befor
 Memory: by default the packed codes stay packed and the float weight is rebuilt on every forward
 and dropped after it, so only one unit's float weight exists at a time (``cache_weight=True`` keeps
 it after the first forward: faster, but as large as the float model). Symmetric 8-bit per-channel
-weights with no activation quantization can instead run torch's int8 weight-only CPU kernel
+weights with no activation quantization can instead run torch's int8 weight-only kernel
 (``aten._weight_int8pack_mm``) on the int8 codes directly; it scales after the matmul, so it agrees
-with the dequantized path to float rounding, not bitwise.
+with the dequantized path to float rounding, not bitwise. In torch 2.13 its CPU version is fast
+for bf16/fp16 inputs only (at fp32 it is many times slower than MKL's fp32 matmul); the loader
+decides when to ask for it.
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ class ExportedLinear(nn.Module):
     asymmetric, ``zeros`` (out, groups)) or ``weight`` (float (out, in), for units whose weights
     stay in floating point) is given; ``weight`` may also be assigned after construction (a weight
     tied to the embedding). ``lora_A`` (r, in) / ``lora_B`` (out, r) are an unmerged adapter,
-    ``act_range`` (2,) the calibrated (min, max) of a static activation quantizer.
+    ``act_range`` (2,) the calibrated (min, max) of a static activation quantizer. The module takes
+    the tensors as they are (no copy; with ``int8_kernel`` the codes are rewritten in place).
     """
 
     def __init__(self, in_features: int, out_features: int, weight_quant: WeightQuant | None = None,
