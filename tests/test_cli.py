@@ -67,3 +67,22 @@ def test_console_script_error_has_no_traceback():
                            "--profile", "L0.*=w4a3"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "'w4a3'" in proc.stderr
+
+
+def test_export_then_eval_the_export(tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text("Packed weights are real bytes.\n" * 30)
+    out = tmp_path / "exp"
+    assert main(["export", "--model", "tiny-gpt2", "--profile", "w4a8;L0.*=w8a8", "--unquantized-dtype", "fp32",
+                 "--out", str(out)]) == 0
+    assert "equal the accounting of bitswitch profiles: True" in capsys.readouterr().out
+    common = ["--task", "wikitext", "--data", str(text), "--window", "64"]
+    assert main(["eval", "--model", str(out), *common, "--out", str(tmp_path / "a")]) == 0
+    assert main(["eval", "--model", "tiny-gpt2", "--profiles", "w4a8;L0.*=w8a8", *common,
+                 "--out", str(tmp_path / "b")]) == 0
+    a, b = (json.loads((tmp_path / d / "results.json").read_text())["records"][0] for d in "ab")
+    assert a["profile"] == b["profile"] and a["weight_bytes"] < b["weight_bytes"] * 2
+    assert abs(a["ppl"] - b["ppl"]) / b["ppl"] < 1e-5        # fp32 unquantized parts: same model
+    assert main(["eval", "--model", str(out), "--profiles", "w8a8", *common, "--out", str(tmp_path / "c")]) == 2
+    assert main(["export", "--model", "tiny-gpt2", "--profile", "w8a8", "--act-mode", "tensor",
+                 "--out", str(tmp_path / "d")]) == 2

@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(ev)
     ev.add_argument("--task", required=True, help="wikitext | squad | lm-eval:TASK[,TASK...]")
     ev.add_argument("--data", default=None, help="file, directory or hub name (wikitext, squad)")
-    ev.add_argument("--profiles", nargs="+", default=["fp"], help="profiles (names, rules or files)")
+    ev.add_argument("--profiles", nargs="+", default=None,
+                    help="profiles (names, rules or files); default fp, or an exported model's own profile")
     ev.add_argument("--adapters", default=None, help="adapter directory written by bitswitch train")
     ev.add_argument("--out", required=True, help="output directory (results.json, results.md)")
     ev.add_argument("--max-tokens", type=int, default=None, help="wikitext: first N tokens only")
@@ -86,6 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--eval-limit", type=int, default=50, help="dev questions to evaluate")
     de.add_argument("--device", default="auto")
     de.add_argument("--out", default="runs/demo")
+
+    ex = sub.add_parser("export", help="write a profile as real packed low-bit weights (safetensors + map)")
+    _model_args(ex)
+    ex.add_argument("--adapters", default=None, help="adapter directory written by bitswitch train")
+    ex.add_argument("--profile", required=True)
+    ex.add_argument("--merge", choices=["before", "after"], default="after",
+                    help="before: quantize W + BA; after: keep Q(W) and the LoRA factors apart")
+    ex.add_argument("--unquantized-dtype", choices=["fp16", "fp32"], default="fp16")
+    ex.add_argument("--lora-dtype", choices=["fp16", "fp32"], default="fp32")
+    ex.add_argument("--calib-data", default=None, help="SQuAD training file for static activation ranges")
+    ex.add_argument("--out", required=True)
+    _quant_args(ex)
 
     pr = sub.add_parser("profiles", help="show a profile's per-unit table and weight bytes")
     _model_args(pr)
@@ -166,6 +179,22 @@ def _cmd_demo(a, argv) -> int:
     return 0
 
 
+def _cmd_export(a, argv) -> int:
+    from .export import export_model, prepare_for_export
+    from .results import markdown_table, run_metadata
+
+    model, tok = prepare_for_export(a.model, a.adapters, a.profile, _options(a), a.device, a.dtype, a.seed,
+                                    a.calib_data)
+    rep = export_model(model, tok, a.profile, a.out, merge=a.merge, unquantized_dtype=a.unquantized_dtype,
+                       lora_dtype=a.lora_dtype, meta=run_metadata(argv, a.seed))
+    rows = [{"kind": k, "bytes": v} for k, v in rep["bytes"].items()]
+    print(markdown_table(rows, ["kind", "bytes"]))
+    print(f"\nexported {a.profile!r} to {a.out}: {rep['file_bytes']:,} bytes on disk "
+          f"({rep['file_bytes'] / rep['fp32_bytes']:.1%} of fp32, {rep['file_bytes'] / rep['fp16_bytes']:.1%} of fp16); "
+          f"weights equal the accounting of bitswitch profiles: {rep['matches_accounting']}")
+    return 0
+
+
 def _cmd_profiles(a, argv) -> int:
     from .accounting import profile_report
     from .models import load_model
@@ -187,7 +216,8 @@ def _cmd_profiles(a, argv) -> int:
     return 0
 
 
-COMMANDS = {"eval": _cmd_eval, "train": _cmd_train, "demo": _cmd_demo, "profiles": _cmd_profiles}
+COMMANDS = {"eval": _cmd_eval, "train": _cmd_train, "demo": _cmd_demo, "export": _cmd_export,
+            "profiles": _cmd_profiles}
 
 
 def main(argv: list[str] | None = None) -> int:

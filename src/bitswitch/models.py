@@ -159,3 +159,22 @@ def load_model(spec: str, device: str | torch.device = "auto", dtype: str | torc
 
     check_supported(model)
     return model.to(dev).eval(), tok
+
+
+def load_switchable(spec: str, adapters: str | None = None, options=None, device="auto", dtype="fp32",
+                    seed: int = 0, keying: str = "profile"):
+    """``load_model`` + ``make_switchable`` + (optionally) ``load_adapters``: the first step of eval,
+    export, search and attack. The keying comes from the adapter directory when one is given."""
+    from .adapters import load_adapters, read_adapter_config
+    from .profiles import QuantOptions
+    from .switching import make_switchable
+
+    if adapters:
+        keying = read_adapter_config(adapters)["keying"]
+    model, tok = load_model(spec, device=device, dtype=dtype, seed=seed)
+    if hasattr(model, "bitswitch_export"):
+        return model, tok
+    make_switchable(model, options or QuantOptions(), keying)
+    if adapters:
+        load_adapters(model, adapters)
+    return model, tok

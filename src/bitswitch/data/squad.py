@@ -275,3 +275,14 @@ def _cut_context(encode, head: str, example: SquadExample, tail: str, limit: int
     # fits(k) is True for small k, False from some k on: the count of k in 1..n that fit is the answer
     keep = bisect.bisect_left(range(1, len(word_ends) + 1), True, key=lambda k: len(ids_with(k)) > limit)
     return ids_with(keep)
+
+
+def calibration_batches(tokenizer, examples: list[SquadExample], n: int, template: str = DEFAULT_TEMPLATE,
+                        chat: bool = False, max_length: int = 1024) -> list:
+    """The prompts of the first ``n`` examples as (1, T) id tensors: inputs for static activation
+    observers (``bitswitch.calibrate``); draw them from training data, never the evaluated questions."""
+    import torch
+
+    ids, _ = encode_prompts(tokenizer, examples[:n], PromptConfig(template=template, chat=chat), max_length,
+                            reserve=0)
+    return [torch.tensor([seq]) for seq in ids]

@@ -12,7 +12,7 @@ from ..profiles import QuantOptions
 class EvalConfig:
     model: str
     task: str
-    profiles: list[str] = field(default_factory=lambda: ["fp"])
+    profiles: list[str] | None = None     # None: fp, or the profile an exported model was made at
     out: str = "runs/eval"
     data: str | None = None
     adapters: str | None = None
@@ -36,9 +36,9 @@ class EvalConfig:
     calib_batches: int = 4
 
     def __post_init__(self):
-        if not self.profiles:
+        if self.profiles is not None and not self.profiles:
             raise BitswitchError("no profiles to evaluate: pass --profiles, e.g. --profiles fp w8a8 w4a8")
-        if len(set(self.profiles)) != len(self.profiles):
+        if self.profiles and len(set(self.profiles)) != len(self.profiles):
             raise BitswitchError(f"--profiles lists a profile twice: {self.profiles}")
         for name in ("max_tokens", "limit"):
             v = getattr(self, name)

@@ -16,11 +16,11 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..accounting import profile_report
-from ..adapters import load_adapters, read_adapter_config
 from ..io import atomic_write_json, atomic_write_text
-from ..models import load_model
+from ..models import load_switchable
 from ..results import markdown_table, peak_rss_mb, run_metadata
-from ..switching import calibrate, make_switchable, needs_calibration, set_profile
+from ..errors import BitswitchError
+from ..switching import calibrate, needs_calibration, set_profile, unit_modules
 from .config import EvalConfig
 from .tasks import make_task
 
@@ -28,20 +28,15 @@ from .tasks import make_task
 def _settings_hash(cfg: EvalConfig) -> str:
     """What must match for an earlier record to be reused (everything but profiles and out)."""
     d = dataclasses.asdict(cfg)
-    for k in ("profiles", "out", "device"):
+    for k in ("profiles", "out", "device"):  # noqa: B007 - settings that may differ between resumed runs
         d.pop(k)
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def prepare_model(cfg: EvalConfig):
-    """Load, wrap and (optionally) load adapters: the shared first step of eval, search and attack."""
-    keying = cfg.keying
-    if cfg.adapters:
-        keying = read_adapter_config(cfg.adapters)["keying"]
-    model, tok = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, seed=cfg.seed)
-    make_switchable(model, cfg.options, keying)
-    if cfg.adapters:
-        load_adapters(model, cfg.adapters)
+    model, tok = load_switchable(cfg.model, cfg.adapters, cfg.options, cfg.device, cfg.dtype, cfg.seed, cfg.keying)
+    if hasattr(model, "bitswitch_export") and cfg.adapters:
+        raise BitswitchError(f"{cfg.model!r} is an export: its adapters are already in it; drop --adapters")
     return model, tok
 
 
@@ -59,32 +54,42 @@ def run_eval(cfg: EvalConfig, argv: list[str] | None = None, log=print) -> dict:
         except (json.JSONDecodeError, KeyError):
             previous = {}
     model, tok = prepare_model(cfg)
+    exported = getattr(model, "bitswitch_export", None)
+    profiles = cfg.profiles or ["fp"]
+    if exported is not None:
+        if cfg.profiles and cfg.profiles != [exported["profile"]]:
+            raise BitswitchError(f"{cfg.model!r} was exported at profile {exported['profile']!r} and runs only at it: "
+                                 "drop --profiles (or evaluate the source model with --profiles)")
+        profiles = [exported["profile"]]
     task.setup(model, tok)
     results = {"task": cfg.task, "model": cfg.model, "data": cfg.data, "adapters": cfg.adapters,
                "settings": settings, **run_metadata(argv, cfg.seed, device=str(next(model.parameters()).device),
                                                    dtype=cfg.dtype),
                "config": dataclasses.asdict(cfg), "records": []}
-    for profile in cfg.profiles:
+    for profile in profiles:
         if profile in previous:
             log(f"[{profile}] already measured in {out / 'results.json'}: skipped")
             results["records"].append(previous[profile])
             continue
-        prof = set_profile(model, profile)
-        if needs_calibration(model, profile):
-            calibrate(model, task.calibration_batches())
-        acct = profile_report(model, profile)
+        if exported is None:
+            name = set_profile(model, profile).name
+            if needs_calibration(model, profile):
+                calibrate(model, task.calibration_batches())
+            acct = profile_report(model, profile)
+            adapter = next(m for _, _, m in unit_modules(model)).active_adapter
+        else:
+            name, acct, adapter = profile, exported, "merged" if exported["merge"] == "before" else "exported"
         t0 = time.perf_counter()
-        with tqdm(total=task.total(), desc=f"{cfg.task} {prof.name}", unit=getattr(task, "unit", "tok"),
+        with tqdm(total=task.total(), desc=f"{cfg.task} {name}", unit=getattr(task, "unit", "tok"),
                   dynamic_ncols=True, leave=False) as bar:
             metrics = task.evaluate(model, tok, profile, out, bar)
         seconds = time.perf_counter() - t0
-        record = {"profile": prof.name, **metrics, "seconds": round(seconds, 3),
+        record = {"profile": name, **metrics, "seconds": round(seconds, 3),
                   "avg_w_bits": round(acct["avg_w_bits"], 4), "weight_bytes": acct["weight_bytes"],
-                  "adapter": model.get_submodule(next(iter(model.bitswitch.units.values()))[0]).active_adapter,
-                  "peak_rss_mb": round(peak_rss_mb(), 1)}
+                  "adapter": adapter, "peak_rss_mb": round(peak_rss_mb(), 1)}
         results["records"].append(record)
         atomic_write_json(out / "results.json", results)
-        log(f"[{prof.name}] " + ", ".join(f"{k}={v}" for k, v in record.items() if k in task.columns[1:3]))
+        log(f"[{name}] " + ", ".join(f"{k}={v}" for k, v in record.items() if k in task.columns[1:3]))
     results["artifacts"] = task.finish(results["records"], out)
     atomic_write_json(out / "results.json", results)
     table = markdown_table(results["records"], task.columns)

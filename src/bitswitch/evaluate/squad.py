@@ -12,7 +12,7 @@ import math
 import time
 from pathlib import Path
 
-from ..data.squad import DEFAULT_TEMPLATE, PromptConfig, encode_prompts, load_squad
+from ..data.squad import DEFAULT_TEMPLATE, PromptConfig, calibration_batches, encode_prompts, load_squad
 from ..errors import BitswitchError
 from ..io import atomic_write_text
 from ..plots import metric_vs_bits
@@ -57,12 +57,8 @@ class SquadTask:
         if self.train is None:
             raise BitswitchError("static activation ranges are calibrated on training examples: pass "
                                  "--train-data (a SQuAD training file) or use --act-mode token")
-        import torch
-
-        n = self.cfg.calib_batches * self.cfg.batch_size
-        cfg = PromptConfig(template=self.prompt_cfg.template, chat=self.prompt_cfg.chat)
-        ids, _ = encode_prompts(self._tokenizer, self.train[:n], cfg, 1024, reserve=0)
-        return [torch.tensor([seq]) for seq in ids]
+        return calibration_batches(self._tokenizer, self.train, self.cfg.calib_batches * self.cfg.batch_size,
+                                   self.prompt_cfg.template, self.prompt_cfg.chat)
 
     def evaluate(self, model, tokenizer, profile: str, out_dir, progress=None) -> dict:
         cfg = self.cfg

@@ -5,7 +5,9 @@
 """
 
 from .format import FORMAT_VERSION, MAP_FILE, WEIGHTS_FILE
+from .prepare import prepare_for_export
 from .reader import exported_profile, load_exported
 from .writer import export_model
 
-__all__ = ["FORMAT_VERSION", "MAP_FILE", "WEIGHTS_FILE", "export_model", "exported_profile", "load_exported"]
+__all__ = ["FORMAT_VERSION", "MAP_FILE", "WEIGHTS_FILE", "export_model", "exported_profile", "load_exported",
+           "prepare_for_export"]
