@@ -26,14 +26,18 @@ test-unit: $(STAMP)
 test-integration: $(STAMP)
 	$(BIN)/python -m pytest tests -q -m integration -ra
 
-# The main job: every profile of SmolLM2-135M on WikiText-2 test (local file beside the repo).
-DEMO_DATA ?= ../shared/data/wikitext-2-raw/wiki.test.raw
+# The main job: train switchable adapters for SmolLM2-135M on SQuAD (random schedule over fp, w8a8,
+# w6a8, w4a8), then evaluate every profile on dev questions. Local SQuAD files beside the repo by
+# default; SQUAD_TRAIN=squad SQUAD_DEV=squad loads them from the hub instead.
+SQUAD_TRAIN ?= ../shared/data/squad-v1.1/train-subset-v1.1.json
+SQUAD_DEV ?= ../shared/data/squad-v1.1/dev-part1-v1.1.json
+DEMO_ARGS ?=
 demo: $(STAMP)
-	$(BIN)/bitswitch eval --model smollm2-135m --task wikitext --data $(DEMO_DATA) \
-	  --profiles fp w8a8 w6a8 w4a8 --max-tokens 8192 --out runs/demo
+	$(BIN)/bitswitch demo --train-data $(SQUAD_TRAIN) --dev-data $(SQUAD_DEV) --out runs/demo $(DEMO_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_switch.py --out benchmarks/results/switch.json
+	$(BIN)/python benchmarks/bench_squad.py --out benchmarks/results/squad.json
 
 clean:
 	rm -rf $(VENV) runs

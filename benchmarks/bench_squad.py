@@ -67,6 +67,7 @@ def main(argv=None):
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--runs", default="runs/bench_squad", help="where the eval runs write their results")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
@@ -74,7 +75,7 @@ def main(argv=None):
     if rows:
         write(None, rows, ["what", "questions", "seconds", "questions_per_s", "speedup", "same_predictions"])
     quality = []
-    for shots in sorted({0, a.shots}):
+    for shots in [] if a.skip_quality else sorted({0, a.shots}):
         cfg = EvalConfig(model=a.model, task="squad", data=a.dev, adapters=a.adapters, profiles=a.profiles,
                          limit=a.quality_limit, shots=shots, train_data=a.train if shots else None,
                          batch_size=a.batch_size, max_new_tokens=a.max_new_tokens, device=a.device,

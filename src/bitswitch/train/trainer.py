@@ -59,6 +59,7 @@ class Trainer:
         self.acc = Accelerator(cpu=cpu, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
         self.out = Path(cfg.out)
         self._stop: int | None = None
+        self.tb = None   # a TensorBoard writer while run() runs, when TensorBoard is installed
 
     # -- setup -------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -155,6 +156,7 @@ class Trainer:
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM,)}
         bar = tqdm(total=cfg.steps, initial=self.start, desc="train", disable=not acc.is_main_process,
                    dynamic_ncols=True)
+        self.tb = _tensorboard(self.out / "tensorboard") if acc.is_main_process else None
         last = {}
         try:
             for step in range(self.start, cfg.steps):
@@ -175,6 +177,8 @@ class Trainer:
                     self._save(step + 1)
         finally:
             bar.close()
+            if self.tb is not None:
+                self.tb.close()
             for s, h in handlers.items():
                 signal.signal(s, h)
         return self._finish(last)
@@ -209,6 +213,10 @@ class Trainer:
                   "peak_rss_mb": round(peak_rss_mb(), 1)}
         if self.acc.is_main_process and (step % cfg.log_every == 0 or step + 1 == cfg.steps):
             append_jsonl(self.out / "metrics.jsonl", record)
+            if self.tb is not None:
+                for k, v in record.items():
+                    if isinstance(v, (int, float)) and k != "step":
+                        self.tb.add_scalar(f"train/{k}", v, step)
         return record
 
     def _on_signal(self, signum, frame):
@@ -228,6 +236,15 @@ class Trainer:
             atomic_write_json(self.out / "summary.json", summary)
         self.acc.wait_for_everyone()
         return summary
+
+
+def _tensorboard(path: Path):
+    """A SummaryWriter when TensorBoard is installed, else None (metrics.jsonl always has everything)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(path))
 
 
 def _avg_bits(model, profile: str) -> float:
