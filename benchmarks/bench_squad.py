@@ -63,7 +63,7 @@ def main(argv=None):
     ap.add_argument("--quality-limit", type=int, default=200)
     ap.add_argument("--profiles", nargs="+", default=["fp", "w8a8", "w6a8", "w4a8"])
     ap.add_argument("--shots", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--skip-speed", action="store_true")

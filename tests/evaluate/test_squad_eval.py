@@ -53,3 +53,15 @@ def test_malformed_squad_file_is_one_line_exit_2(tmp_path, capsys):
 def test_unknown_task_is_one_line_exit_2(tmp_path, capsys, task):
     assert main(["eval", "--model", "tiny-gpt2", "--task", task, "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_lm_eval_without_task_data_is_one_line(tmp_path, capsys):
+    """On a machine without hub access (CI, this one) the task data cannot be had: one line, exit 2."""
+    pytest.importorskip("lm_eval")
+    from bitswitch.hub import hub_reachable
+
+    if hub_reachable():
+        pytest.skip("the hub is reachable here: the data could be downloaded")
+    code = main(["eval", "--model", "tiny-gpt2", "--task", "lm-eval:boolq", "--limit", "2", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "boolq" in err[-1] and err[-1].startswith("bitswitch: error:")
