@@ -117,3 +117,33 @@ def test_train_cli_end_to_end_and_eval_with_adapters(tmp_path, squad_file, capsy
                  "--out", str(tmp_path / "ev")]) == 0
     res = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert [r["adapter"] for r in res["records"]] == ["fp", "w4a8"]
+
+
+def test_text_task_with_random_unit_bits(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("Switchable precision keeps one model for many bit-widths.\n" * 20)
+    train(TrainConfig(model="tiny-gpt2", task="text", data=str(text), steps=3, batch_size=2, max_length=64,
+                      schedule="random-unit", keying="unit-bits", candidates=[4, 8], device="cpu",
+                      out=str(tmp_path / "run")))
+    rec = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rec) == 3 and all(r["profile"].startswith("L0.attn_in=w") for r in rec)
+    meta = json.loads((tmp_path / "run" / "adapters" / "adapter_config.json").read_text())
+    assert meta["keying"] == "unit-bits" and set(meta["profiles"]) == {"w4a8", "w8a8"}
+
+
+def test_non_finite_loss_stops_before_the_update(tmp_path, squad_file, monkeypatch, capsys):
+    import bitswitch.train.trainer as tr
+
+    real = tr.cross_entropy
+    calls = {"n": 0}
+
+    def poisoned(logits, targets):
+        calls["n"] += 1
+        return real(logits, targets) * (float("nan") if calls["n"] == 3 else 1.0)
+    monkeypatch.setattr(tr, "cross_entropy", poisoned)
+    code = main(["train", "--model", "tiny-gpt2", "--data", squad_file, "--steps", "5", "--save-every", "2",
+                 "--batch-size", "4", "--device", "cpu", "--out", str(tmp_path / "nan"), "--set", "max_length=160"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1 and "loss is nan at step 2" in err
+    step = json.loads((tmp_path / "nan" / "checkpoint" / "step.json").read_text())["step"]
+    assert step == 2                                        # the last good checkpoint is kept

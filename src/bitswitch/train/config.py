@@ -17,7 +17,7 @@ import yaml
 from ..errors import BitswitchError
 from .schedules import SCHEDULES
 
-KEYINGS = ("profile", "shared", "unit-bits")
+from ..switching import KEYINGS  # noqa: E402 - one list of keyings
 
 
 @dataclass
