@@ -15,9 +15,8 @@ from pathlib import Path
 import yaml
 
 from ..errors import BitswitchError
+from ..switching import KEYINGS
 from .schedules import SCHEDULES
-
-from ..switching import KEYINGS  # noqa: E402 - one list of keyings
 
 
 @dataclass
