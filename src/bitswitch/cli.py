@@ -105,7 +105,20 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--profile", required=True)
     pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _quant_args(pr)
+    for name in COMMAND_MODULES:
+        _command_module(name).add_parser(sub)
     return parser
+
+
+# Commands that live in their own module under bitswitch/commands/ (each has add_parser(sub) and
+# run(args, argv) -> exit code); the module name is the subcommand name.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def _command_module(name: str):
+    import importlib
+
+    return importlib.import_module(f".commands.{name}", __package__)
 
 
 def _cmd_eval(a, argv) -> int:
@@ -224,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
+        if args.command in COMMAND_MODULES:
+            return _command_module(args.command).run(args, argv)
         return COMMANDS[args.command](args, argv)
     except BitswitchError as exc:
         print(f"bitswitch: error: {exc}", file=sys.stderr)
