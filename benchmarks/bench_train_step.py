@@ -7,12 +7,16 @@ batches of SQuAD training examples, for ``--steps`` steps after one warm-up step
 - ``bitswitch-fp``: bitswitch at fp, one adapter, LM head only at supervised positions;
 - ``bitswitch-fp-fullhead``: the same with the LM head at every position (the saving of the above);
 - ``bitswitch-random``: the ``random`` schedule over fp, w8a8, w6a8, w4a8;
-- ``bitswitch-random-distill``: the same with self-distillation from the fp pass.
+- ``bitswitch-random-distill``: the same with self-distillation from the fp pass;
+- ``bitswitch-random-ckpt``: ``random`` with activation checkpointing (``--checkpointing``).
 
 Goals: random QAT step at most 1.25x the fp LoRA step (issue 4); QAT peak memory at most 1.3x the
-fp LoRA peak, with distillation at most 1.6x (issue 9).
+fp LoRA peak, with distillation at most 1.6x (issue 9). With ``--fit-batch 4`` every row also runs at
+batch 4; peak memory is fitted as base + slope x padded tokens of the widest batch, which gives the
+largest batch of ``--max-length`` rows that fits ``--budget-gib`` (an extrapolation, stated as such).
 
-    python benchmarks/bench_train_step.py --steps 30 --batch-size 8 --out benchmarks/results/train_step.json
+    python benchmarks/bench_train_step.py --steps 30 --batch-size 8 --fit-batch 4 \
+        --rows peft-lora-fp bitswitch-random bitswitch-random-distill bitswitch-random-ckpt --out benchmarks/results/train_step_30.json
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from common import write
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "squad-v1.1" / "train-subset-v1.1.json"
-ROWS = ["peft-lora-fp", "bitswitch-fp", "bitswitch-fp-fullhead", "bitswitch-random", "bitswitch-random-distill"]
+ROWS = ["peft-lora-fp", "bitswitch-fp", "bitswitch-fp-fullhead", "bitswitch-random", "bitswitch-random-distill",
+        "bitswitch-random-ckpt"]
 
 
 def vm_hwm_mb() -> float:
@@ -75,6 +80,8 @@ def child(row: str, a) -> dict:
         params = list(adapter_parameters(model))
         sched = Schedule("random", profiles, a.steps + 1, seed=0)
         distill = row.endswith("distill")
+        if row.endswith("ckpt"):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
         def loss_fn(batch, step):
             if row.endswith("fullhead"):
@@ -90,9 +97,10 @@ def child(row: str, a) -> dict:
             return loss + distill_kl(logits, teacher) if teacher is not None else loss
     model.train()
     opt = torch.optim.AdamW(params, lr=1e-4)
-    times, tokens = [], 0
+    times, tokens, widest = [], 0, 0
     for step in range(a.steps + 1):
         batch = collate([examples[i] for i in batches.batch(step)], pad, model.device)
+        widest = max(widest, batch["input_ids"].numel())
         t0 = time.perf_counter()
         loss_fn(batch, step).backward()
         opt.step()
@@ -101,7 +109,7 @@ def child(row: str, a) -> dict:
             times.append(time.perf_counter() - t0)
             tokens += int(batch["attention_mask"].sum())
     return {"row": row, "steps": a.steps, "batch_size": a.batch_size, "seconds_per_step": sum(times) / len(times),
-            "tokens_per_s": tokens / sum(times), "peak_rss_mb": vm_hwm_mb()}
+            "tokens_per_s": tokens / sum(times), "peak_rss_mb": vm_hwm_mb(), "max_batch_tokens": widest}
 
 
 def main(argv=None):
@@ -113,26 +121,43 @@ def main(argv=None):
     ap.add_argument("--max-length", type=int, default=384)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--rows", nargs="+", default=ROWS, choices=ROWS)
+    ap.add_argument("--fit-batch", type=int, default=None,
+                    help="also run every row at this batch size (--fit-steps steps) and fit peak memory as "
+                         "base + slope x padded batch tokens, to give the largest batch that fits --budget-gib")
+    ap.add_argument("--fit-steps", type=int, default=5)
+    ap.add_argument("--budget-gib", type=float, default=16.0)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     if a.child:
         print("RESULT " + json.dumps(child(a.child, a)))
         return
-    rows = []
-    for row in a.rows:
+    def run(row, batch_size, steps):
         args = [sys.executable, __file__, "--child", row, "--model", a.model, "--data", a.data, "--steps",
-                str(a.steps), "--batch-size", str(a.batch_size), "--max-length", str(a.max_length), "--device", a.device]
+                str(steps), "--batch-size", str(batch_size), "--max-length", str(a.max_length), "--device", a.device]
         proc = subprocess.run(args, capture_output=True, text=True)
         if proc.returncode:
-            raise SystemExit(f"row {row} failed:\n{proc.stderr[-3000:]}")
-        rows.append(json.loads(proc.stdout.split("RESULT ", 1)[1]))
-        print(f"{row}: {rows[-1]['seconds_per_step']:.2f} s/step, {rows[-1]['peak_rss_mb']:.0f} MiB", flush=True)
+            raise SystemExit(f"row {row} (batch {batch_size}) failed:\n{proc.stderr[-3000:]}")
+        r = json.loads(proc.stdout.split("RESULT ", 1)[1])
+        print(f"{row} batch {batch_size}: {r['seconds_per_step']:.2f} s/step, {r['peak_rss_mb']:.0f} MiB", flush=True)
+        return r
+
+    rows = []
+    for row in a.rows:
+        rows.append(run(row, a.batch_size, a.steps))
+        if a.fit_batch:
+            small = run(row, a.fit_batch, a.fit_steps)
+            # peak = base + slope * widest padded batch: two points per row
+            slope = (rows[-1]["peak_rss_mb"] - small["peak_rss_mb"]) / (rows[-1]["max_batch_tokens"] - small["max_batch_tokens"])
+            base = rows[-1]["peak_rss_mb"] - slope * rows[-1]["max_batch_tokens"]
+            rows[-1].update(fit_mb_per_token=slope, fit_base_mb=base, fit_small_peak_mb=small["peak_rss_mb"],
+                            largest_batch_in_budget=int((a.budget_gib * 1024 - base) / (slope * a.max_length)))
     base = rows[0]
     for r in rows:
         r["time_vs_first"] = r["seconds_per_step"] / base["seconds_per_step"]
         r["peak_vs_first"] = r["peak_rss_mb"] / base["peak_rss_mb"]
-    write(a.out, rows, ["row", "seconds_per_step", "tokens_per_s", "peak_rss_mb", "time_vs_first", "peak_vs_first"],
+    cols = ["row", "seconds_per_step", "tokens_per_s", "peak_rss_mb", "time_vs_first", "peak_vs_first"]
+    write(a.out, rows, cols + (["largest_batch_in_budget"] if a.fit_batch else []), budget_gib=a.budget_gib,
           model=a.model, steps=a.steps, batch_size=a.batch_size, device=a.device)
 
 

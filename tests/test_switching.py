@@ -148,3 +148,16 @@ def test_units_share_one_quantized_input_without_changing_results(ids):
         for _, _, m in bs.switching.unit_modules(model):
             m.input_share = None
         assert torch.equal(model(ids).logits, shared)
+
+
+def test_weight_cache_modes_give_bitwise_identical_logits(tiny, ids):
+    model, _, _ = tiny
+    out = {}
+    for mode in ("auto", "codes", "float"):
+        bs.set_weight_cache(model, mode)
+        bs.set_profile(model, "w4g8a8;L0.*=w8a8")
+        with torch.no_grad():
+            out[mode] = model(ids).logits
+    assert torch.equal(out["auto"], out["codes"]) and torch.equal(out["auto"], out["float"])
+    with pytest.raises(bs.BitswitchError, match="unknown weight cache"):
+        bs.set_weight_cache(model, "int4")

@@ -13,10 +13,10 @@ from .adapters import AdapterConfig, add_adapters, freeze_base, load_adapters, s
 from .errors import BitswitchError
 from .models import load_model
 from .profiles import BUILTIN, Profile, QuantOptions, parse_profile, resolve
-from .switching import calibrate, make_switchable, set_profile, use_profile
+from .switching import calibrate, make_switchable, set_profile, set_weight_cache, use_profile
 from .units import find_units
 
 __version__ = "0.1.0"
 __all__ = ["AdapterConfig", "BUILTIN", "BitswitchError", "Profile", "QuantOptions", "add_adapters",
            "calibrate", "find_units", "freeze_base", "load_adapters", "load_model", "make_switchable",
-           "parse_profile", "profile_report", "resolve", "save_adapters", "set_profile", "use_profile"]
+           "parse_profile", "profile_report", "resolve", "save_adapters", "set_profile", "set_weight_cache", "use_profile"]

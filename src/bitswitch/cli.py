@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--max-new-tokens", type=int, default=32)
     ev.add_argument("--calib-batches", type=int, default=4, help="batches for static activation ranges")
+    ev.add_argument("--weight-cache", choices=["codes", "float"], default="codes",
+                    help="cache quantized weights as 1-byte codes (default, least memory) or as float "
+                         "(faster token-by-token decoding, as large as the float units); same results")
     _quant_args(ev)
 
     tr = sub.add_parser("train", help="switchable-precision QAT of LoRA adapters")
@@ -130,7 +133,7 @@ def _cmd_eval(a, argv) -> int:
                      options=_options(a), max_tokens=a.max_tokens, window=a.window, stride=a.stride,
                      limit=a.limit, shots=a.shots, train_data=a.train_data, template=a.template,
                      chat=a.chat, batch_size=a.batch_size, max_new_tokens=a.max_new_tokens,
-                     calib_batches=a.calib_batches)
+                     calib_batches=a.calib_batches, weight_cache=a.weight_cache)
     results = run_eval(cfg, argv, log=lambda m: print(m, file=sys.stderr))
     print(results["table"])
     print(f"\nresults: {a.out}/results.json" + "".join(f"\nplot: {p}" for p in results.get("artifacts", [])))
@@ -144,6 +147,7 @@ TRAIN_FLAGS = {
     "--seed": {"type": int}, "--save-every": {"type": int}, "--out": {}, "--device": {}, "--dtype": {},
     "--max-batch-tokens": {"type": int}, "--limit": {"type": int},
     "--checkpointing": {"action": "store_const", "const": True},
+    "--max-memory": {"help": "e.g. 16GiB: refuse at setup, with options that fit, if the estimate is larger"},
 }
 
 
@@ -234,7 +238,10 @@ COMMANDS = {"eval": _cmd_eval, "train": _cmd_train, "demo": _cmd_demo, "export":
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .results import bound_heap_retention
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    bound_heap_retention()
     try:
         args = build_parser().parse_args(argv)
         if args.command in COMMAND_MODULES:

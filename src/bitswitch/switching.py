@@ -50,6 +50,7 @@ def make_switchable(model: nn.Module, options: QuantOptions = QuantOptions(), ke
     if hasattr(model, "bitswitch"):
         return model
     units = find_units(model)
+    scratch: dict = {}
     for names in units.values():
         share = {} if len(names) > 1 else None
         for i, name in enumerate(names):
@@ -57,6 +58,7 @@ def make_switchable(model: nn.Module, options: QuantOptions = QuantOptions(), ke
             owner = model.get_submodule(parent) if parent else model
             wrapped = QuantLinear(owner.get_submodule(child))
             wrapped.input_share, wrapped.input_share_last = share, i == len(names) - 1
+            wrapped.scratch = scratch
             setattr(owner, child, wrapped)
     model.bitswitch = SwitchState(units, options, keying)
     return model
@@ -165,6 +167,22 @@ def needs_calibration(model: nn.Module, profile: str | Profile) -> bool:
 
 
 def clear_caches(model: nn.Module) -> None:
-    """Drop every cached fake-quantized weight (after editing base weights out of place)."""
+    """Drop every cached fake-quantized weight (after editing base weights out of place, or to free
+    the caches of profiles that will not run again)."""
     for _, _, m in unit_modules(model):
+        m.clear_cache()
+
+
+WEIGHT_CACHES = ("auto", "codes", "float")
+
+
+def set_weight_cache(model: nn.Module, mode: str) -> None:
+    """How frozen quantized weights are cached: ``codes`` (1 byte per weight + scales, dequantized at
+    every forward), ``float`` (the fake-quantized float weight: no dequantization, but as large as the
+    float units) or ``auto`` (the default: codes for inference, float under autograd). All give
+    bitwise the same outputs; existing caches are dropped."""
+    if mode not in WEIGHT_CACHES:
+        raise BitswitchError(f"unknown weight cache {mode!r}: use one of {', '.join(WEIGHT_CACHES)}")
+    for _, _, m in unit_modules(model):
+        m.weight_cache = mode
         m.clear_cache()

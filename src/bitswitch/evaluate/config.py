@@ -21,6 +21,7 @@ class EvalConfig:
     seed: int = 0
     keying: str = "profile"
     options: QuantOptions = field(default_factory=QuantOptions)
+    weight_cache: str = "codes"           # switching.WEIGHT_CACHES; never changes results, only memory/speed
     # wikitext
     max_tokens: int | None = None
     window: int = 1024
@@ -49,5 +50,7 @@ class EvalConfig:
                 raise BitswitchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.stride is not None and not 0 < self.stride <= self.window:
             raise BitswitchError(f"--stride must be in 1..--window ({self.window}), got {self.stride}")
+        if self.weight_cache not in ("codes", "float"):
+            raise BitswitchError(f"--weight-cache must be codes or float, got {self.weight_cache!r}")
         if self.shots < 0:
             raise BitswitchError(f"--shots must be >= 0, got {self.shots}")

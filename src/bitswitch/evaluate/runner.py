@@ -20,7 +20,8 @@ from ..io import atomic_write_json, atomic_write_text
 from ..models import load_switchable
 from ..results import markdown_table, peak_rss_mb, run_metadata
 from ..errors import BitswitchError
-from ..switching import calibrate, needs_calibration, set_profile, unit_modules
+from ..switching import (calibrate, clear_caches, needs_calibration, set_profile, set_weight_cache,
+                         unit_modules)
 from .config import EvalConfig
 from .tasks import make_task
 
@@ -28,15 +29,18 @@ from .tasks import make_task
 def _settings_hash(cfg: EvalConfig) -> str:
     """What must match for an earlier record to be reused (everything but profiles and out)."""
     d = dataclasses.asdict(cfg)
-    for k in ("profiles", "out", "device"):  # noqa: B007 - settings that may differ between resumed runs
+    for k in ("profiles", "out", "device", "weight_cache"):  # noqa: B007 - settings that may differ between resumed runs
         d.pop(k)
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def prepare_model(cfg: EvalConfig):
     model, tok = load_switchable(cfg.model, cfg.adapters, cfg.options, cfg.device, cfg.dtype, cfg.seed, cfg.keying)
-    if hasattr(model, "bitswitch_export") and cfg.adapters:
-        raise BitswitchError(f"{cfg.model!r} is an export: its adapters are already in it; drop --adapters")
+    if hasattr(model, "bitswitch_export"):
+        if cfg.adapters:
+            raise BitswitchError(f"{cfg.model!r} is an export: its adapters are already in it; drop --adapters")
+    else:
+        set_weight_cache(model, cfg.weight_cache)
     return model, tok
 
 
@@ -72,6 +76,7 @@ def run_eval(cfg: EvalConfig, argv: list[str] | None = None, log=print) -> dict:
             results["records"].append(previous[profile])
             continue
         if exported is None:
+            clear_caches(model)   # the previous profile's quantized weights are not needed again
             name = set_profile(model, profile).name
             if needs_calibration(model, profile):
                 calibrate(model, task.calibration_batches())
@@ -89,7 +94,8 @@ def run_eval(cfg: EvalConfig, argv: list[str] | None = None, log=print) -> dict:
                   "adapter": adapter, "peak_rss_mb": round(peak_rss_mb(), 1)}
         results["records"].append(record)
         atomic_write_json(out / "results.json", results)
-        log(f"[{name}] " + ", ".join(f"{k}={v}" for k, v in record.items() if k in task.columns[1:3]))
+        log(f"[{name}] " + ", ".join(f"{k}={v}" for k, v in record.items() if k in task.columns[1:3])
+            + f", peak_rss_mb={record['peak_rss_mb']}")
     results["artifacts"] = task.finish(results["records"], out)
     atomic_write_json(out / "results.json", results)
     table = markdown_table(results["records"], task.columns)

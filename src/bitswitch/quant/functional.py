@@ -117,8 +117,18 @@ def quantize_weight(w: Tensor, cfg: WeightQuant) -> tuple[Tensor, Tensor, Tensor
 
 
 def dequantize_weight(code: Tensor, scale: Tensor, zero: Tensor | None, cfg: WeightQuant,
-                      dtype: torch.dtype = torch.float32) -> Tensor:
-    """Inverse of :func:`quantize_weight`: codes (out, in) -> weight (out, in) in ``dtype``."""
+                      dtype: torch.dtype = torch.float32, out: Tensor | None = None) -> Tensor:
+    """Inverse of :func:`quantize_weight`: codes (out, in) -> weight (out, in) in ``dtype``.
+
+    ``out``: a float32 (out, in) buffer to write into instead of allocating (uniform quantizers;
+    the same float ops in the same order, so bitwise the allocating result).
+    """
+    if out is not None and cfg.method == "uniform" and out.dtype == torch.float32 == dtype:
+        og = _grouped(out, cfg.group_size)
+        og.copy_(_grouped(code, cfg.group_size))
+        if zero is not None:
+            og.sub_(zero.unsqueeze(-1))
+        return og.mul_(scale.unsqueeze(-1)).reshape(code.shape)
     cg = _grouped(code.float(), cfg.group_size)
     w = dequantize(cg, scale.unsqueeze(-1), None if zero is None else zero.unsqueeze(-1), cfg.bits, cfg.method)
     return w.reshape(code.shape).to(dtype)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import UnitPrecision, WeightQuant
-from .functional import fake_quantize_act, fake_quantize_weight
+from .functional import dequantize_weight, fake_quantize_act, fake_quantize_weight, quantize_weight
 from .lora import LoraAdapter
 from .observers import EMAObserver
 
@@ -42,9 +42,18 @@ class QuantLinear(nn.Module):
         # copy: the first computes it, the others reuse it, the last one lets it go.
         self.input_share: dict | None = None
         self.input_share_last = False
-        # WeightQuant -> (weight version, data_ptr, fake-quantized weight (out, in)); a plain dict so
-        # it is never saved, and shared by every profile that uses the same weight quantizer.
-        self._wcache: dict[WeightQuant, tuple[int, int, Tensor]] = {}
+        # (WeightQuant, kind) -> ((weight version, data_ptr), cached weight); a plain dict so it is
+        # never saved, and shared by every profile that uses the same weight quantizer. ``kind`` is
+        # "codes" (integer codes, 1 byte per weight, + scales; dequantized at every forward) or
+        # "float" (the fake-quantized float weight). ``weight_cache`` picks it: "auto" (default) keeps
+        # codes for inference -- a float copy would add the float size of every quantized unit to
+        # memory -- and floats under autograd, where the float weight is saved for backward anyway,
+        # so one shared copy beats a new one per forward pass.
+        self.weight_cache = "auto"
+        self._wcache: dict[tuple[WeightQuant, str], tuple[tuple[int, int], object]] = {}
+        # {(shape, device): float32 buffer} shared by the units of one model (set by make_switchable):
+        # inference dequantizes into it instead of allocating a new weight per unit and token.
+        self.scratch: dict | None = None
 
     # -- weights ---------------------------------------------------------------------------------
     def weight_out_in(self) -> Tensor:
@@ -53,17 +62,44 @@ class QuantLinear(nn.Module):
         return w.t() if self.conv1d else w
 
     def quantized_weight(self, cfg: WeightQuant) -> Tensor:
-        """Fake-quantized weight (out, in), computed once per quantizer while the weight is unchanged."""
+        """Fake-quantized weight (out, in), quantized once per quantizer while the weight is unchanged.
+
+        From the codes cache it is dequantized on every call -- bitwise what fake quantization
+        gives, since both dequantize the same codes and scales -- into the shared scratch buffer when
+        no gradient is recorded (the caller uses it before the next unit overwrites it).
+        """
         w = self.base.weight
-        if w.requires_grad and torch.is_grad_enabled():  # full QAT of the base weight: STE, no cache
+        grad = torch.is_grad_enabled()
+        if w.requires_grad and grad:  # full QAT of the base weight: STE, no cache
             wt = self.weight_out_in()
             return wt + (fake_quantize_weight(wt, cfg) - wt).detach()
-        hit = self._wcache.get(cfg)
+        kind = self.weight_cache if self.weight_cache != "auto" else ("float" if grad else "codes")
+        if cfg.bits > 8 or cfg.method != "uniform":
+            kind = "float"   # no 1-byte codes
+        hit = self._wcache.get((cfg, kind))
         key = (w._version, w.data_ptr())
-        if hit is None or hit[:2] != key:
-            hit = (*key, fake_quantize_weight(self.weight_out_in(), cfg).contiguous())
-            self._wcache[cfg] = hit
-        return hit[2]
+        if hit is None or hit[0] != key:
+            with torch.inference_mode(False):   # normal tensors: usable later outside inference mode too
+                hit = self._wcache[(cfg, kind)] = (key, self._quantize(cfg, kind))
+        cached = hit[1]
+        if kind == "float":
+            return cached
+        buf = None
+        if not grad and self.scratch is not None and w.dtype == torch.float32:
+            shape = (self.out_features, self.in_features)
+            buf = self.scratch.get((shape, w.device))
+            if buf is None:
+                with torch.inference_mode(False):
+                    buf = self.scratch[(shape, w.device)] = torch.empty(shape, device=w.device)
+        return dequantize_weight(*cached, cfg, dtype=w.dtype, out=buf)
+
+    def _quantize(self, cfg: WeightQuant, kind: str):
+        wt = self.weight_out_in()
+        if kind == "float":
+            return fake_quantize_weight(wt, cfg).contiguous()
+        # symmetric codes lie in [-127, 127], asymmetric in [0, 255]: one byte either way
+        code, scale, zero = quantize_weight(wt, cfg)
+        return code.to(torch.int8 if cfg.symmetric else torch.uint8), scale, zero
 
     def clear_cache(self) -> None:
         self._wcache.clear()

@@ -57,6 +57,8 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     max_grad_norm: float = 1.0
     checkpointing: bool = False
+    max_memory: str | None = None        # e.g. 16GiB: refuse at setup if the estimate exceeds it
+    check_memory: bool = True            # refuse at setup when the estimate exceeds available memory
     # losses
     distill: float = 0.0                 # weight of KL(teacher || student)
     temperature: float = 1.0
@@ -100,6 +102,13 @@ class TrainConfig:
         if self.consistency > 0 and self.schedule in ("fixed", "cyclic", "progressive"):
             raise BitswitchError("consistency needs two sampled profiles per step: use schedule random, "
                                  "random-unit or all")
+        if self.max_memory is not None:
+            from .memory import parse_bytes
+
+            try:
+                parse_bytes(self.max_memory)
+            except ValueError:
+                raise BitswitchError(f"max_memory={self.max_memory!r} is not a size: write e.g. 16GiB or 500MiB") from None
         if self.max_batch_tokens is not None and self.max_batch_tokens < self.max_length:
             raise BitswitchError(f"max_batch_tokens ({self.max_batch_tokens}) must hold one example of "
                                  f"max_length ({self.max_length}) tokens")

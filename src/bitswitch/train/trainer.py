@@ -22,7 +22,9 @@ from ..results import peak_rss_mb, run_metadata
 from ..switching import make_switchable, resolve_profile, set_profile, use_profile
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
-from .data import LengthGroupedBatches, collate, squad_examples, text_examples
+from .data import IGNORE, LengthGroupedBatches, collate, squad_examples, text_examples
+from .memory import check_fits
+from .memory import estimate as estimate_memory
 from .losses import cross_entropy, distill_kl, hidden_mse, supervised_forward
 from .schedules import Schedule, _rng
 
@@ -88,6 +90,11 @@ class Trainer:
                                             cfg.seed)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
         params = list(adapter_parameters(model))
+        self.memory = self._memory_estimate(model, params)
+        if cfg.check_memory:
+            check_fits(model, cfg, self.memory, acc.device, self._passes())
+        if acc.is_main_process:
+            self.log(f"memory: {self.memory.describe()}")
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.model, self.opt = acc.prepare(model, opt)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
@@ -102,6 +109,18 @@ class Trainer:
             (self.out / "metrics.jsonl").unlink(missing_ok=True)
         if acc.is_main_process:
             cfg.save(self.out / "config.yaml")
+
+    def _passes(self) -> int:
+        """Forward graphs alive at once: every profile of an ``all`` step (+1 for consistency)."""
+        per_step = len(self.train_profiles) if self.cfg.schedule == "all" else 1
+        return per_step + (1 if self.cfg.consistency > 0 else 0)
+
+    def _memory_estimate(self, model, params):
+        weight_cfgs = {p.weight for prof in self.train_profiles for p in resolve_profile(model, prof)[1].values()
+                       if p.weight is not None}
+        return estimate_memory(model, self.cfg, self.batches, [len(e) for e in self.examples],
+                               [sum(t != IGNORE for t in e.labels) for e in self.examples], self._passes(),
+                               len(weight_cfgs), sum(p.numel() for p in params))
 
     @property
     def inner(self):
@@ -172,7 +191,7 @@ class Trainer:
                     raise Interrupted(step, self._stop)
                 bar.update(1)
                 bar.set_postfix(profile=_short(last["profile"]), loss=f"{last['loss']:.4f}",
-                                tok_s=f"{last['tokens_per_s']:.0f}")
+                                tok_s=f"{last['tokens_per_s']:.0f}", rss_mb=f"{last['peak_rss_mb']:.0f}")
                 if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
                     self._save(step + 1)
         finally:
@@ -230,7 +249,8 @@ class Trainer:
     def _finish(self, last: dict) -> dict:
         summary = {**run_metadata(self.argv, self.cfg.seed), "steps": self.cfg.steps, "last": last,
                    "teacher": self.teacher, "profiles": self.train_profiles, "adapters": str(self.out / "adapters"),
-                   "peak_rss_mb": round(peak_rss_mb(), 1)}
+                   "peak_rss_mb": round(peak_rss_mb(), 1),
+                   "memory_estimate_mb": round(self.memory.total / 2**20, 1)}
         if self.acc.is_main_process:
             save_adapters(self.inner, self.out / "adapters", self.train_profiles)
             atomic_write_json(self.out / "summary.json", summary)
