@@ -13,6 +13,7 @@ from .adapters import AdapterConfig, add_adapters, freeze_base, load_adapters, s
 from .errors import BitswitchError
 from .models import load_model
 from .profiles import BUILTIN, Profile, QuantOptions, parse_profile, resolve
+from .robust.rpi import rpi
 from .switching import calibrate, make_switchable, set_profile, set_weight_cache, use_profile
 from .units import find_units
 

@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Commands that live in their own module under bitswitch/commands/ (each has add_parser(sub) and
 # run(args, argv) -> exit code); the module name is the subcommand name.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("run", "report", "attack", "sensitivity", "search")
 
 
 def _command_module(name: str):

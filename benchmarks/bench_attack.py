@@ -1,0 +1,77 @@
+"""Adversarial robustness across precisions, and random precision inference (RPI) as a defence (issue 6).
+
+On SmolLM2-135M with the switchable (shared) adapters: HotFlip and typo attacks crafted at each of
+``--profiles`` and replayed at each (the transferability matrix), and RPI over ``--rpi`` with an
+adaptive attacker (EOT over ``--eot`` precision draws). Prints the tables and writes JSON.
+
+    flock /tmp/bitswitch-cpu.lock python benchmarks/bench_attack.py --adapters runs/demo/train/adapters \\
+        --limit 20 --eot 2 --max-new-tokens 12 --runs runs/bench_attack20 --out benchmarks/results/attack.json
+
+(the run behind docs/results.md: 20 questions, since on 2 shared CPU cores one question costs
+about 10-25 s to attack per craft setting and 2-4 s to replay per cell).
+
+Budgets are the attack defaults: 3 flipped question tokens (hotflip), 4 character edits (typo).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from common import write
+
+from bitswitch.robust.attack_runner import AttackConfig, run_attack
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "squad-v1.1"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--adapters", default="runs/demo/train/adapters")
+    ap.add_argument("--data", default=str(SHARED / "dev-part1-v1.1.json"))
+    ap.add_argument("--limit", type=int, default=100)
+    ap.add_argument("--attacks", nargs="+", default=["hotflip", "typo"])
+    ap.add_argument("--profiles", nargs="+", default=["fp", "w8a8", "w6a8", "w4a8"])
+    ap.add_argument("--rpi", nargs="+", default=["fp", "w8a8", "w6a8", "w4a8"])
+    ap.add_argument("--rpi-p", type=float, default=0.5)
+    ap.add_argument("--rpi-granularity", default="forward")
+    ap.add_argument("--rpi-matrix", default="diagonal")
+    ap.add_argument("--eot", type=int, default=4)
+    ap.add_argument("--candidates", type=int, default=None, help="per step (default: hotflip 8, typo 12)")
+    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--runs", default="runs/bench_attack", help="where the attack runs write (resumable)")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    # one run for every attack: one model load, and the clean replays are shared
+    cfg = AttackConfig(model=a.model, data=a.data, out=a.runs, attacks=a.attacks, craft=a.profiles,
+                       eval=a.profiles, adapters=a.adapters, rpi=a.rpi or None, rpi_p=a.rpi_p,
+                       rpi_granularity=a.rpi_granularity, rpi_matrix=a.rpi_matrix, eot=a.eot, limit=a.limit,
+                       candidates=a.candidates, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size,
+                       device=a.device)
+    res = run_attack(cfg, log=print)
+    print(res["table"])
+    rows, summaries = [{"attack": "-", "craft": "(clean)", **{c: v["f1"] for c, v in res["clean"].items()}}], {}
+    for attack in a.attacks:
+        r = res["results"][attack]
+        for craft, cols in r["matrix"].items():
+            rows.append({"attack": attack, "craft": craft, **{c: v["f1"] for c, v in cols.items()},
+                         "mean_edits": r["craft_stats"][craft]["mean_edits"],
+                         "success_rate": cols.get(craft, {}).get("success_rate")})
+        summaries[attack] = r["rpi_summary"]
+    cols = ["attack", "craft", *a.profiles, *(["rpi"] if a.rpi else []), "mean_edits", "success_rate"]
+    print()
+    srows = [{"attack": k, **(v or {})} for k, v in summaries.items()]
+    write(None, srows, ["attack", "clean_f1_fixed_mean", "clean_f1_rpi", "clean_cost", "attacked_f1_fixed_mean",
+                        "attacked_f1_rpi_adaptive", "recovered_adaptive"])
+    print()
+    write(a.out, rows, cols, model=a.model, adapters=a.adapters, limit=a.limit, rpi=a.rpi, rpi_p=a.rpi_p,
+          rpi_granularity=a.rpi_granularity, eot=a.eot, budgets={k: res["results"][k]["params"] for k in a.attacks},
+          clean={k: v for k, v in res["clean"].items()}, rpi_summary=summaries, runs=a.runs,
+          command=res["command"], results_json=f"{a.runs}/results.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""``bitswitch search``: a mixed-precision profile under a budget or a drop, verified by measuring it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DESCRIPTION = """\
+Per-unit bits from --candidates (weights only; activations stay at the base profile's), chosen
+from per-unit damages (--sensitivity: fisher (default), taylor, hutchinson, measured, or the
+results.json of bitswitch sensitivity --granularity unit) computed on the calibration data
+(--calib-offset/--calib-limit; default: the evaluation data).
+
+Targets (exactly one):
+  --avg-bits B [B ...]   average weight bits (parameter-weighted, as bitswitch profiles reports)
+  --max-bytes N [N ...]  exact weight bytes (packed codes + fp16 scales + zero points + the rest at fp16)
+  --max-drop D           F1/EM points, or relative perplexity increase (0.05 = 5%), against the base
+Methods: budget (exact multiple-choice knapsack over the damage table; with --max-drop it bisects
+the average-bits budget) or greedy (lower the least damaging unit per byte saved, step by step;
+with --max-drop every step is measured on the calibration data).
+
+Every result is measured on the evaluation data (--data, --offset, --limit / --max-tokens) and
+written to OUT/results.json ("kind": "search"), OUT/results.md and OUT/profiles/<label>.json,
+which bitswitch eval --profiles FILE loads (unit-bits adapters compose per unit). --pareto also
+measures the uniform profiles, marks the Pareto front and plots OUT/pareto.png."""
+
+
+def add_parser(sub) -> None:
+    from ..cli import _model_args, _quant_args
+
+    p = sub.add_parser("search", help="mixed-precision search (budget knapsack or greedy), Pareto front",
+                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _model_args(p)
+    p.add_argument("--adapters", default=None, help="adapter directory written by bitswitch train")
+    p.add_argument("--task", default="squad", help="squad (default) or wikitext")
+    p.add_argument("--data", default=None, help="SQuAD v1.1 file/dir or 'squad'; text file or 'wikitext'")
+    p.add_argument("--limit", type=int, default=None, help="squad: N evaluation questions (from --offset)")
+    p.add_argument("--offset", type=int, default=0, help="squad: skip the first N questions")
+    p.add_argument("--max-tokens", type=int, default=None, help="wikitext: first N tokens")
+    p.add_argument("--window", type=int, default=1024, help="wikitext: window length")
+    p.add_argument("--metric", default=None, help="squad-f1 (squad default) | squad-em | answer-ppl | ppl")
+    p.add_argument("--candidates", default="4,6,8", help="weight bit-widths to choose from (default 4,6,8)")
+    p.add_argument("--avg-bits", type=float, nargs="+", default=[], metavar="B")
+    p.add_argument("--max-bytes", type=int, nargs="+", default=[], metavar="N")
+    p.add_argument("--max-drop", type=float, default=None, metavar="D")
+    p.add_argument("--method", default="budget", help="budget (default) or greedy")
+    p.add_argument("--base", default=None, help="starting profile (default w{highest candidate}a8)")
+    p.add_argument("--sensitivity", default="fisher",
+                   help="fisher (default) | taylor | hutchinson | measured | a sensitivity results.json")
+    p.add_argument("--sens-metric", default=None,
+                   help="metric of a measured sensitivity sweep (default answer-ppl for squad, ppl for wikitext)")
+    p.add_argument("--calib-offset", type=int, default=None, help="squad: first question of the calibration slice")
+    p.add_argument("--calib-limit", type=int, default=None, help="squad: questions in the calibration slice")
+    p.add_argument("--proxy-batches", type=int, default=4)
+    p.add_argument("--pareto", action="store_true", help="also measure uniform profiles; Pareto front + plot")
+    p.add_argument("--chunk", type=int, default=1, help="greedy --max-drop: moves tried per measurement")
+    p.add_argument("--max-states", type=int, default=200_000,
+                   help="budget: largest knapsack table before costs are discretised (gap reported)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--out", required=True, help="output directory")
+    _quant_args(p)
+
+
+def run(a, argv) -> int:
+    from ..cli import _options
+    from ..search.config import SearchConfig
+    from ..search.search_runner import run_search
+
+    cfg = SearchConfig(model=a.model, out=a.out, task=a.task, data=a.data, adapters=a.adapters, metric=a.metric,
+                       limit=a.limit, offset=a.offset, max_tokens=a.max_tokens, window=a.window,
+                       candidates=a.candidates, avg_bits=a.avg_bits, max_bytes=a.max_bytes, max_drop=a.max_drop,
+                       method=a.method, base=a.base, sensitivity=a.sensitivity, sens_metric=a.sens_metric,
+                       calib_offset=a.calib_offset, calib_limit=a.calib_limit, proxy_batches=a.proxy_batches,
+                       pareto=a.pareto, chunk=a.chunk, max_states=a.max_states, device=a.device, dtype=a.dtype,
+                       seed=a.seed, options=_options(a), batch_size=a.batch_size, max_new_tokens=a.max_new_tokens)
+    results = run_search(cfg, argv, log=lambda m: print(m, file=sys.stderr))
+    print(results["table"])
+    for r in results["records"]:
+        if r["kind"] == "searched":
+            print(f"\n{r['label']}: {r['file']}\n  {r['profile']}")
+    print(f"\nresults: {a.out}/results.json" + "".join(f"\nplot: {p}" for p in results.get("artifacts", [])))
+    return 0

@@ -1,0 +1,339 @@
+"""``bitswitch attack``: craft adversarial SQuAD questions at each craft setting, replay them at every
+evaluation setting, and write clean / adversarial EM, F1, answer perplexity, attack success rates,
+the transferability matrix and the RPI trade-off.
+
+A *setting* is a fixed profile or the RPI mode (named ``rpi``). Crafting against RPI is adaptive:
+the attacker averages loss and gradient over ``eot`` precision draws (EOT), so the defence faces
+an attacker that knows it. Evaluation at ``rpi`` uses a seeded draw sequence.
+
+Outputs under ``OUT``: ``adv-<attack>-<setting>.jsonl`` (one header line, then one replayable
+example per line; embedding attacks add ``.safetensors`` with the deltas), ``cells/<key>.json``
+(per-question predictions of every replay), ``results.json`` (``"kind": "attack"``), ``results.md``
+and ``transfer-<attack>.png``. Everything is written atomically as it is made; a rerun with the same
+settings reuses finished adversarial files and cells (an interrupted run resumes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..data.squad import DEFAULT_TEMPLATE, PromptConfig, load_squad
+from ..errors import BitswitchError
+from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..models import load_switchable
+from ..profiles import QuantOptions, safe_key
+from ..results import markdown_table, run_metadata
+from ..switching import resolve_profile, use_profile
+from .embed import NORMS, embed_attack
+from .examples import read_adv_jsonl, write_adv_jsonl
+from .hotflip import hotflip
+from .loss import frozen
+from .replay import context_length, replay
+from .rpi import GRANULARITIES, DrawSampler, RPIConfig
+from .transfer import cell_key, transfer_matrix
+from .typo import typo
+
+ATTACKS = ("typo", "hotflip", "embed-pgd", "embed-fgsm")
+DEFAULT_BUDGET = {"typo": 4, "hotflip": 3}
+DEFAULT_CANDIDATES = {"typo": 12, "hotflip": 8}
+
+
+@dataclass
+class AttackConfig:
+    model: str
+    data: str
+    out: str
+    attacks: list[str] = field(default_factory=lambda: ["typo"])
+    craft: list[str] = field(default_factory=lambda: ["fp"])
+    eval: list[str] | None = None          # default: the craft profiles
+    adapters: str | None = None
+    rpi: list[str] | None = None           # RPI profile set; adds the setting "rpi" to rows and columns
+    rpi_p: float = 0.5
+    rpi_granularity: str = "forward"
+    eot: int = 4                            # precision draws the attacker averages over against RPI
+    rpi_matrix: str = "full"                # full | diagonal: the rpi row/column only at (rpi, rpi)
+    limit: int | None = None
+    budget: int | None = None               # edits (typo) / flips (hotflip); default 4 / 3
+    candidates: int | None = None           # candidates scored per step; default 12 / 8
+    context: bool = False                   # also edit the context outside answer spans
+    eps: float = 0.5                        # embed attacks, relative to the embedding scale
+    norm: str = "linf"
+    steps: int = 5
+    max_new_tokens: int = 16
+    batch_size: int = 16
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "fp32"
+    template: str | None = None
+    chat: bool = False
+    options: QuantOptions = field(default_factory=QuantOptions)
+
+    def __post_init__(self):
+        self.eval = list(self.eval or self.craft)
+        bad = [a for a in self.attacks if a not in ATTACKS]
+        if bad or not self.attacks:
+            raise BitswitchError(f"unknown attack {bad[0] if bad else None!r}: use one of {', '.join(ATTACKS)}")
+        for name, values in (("--craft-profile", self.craft), ("--eval-profiles", self.eval),
+                             ("--attack", self.attacks)):
+            if not values or len(set(values)) != len(values):
+                raise BitswitchError(f"{name} must list at least one entry, each once (got {values})")
+            if "rpi" in values:
+                raise BitswitchError(f"{name} may not name 'rpi': pass the RPI profile set with --rpi P1 P2 ...")
+        if self.rpi is not None:
+            RPIConfig(tuple(self.rpi), self.rpi_p, self.rpi_granularity, self.seed)  # validates
+        if self.rpi_granularity not in GRANULARITIES:
+            raise BitswitchError(f"unknown --rpi-granularity {self.rpi_granularity!r}: use {', '.join(GRANULARITIES)}")
+        if self.rpi_matrix not in ("full", "diagonal"):
+            raise BitswitchError(f"--rpi-matrix must be full or diagonal, got {self.rpi_matrix!r}")
+        for name in ("eot", "steps", "max_new_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise BitswitchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("limit", "budget", "candidates"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise BitswitchError(f"--{name} must be at least 1, got {v}")
+        if self.eps <= 0 or self.norm not in NORMS:
+            raise BitswitchError(f"--eps must be > 0 and --norm one of {', '.join(NORMS)} (got {self.eps}, {self.norm!r})")
+
+    def rpi_config(self) -> RPIConfig | None:
+        return None if self.rpi is None else RPIConfig(tuple(self.rpi), self.rpi_p, self.rpi_granularity,
+                                                       self.seed, "rpi")
+
+    def craft_settings(self) -> dict:
+        s = {p: p for p in self.craft}
+        return {**s, "rpi": self.rpi_config()} if self.rpi else s
+
+    def eval_settings(self) -> dict:
+        s = {p: p for p in self.eval}
+        return {**s, "rpi": self.rpi_config()} if self.rpi else s
+
+    def attack_params(self, attack: str) -> dict:
+        if attack.startswith("embed"):
+            return {"eps": self.eps, "norm": self.norm, "steps": self.steps, "context": self.context}
+        return {"budget": self.budget or DEFAULT_BUDGET[attack],
+                "candidates": self.candidates or DEFAULT_CANDIDATES[attack], "context": self.context}
+
+
+def _hash(obj) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _base_settings(cfg: AttackConfig) -> dict:
+    """What every adversarial file and cell depends on (model, data, prompts, quantizers, seed)."""
+    return {"model": cfg.model, "adapters": cfg.adapters, "data": cfg.data, "limit": cfg.limit,
+            "template": cfg.template, "chat": cfg.chat, "seed": cfg.seed, "dtype": cfg.dtype,
+            "options": dataclasses.asdict(cfg.options)}
+
+
+def _describe(setting) -> str:
+    return setting if isinstance(setting, str) else setting.describe()
+
+
+def craft_examples(model, tok, examples, prompt_cfg, attack: str, setting, params: dict, cfg: AttackConfig,
+                   name: str, log=print):
+    """Adversarial examples for every question at ``setting``; ``(records, deltas or None)``."""
+    sampler = DrawSampler(model, setting, cfg.eot, cfg.seed)
+    advs, deltas = [], []
+    start = setting if isinstance(setting, str) else setting.profiles[0]
+    with frozen(model), use_profile(model, start), tqdm(examples, desc=f"craft {attack} @ {name}", unit="q",
+                                                        dynamic_ncols=True, leave=False) as bar:
+        for ex in bar:
+            if attack == "typo":
+                adv = typo(model, tok, ex, prompt_cfg, sampler, params["budget"], params["candidates"],
+                           params["context"], cfg.seed, context_length(model), craft=name)
+            elif attack == "hotflip":
+                adv = hotflip(model, tok, ex, prompt_cfg, sampler, params["budget"], params["candidates"],
+                              params["context"], craft=name)
+            else:
+                adv, delta = embed_attack(model, tok, ex, prompt_cfg, sampler, attack.split("-", 1)[1],
+                                          params["eps"], params["norm"], params["steps"], params["context"], name)
+                deltas.append((adv.extra["positions"], delta))
+            advs.append(adv)
+    return advs, (deltas if attack.startswith("embed") else None)
+
+
+def _load_or_craft(out: Path, model, tok, examples, prompt_cfg, attack, name, setting, cfg, log):
+    params = cfg.attack_params(attack)
+    header = {"attack": attack, "craft": name, "setting": _describe(setting), "params": params,
+              "eot": cfg.eot if not isinstance(setting, str) else 1,
+              "settings": _hash([_base_settings(cfg), attack, _describe(setting), params, cfg.eot])}
+    path = out / f"adv-{attack}-{safe_key(name)}.jsonl"
+    dpath = path.with_suffix(".safetensors")
+    if path.is_file():
+        old_header, advs = read_adv_jsonl(path)
+        if old_header.get("settings") == header["settings"] and [a.id for a in advs] == [e.id for e in examples]:
+            log(f"[{attack}] reusing {path}")
+            deltas = None
+            if attack.startswith("embed"):
+                from safetensors.torch import load_file
+
+                tensors = load_file(str(dpath))
+                deltas = [(a.extra["positions"], tensors[a.id]) for a in advs]
+            return advs, deltas, path
+    t0 = time.perf_counter()
+    advs, deltas = craft_examples(model, tok, examples, prompt_cfg, attack, setting, params, cfg, name, log)
+    header["seconds"] = round(time.perf_counter() - t0, 2)
+    if deltas is not None:
+        from safetensors.torch import save
+
+        atomic_write_bytes(dpath, save({a.id: d.contiguous() for a, (_, d) in zip(advs, deltas)}))
+    write_adv_jsonl(path, header, advs)
+    log(f"[{attack}] crafted at {name} in {header['seconds']} s: {path}")
+    return advs, deltas, path
+
+
+def _strip(res: dict) -> dict:
+    return {k: v for k, v in res.items() if k != "rows"}
+
+
+def rpi_summary(clean: dict, matrix: dict, cfg: AttackConfig) -> dict | None:
+    """Clean F1 RPI costs and attacked F1 it recovers, against the fixed profiles of its set."""
+    if not cfg.rpi:
+        return None
+    fixed = [p for p in cfg.rpi if p in matrix and p in clean and p in matrix[p]]
+    if not fixed or "rpi" not in matrix:
+        return None
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    clean_fixed = mean([clean[p]["f1"] for p in fixed])
+    attacked_fixed = mean([matrix[p][p]["f1"] for p in fixed])
+    adaptive = matrix["rpi"]["rpi"]["f1"]
+    transfers = [matrix[p]["rpi"]["f1"] for p in fixed if "rpi" in matrix[p]]
+    transfer = mean(transfers) if transfers else None
+    return {"profiles": fixed, "clean_f1_fixed_mean": clean_fixed, "clean_f1_rpi": clean["rpi"]["f1"],
+            "clean_cost": clean_fixed - clean["rpi"]["f1"],
+            "attacked_f1_fixed_mean": attacked_fixed, "attacked_f1_rpi_adaptive": adaptive,
+            "attacked_f1_rpi_transfer": transfer,
+            "recovered_adaptive": adaptive - attacked_fixed,
+            "recovered_transfer": None if transfer is None else transfer - attacked_fixed}
+
+
+def run_attack(cfg: AttackConfig, argv: list[str] | None = None, log=print) -> dict:
+    """Run every attack of ``cfg``; returns the dict written to ``OUT/results.json``."""
+    out = Path(cfg.out)
+    examples = load_squad(cfg.data, split="validation", limit=cfg.limit)
+    prompt_cfg = PromptConfig(template=cfg.template or DEFAULT_TEMPLATE, seed=cfg.seed, chat=cfg.chat)
+    model, tok = load_switchable(cfg.model, cfg.adapters, cfg.options, cfg.device, cfg.dtype, cfg.seed)
+    if not hasattr(model, "bitswitch"):
+        raise BitswitchError(f"{cfg.model!r} is an export fixed at one profile: attack the source model with "
+                             "--adapters instead")
+    for p in {*cfg.craft, *cfg.eval, *(cfg.rpi or [])}:
+        resolve_profile(model, p)  # a bad profile fails now, in one line
+    base = _hash(_base_settings(cfg))
+    results_path = out / "results.json"
+    results = {"kind": "attack", "model": cfg.model, "adapters": cfg.adapters, "data": cfg.data,
+               **run_metadata(argv, cfg.seed, device=str(next(model.parameters()).device), dtype=cfg.dtype),
+               "config": dataclasses.asdict(cfg), "n": len(examples), "attacks": cfg.attacks,
+               "craft": list(cfg.craft_settings()), "eval": list(cfg.eval_settings()),
+               "rpi": None if cfg.rpi is None else {"profiles": cfg.rpi, "p": cfg.rpi_p,
+                                                    "granularity": cfg.rpi_granularity, "eot": cfg.eot},
+               "clean": {}, "results": {}, "records": [], "artifacts": []}
+    cells_dir = out / "cells"
+    adv_hashes: dict = {}  # (attack, row) -> hash of its adversarial examples: a cell depends on them
+
+    def cell_path(key: str) -> Path:
+        return cells_dir / f"{safe_key(key.replace('|', '__'))}.json"
+
+    def cell_hash(key: str) -> str:
+        named = {**cfg.craft_settings(), **cfg.eval_settings()}
+        attack, row, _ = key.split("|")
+        return _hash([base, key, cfg.max_new_tokens, cfg.batch_size, adv_hashes.get((attack, row)),
+                      [_describe(named[n]) for n in key.split("|")[1:] if n in named]])
+
+    def load_cell(key: str):
+        """A finished replay (with rows) whose settings match, or None."""
+        path = cell_path(key)
+        if path.is_file():
+            old = json.loads(path.read_text())
+            if old.get("settings") == cell_hash(key):
+                return old["result"]
+        return None
+
+    def save_cell(key: str, res: dict) -> None:
+        atomic_write_json(cell_path(key), {"settings": cell_hash(key), "result": res})
+
+    clean = {}
+    for col, setting in cfg.eval_settings().items():
+        def compute(setting=setting, col=col):
+            with tqdm(total=len(examples), desc=f"clean @ {col}", unit="q", dynamic_ncols=True, leave=False) as bar:
+                return replay(model, tok, examples, prompt_cfg, setting, cfg.max_new_tokens, cfg.batch_size,
+                              cfg.seed, progress=bar)
+        key = cell_key("clean", "-", col)
+        clean[col] = load_cell(key)
+        if clean[col] is None:
+            clean[col] = compute()
+            save_cell(key, clean[col])
+        results["clean"][col] = _strip(clean[col])
+        log(f"[clean] {col}: EM {clean[col]['em']:.2f} F1 {clean[col]['f1']:.2f}")
+        atomic_write_json(results_path, results)
+
+    for attack in cfg.attacks:
+        adversarial, deltas, files, craft_stats = {}, {}, {}, {}
+        for row, setting in cfg.craft_settings().items():
+            advs, d, path = _load_or_craft(out, model, tok, examples, prompt_cfg, attack, row, setting, cfg, log)
+            adversarial[row], deltas[row], files[row] = advs, d, str(path)
+            adv_hashes[(attack, row)] = _hash([(a.id, a.adv_question, a.adv_context, a.extra.get("eps_abs"),
+                                                a.loss_adv) for a in advs])
+            craft_stats[row] = {"mean_edits": sum(a.n_edits for a in advs) / len(advs),
+                                "max_edits": max(a.n_edits for a in advs),
+                                "changed": sum(a.n_edits > 0 for a in advs),
+                                "mean_loss_clean": _mean([a.loss_clean for a in advs]),
+                                "mean_loss_adv": _mean([a.loss_adv for a in advs])}
+        done = {cell_key(attack, r, c): load_cell(cell_key(attack, r, c))
+                for r in adversarial for c in cfg.eval_settings()}
+        matrix = transfer_matrix(
+            model, tok, examples, attack, adversarial, cfg.eval_settings(), prompt_cfg, clean,
+            {r: d for r, d in deltas.items() if d is not None} or None, cfg.max_new_tokens, cfg.batch_size,
+            cfg.seed, done={k: v for k, v in done.items() if v is not None},
+            on_cell=save_cell, log=log,
+            skip=(lambda r, c: (r == "rpi") != (c == "rpi")) if cfg.rpi_matrix == "diagonal" else None)
+        direct = {row: _strip(matrix[row][row]) for row in matrix if row in matrix[row]}
+        summary = {r: {c: _strip(v) for c, v in cols.items()} for r, cols in matrix.items()}
+        results["results"][attack] = {"params": cfg.attack_params(attack), "adversarial": files,
+                                      "craft_stats": craft_stats, "direct": direct, "matrix": summary,
+                                      "rpi_summary": rpi_summary(clean, matrix, cfg)}
+        for row, cols in summary.items():
+            for col, res in cols.items():
+                results["records"].append({"attack": attack, "craft": row, "eval": col, **res,
+                                           "clean_f1": clean[col]["f1"]})
+        from ..plots import transfer_heatmap
+
+        results["artifacts"].append(transfer_heatmap(
+            {r: {c: v["f1"] for c, v in cols.items()} for r, cols in summary.items()},
+            out / f"transfer-{attack}.png", f"{attack}: F1 under attack ({len(examples)} questions)"))
+        atomic_write_json(results_path, results)
+    table = render_markdown(results)
+    atomic_write_text(out / "results.md", table)
+    results["table"] = table
+    return results
+
+
+def _mean(xs):
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def render_markdown(results: dict) -> str:
+    """results.md: clean table, then per attack the direct results, the F1 matrix and the RPI summary."""
+    parts = [f"# attack on {results['model']} ({results['n']} questions)", f"`{results['command']}`",
+             "## clean", markdown_table([{"setting": k, **v} for k, v in results["clean"].items()],
+                                        ["setting", "em", "f1", "answer_ppl", "n"])]
+    for attack, r in results["results"].items():
+        cols = results["eval"]
+        parts.append(f"## {attack} ({', '.join(f'{k}={v}' for k, v in r['params'].items())})")
+        parts.append(markdown_table([{"craft": k, **v, **r["craft_stats"].get(k, {})} for k, v in r["direct"].items()],
+                                    ["craft", "em", "f1", "answer_ppl", "success_rate", "f1_drop", "mean_edits"]))
+        parts.append("F1, crafted at row, evaluated at column:")
+        parts.append(markdown_table([{"craft": row, **{c: v["f1"] for c, v in m.items()}} for row, m in r["matrix"].items()],
+                                    ["craft", *cols]))
+        if r["rpi_summary"]:
+            s = r["rpi_summary"]
+            parts.append(markdown_table([{"what": k, "value": v} for k, v in s.items() if k != "profiles"],
+                                        ["what", "value"]))
+    return "\n\n".join(parts) + "\n"

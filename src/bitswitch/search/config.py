@@ -1,0 +1,178 @@
+"""Validated configurations of ``bitswitch sensitivity`` and ``bitswitch search``, and the settings
+hash that decides whether records of an earlier run can be reused (resume)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import BitswitchError
+from ..profiles import QuantOptions
+from .metrics import canonical_metric
+from .proxies import PROXIES
+from .sensitivity import GRANULARITIES, check_probe
+from .space import parse_candidates
+
+METHODS = ("budget", "greedy")
+
+
+@dataclass
+class SensitivityConfig:
+    model: str
+    out: str
+    base: str = "w8a8"
+    probe: str = "w4a8"
+    granularity: str = "unit"
+    metric: str = "answer-ppl"
+    data: str | None = None
+    adapters: str | None = None
+    limit: int | None = None
+    offset: int = 0
+    max_tokens: int | None = None
+    window: int = 1024
+    proxy: str | None = None            # None: measure; fisher | taylor | hutchinson: a proxy instead
+    proxy_bits: tuple[int, ...] = ()    # extra bit-widths a proxy scores besides the probe's
+    proxy_batches: int = 4
+    against: str | None = None          # a sensitivity results.json to rank-correlate with
+    prefix: bool = True                 # replay unchanged blocks (teacher-forced metrics)
+    device: str = "auto"
+    dtype: str = "fp32"
+    seed: int = 0
+    keying: str = "profile"
+    options: QuantOptions = field(default_factory=QuantOptions)
+    batch_size: int = 8
+    max_new_tokens: int = 32
+
+    def __post_init__(self):
+        self.metric = canonical_metric(self.metric)
+        if self.granularity not in GRANULARITIES:
+            raise BitswitchError(f"--granularity {self.granularity!r}: use unit or layer")
+        bits = check_probe(self.probe)
+        if self.proxy is not None:
+            if self.proxy not in PROXIES:
+                raise BitswitchError(f"--proxy {self.proxy!r}: use {', '.join(PROXIES)}")
+            if bits is None:
+                raise BitswitchError(f"--probe {self.probe!r} leaves weights in fp: a proxy scores weight "
+                                     "quantization noise, so give weight bits, e.g. --probe w4a8")
+        self.proxy_bits = parse_candidates(self.proxy_bits) if self.proxy_bits else ()
+        _check_common(self)
+
+
+@dataclass
+class SearchConfig:
+    model: str
+    out: str
+    task: str = "squad"
+    data: str | None = None
+    adapters: str | None = None
+    metric: str | None = None            # default: f1 (squad) or ppl (wikitext)
+    limit: int | None = None
+    offset: int = 0
+    max_tokens: int | None = None
+    window: int = 1024
+    candidates: tuple[int, ...] = (4, 6, 8)
+    avg_bits: list[float] = field(default_factory=list)
+    max_bytes: list[int] = field(default_factory=list)
+    max_drop: float | None = None
+    method: str = "budget"
+    base: str | None = None              # default: w{max candidate}a8
+    sensitivity: str = "fisher"          # fisher | taylor | hutchinson | measured | a results.json
+    sens_metric: str | None = None       # measured sensitivity: default answer-ppl (squad) / ppl
+    calib_offset: int | None = None      # questions/tokens the sensitivities are computed on
+    calib_limit: int | None = None
+    proxy_batches: int = 4
+    pareto: bool = False
+    chunk: int = 1
+    max_states: int = 200_000
+    device: str = "auto"
+    dtype: str = "fp32"
+    seed: int = 0
+    keying: str = "profile"
+    options: QuantOptions = field(default_factory=QuantOptions)
+    batch_size: int = 8
+    max_new_tokens: int = 32
+
+    def __post_init__(self):
+        if self.task not in ("squad", "wikitext"):
+            raise BitswitchError(f"--task {self.task!r}: search supports squad or wikitext")
+        self.metric = canonical_metric(self.metric or ("f1" if self.task == "squad" else "ppl"), self.task)
+        self.sens_metric = canonical_metric(self.sens_metric or ("answer_ppl" if self.task == "squad" else "ppl"),
+                                            self.task)
+        self.candidates = parse_candidates(self.candidates)
+        if len(self.candidates) < 2:
+            raise BitswitchError(f"--candidates {','.join(map(str, self.candidates))}: give at least two bit-widths "
+                                 "to choose between, e.g. 4,6,8")
+        if self.method not in METHODS:
+            raise BitswitchError(f"--method {self.method!r}: use budget or greedy")
+        targets = sum(map(bool, (self.avg_bits, self.max_bytes, self.max_drop is not None)))
+        if targets != 1:
+            raise BitswitchError("give exactly one target: --avg-bits B [B ...], --max-bytes N [N ...] or --max-drop D")
+        for b in self.avg_bits:
+            if not b > 0:
+                raise BitswitchError(f"--avg-bits {b} must be positive, e.g. --avg-bits 4 5 6")
+        for n in self.max_bytes:
+            if n < 1:
+                raise BitswitchError(f"--max-bytes {n} must be a positive number of bytes")
+        if self.max_drop is not None and self.max_drop < 0:
+            raise BitswitchError(f"--max-drop {self.max_drop} must be >= 0 (F1/EM points, or a relative "
+                                 "perplexity increase such as 0.05)")
+        if self.pareto and self.max_drop is not None:
+            raise BitswitchError("--pareto compares budgets: use it with --avg-bits or --max-bytes, not --max-drop")
+        if self.base is None:
+            self.base = f"w{self.candidates[-1]}a8"
+        if self.sensitivity not in (*PROXIES, "measured") and not Path(self.sensitivity).exists():
+            raise BitswitchError(f"--sensitivity {self.sensitivity!r}: use fisher, taylor, hutchinson, measured or "
+                                 "the results.json of a bitswitch sensitivity run")
+        for name in ("chunk", "proxy_batches", "max_states"):
+            if getattr(self, name) < 1:
+                raise BitswitchError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.calib_offset is not None and self.calib_offset < 0:
+            raise BitswitchError(f"--calib-offset must be >= 0, got {self.calib_offset}")
+        if self.calib_limit is not None and self.calib_limit < 1:
+            raise BitswitchError(f"--calib-limit must be at least 1, got {self.calib_limit}")
+        _check_common(self)
+
+    @property
+    def budgets(self) -> list[tuple[str, float]]:
+        """``[("avg_bits", 4.0), ...]`` or ``[("max_bytes", N), ...]`` or ``[("max_drop", D)]``."""
+        if self.avg_bits:
+            return [("avg_bits", float(b)) for b in self.avg_bits]
+        if self.max_bytes:
+            return [("max_bytes", int(n)) for n in self.max_bytes]
+        return [("max_drop", float(self.max_drop))]
+
+
+def _check_common(cfg) -> None:
+    for name in ("limit", "max_tokens"):
+        v = getattr(cfg, name)
+        if v is not None and v < 1:
+            raise BitswitchError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+    if cfg.offset < 0:
+        raise BitswitchError(f"--offset must be >= 0, got {cfg.offset}")
+    for name in ("batch_size", "max_new_tokens", "window", "proxy_batches"):
+        if getattr(cfg, name) < 1:
+            raise BitswitchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+
+
+def settings_hash(cfg, drop=("out", "device", "against", "prefix", "pareto")) -> str:
+    """What must match for an earlier record to be reused: every setting but ``drop``."""
+    d = dataclasses.asdict(cfg)
+    for k in drop:
+        d.pop(k, None)
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def previous_records(path: Path, kind: str, settings: str) -> list[dict]:
+    """Records of an earlier ``results.json`` of the same kind and settings (else none)."""
+    if not path.is_file():
+        return []
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return []
+    if old.get("kind") != kind or old.get("settings") != settings:
+        return []
+    return list(old.get("records", []))

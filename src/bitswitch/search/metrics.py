@@ -1,0 +1,154 @@
+"""One measurement: a metric of the model at a profile on data prepared once.
+
+Every search and sensitivity step calls :func:`measure`; the maths live in ``evaluate/``
+(:func:`~bitswitch.evaluate.generate.greedy_generate`, :func:`~bitswitch.evaluate.generate.answer_nll`,
+:mod:`~bitswitch.evaluate.squad_metrics`, :func:`~bitswitch.evaluate.perplexity.perplexity`), so a
+searched profile scores exactly what ``bitswitch eval`` would give it on the same questions.
+
+Metrics: ``f1`` / ``em`` (SQuAD, greedy decoding, percent), ``answer_ppl`` (SQuAD, teacher-forced
+perplexity of the first gold answer), ``ppl`` (sliding-window text perplexity).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ..errors import BitswitchError
+
+METRICS = ("f1", "em", "answer_ppl", "ppl")
+ALIASES = {"squad-f1": "f1", "squad-em": "em", "answer-ppl": "answer_ppl", "f1": "f1", "em": "em",
+           "answer_ppl": "answer_ppl", "ppl": "ppl", "wikitext-ppl": "ppl"}
+TASK_OF = {"f1": "squad", "em": "squad", "answer_ppl": "squad", "ppl": "wikitext"}
+HIGHER_IS_BETTER = {"f1": True, "em": True, "answer_ppl": False, "ppl": False}
+
+
+def canonical_metric(name: str, task: str | None = None) -> str:
+    """``squad-f1`` -> ``f1``; checks the metric fits ``task`` (one-line error otherwise)."""
+    metric = ALIASES.get(str(name).strip().lower())
+    if metric is None:
+        raise BitswitchError(f"unknown metric {name!r}: use squad-f1, squad-em, answer-ppl or ppl")
+    if task is not None and TASK_OF[metric] != task:
+        raise BitswitchError(f"metric {name!r} does not fit task {task!r}: squad takes squad-f1, squad-em or "
+                             "answer-ppl; wikitext takes ppl")
+    return metric
+
+
+def damage(metric: str, value: float, base: float) -> float:
+    """How much worse ``value`` is than ``base``, on an additive scale (larger = worse).
+
+    F1/EM: points lost. Perplexities: ``ln(value / base)``, i.e. extra nats per scored token, which
+    adds up over small independent perturbations (what the budget search assumes).
+    """
+    if HIGHER_IS_BETTER[metric]:
+        return base - value
+    return math.log(value / base)
+
+
+def drop(metric: str, value: float, base: float) -> float:
+    """The drop ``--max-drop`` is compared with: F1/EM points lost, or the relative perplexity
+    increase (0.05 = 5% higher)."""
+    return base - value if HIGHER_IS_BETTER[metric] else value / base - 1.0
+
+
+@dataclass
+class MetricData:
+    """Data for one metric, tokenized once.
+
+    squad: ``prompts`` (token-id lists), ``answers`` (first gold answer each), ``examples``.
+    wikitext: ``ids`` (1, N) token ids, ``window`` / ``stride`` of the sliding windows.
+    """
+
+    task: str
+    metric: str
+    source: str
+    batch_size: int = 8
+    max_new_tokens: int = 32
+    prompts: list = field(default_factory=list)
+    answers: list = field(default_factory=list)
+    examples: list = field(default_factory=list)
+    ids: object = None
+    window: int = 1024
+    stride: int | None = None
+    offset: int = 0
+
+    @property
+    def size(self) -> int:
+        """Questions (squad) or tokens (wikitext): what a progress bar counts."""
+        return len(self.prompts) if self.task == "squad" else int(self.ids.shape[1])
+
+
+def prepare(model, tokenizer, metric: str, data: str | None, limit: int | None = None, offset: int = 0,
+            max_tokens: int | None = None, batch_size: int = 8, max_new_tokens: int = 32,
+            window: int = 1024, stride: int | None = None) -> MetricData:
+    """Load and tokenize the data a metric needs.
+
+    squad: questions ``offset .. offset + limit`` of ``data`` (file order), zero-shot prompts in
+    ``bitswitch eval``'s default template. wikitext: the first ``max_tokens`` tokens of ``data``.
+    """
+    from ..evaluate.tasks import _context_length
+
+    metric = canonical_metric(metric)
+    task = TASK_OF[metric]
+    for name, v in (("limit", limit), ("max-tokens", max_tokens)):
+        if v is not None and v < 1:
+            raise BitswitchError(f"--{name} must be at least 1, got {v}")
+    if offset < 0:
+        raise BitswitchError(f"--offset must be >= 0, got {offset}")
+    if batch_size < 1 or max_new_tokens < 1:
+        raise BitswitchError("--batch-size and --max-new-tokens must be at least 1")
+    ctx = _context_length(model)
+    if task == "squad":
+        from ..data.squad import PromptConfig, encode_prompts, load_squad
+
+        examples = load_squad(data or "squad", limit=None if limit is None else offset + limit)[offset:]
+        if not examples:
+            raise BitswitchError(f"--offset {offset} skips every question of {data!r}: lower it")
+        prompts, _ = encode_prompts(tokenizer, examples, PromptConfig(), ctx or 2048, reserve=max_new_tokens)
+        return MetricData(task, metric, str(data), batch_size, max_new_tokens, prompts,
+                          [ex.answers[0] for ex in examples], examples, offset=offset)
+    from ..data.text import load_text, tokenize_text
+
+    ids = tokenize_text(tokenizer, load_text(data or "wikitext"), max_tokens)
+    if ids.shape[1] < 2:
+        raise BitswitchError(f"text data {data!r} gives fewer than 2 tokens: pass more text")
+    window = min(window, ctx) if ctx else window
+    return MetricData(task, metric, str(data), batch_size, max_new_tokens, ids=ids, window=window,
+                      stride=stride)
+
+
+def measure(model, tokenizer, md: MetricData, metric: str | None = None, progress=None) -> dict:
+    """Metrics of ``model`` at its current profile on ``md``.
+
+    ``metric`` (default ``md.metric``) decides the work: ``answer_ppl`` runs teacher forcing only;
+    ``f1``/``em`` decode greedily and add ``answer_ppl`` too; ``ppl`` returns ``{"ppl", "tokens"}``.
+    """
+    from ..evaluate.generate import answer_nll, greedy_generate
+    from ..evaluate.perplexity import perplexity
+    from ..evaluate.squad_metrics import exact_match, f1
+
+    metric = canonical_metric(metric or md.metric)
+    if md.task == "wikitext":
+        out = perplexity(model, md.ids, md.window, md.stride, progress)
+        return {"ppl": out["ppl"], "tokens": out["tokens"]}
+    result = {"n": len(md.prompts)}
+    if metric in ("f1", "em"):
+        preds = greedy_generate(model, tokenizer, md.prompts, md.max_new_tokens, md.batch_size, progress=progress)
+        result["em"] = 100 * sum(exact_match(p, ex.answers) for p, ex in zip(preds, md.examples)) / len(preds)
+        result["f1"] = 100 * sum(f1(p, ex.answers) for p, ex in zip(preds, md.examples)) / len(preds)
+    nll, ntok = answer_nll(model, tokenizer, md.prompts, md.answers, md.batch_size)
+    result["answer_ppl"] = math.exp(nll / max(ntok, 1))
+    if metric == "answer_ppl" and progress is not None:
+        progress.update(len(md.prompts))
+    return result
+
+
+def fast_weight_cache(model) -> None:
+    """Keep fake-quantized weights as floats in the cache when the wrappers support the choice:
+    sensitivity and search run hundreds of forwards at a handful of quantizers, so dequantizing
+    codes on every forward would cost more than the cache's memory."""
+    from ..switching import unit_modules
+
+    for _, _, mod in unit_modules(model):
+        if hasattr(mod, "weight_cache"):
+            mod.weight_cache = "float"

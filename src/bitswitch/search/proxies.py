@@ -1,0 +1,223 @@
+"""Cheap sensitivity proxies: predicted damage of quantizing each unit, from one gradient pass.
+
+With the model at the base profile (adapters active), the loss ``L`` (answer cross-entropy for
+SQuAD, next-token cross-entropy for text) is differentiated with respect to every unit's base
+weight ``W`` (through the straight-through estimator, i.e. with respect to the weight the profile
+runs). The quantization noise of moving a unit to ``b`` bits is ``dW = Q_b(W) - W_base``; the
+second-order Taylor model ``dL ~ 1/2 dW^T H dW`` is approximated three ways:
+
+* ``fisher``: diagonal empirical Fisher, ``1/2 sum_i F_ii dW_i^2`` with ``F = mean_batches g^2``;
+* ``taylor``: the unit's block Fisher along ``dW``: ``1/2 mean_batches (g . dW)^2``;
+* ``hutchinson``: Hessian trace per unit by Hutchinson's estimator (``E[v^T H v]``, Rademacher
+  ``v``, one double-backward per batch), ``1/2 tr(H_u) / n_u * ||dW||^2`` (HAWQ-v2).
+
+Scores are in nats per scored token, the scale of the measured ``answer_ppl`` / ``ppl`` damage.
+A tied LM head shares its weight with the embedding, so ``head``'s gradient includes the
+embedding's; its score is approximate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import BitswitchError
+from ..quant.functional import fake_quantize_weight
+from ..switching import resolve_profile, set_profile, state, unit_modules
+from .metrics import MetricData
+
+PROXIES = ("fisher", "taylor", "hutchinson")
+
+
+def loss_batches(md: MetricData, tokenizer, n_batches: int, batch_size: int) -> list[dict]:
+    """Up to ``n_batches`` batches: ``{"ids", "mask", "positions"}`` (b, T) plus ``"targets"`` and
+    ``"scored"`` (b, A) for the last A positions (squad: the answers; text: every next token)."""
+    from ..evaluate.generate import _left_pad, _pad_id
+
+    batches = []
+    if md.task == "squad":
+        targets = [tokenizer(" " + a, add_special_tokens=False)["input_ids"] for a in md.answers]
+        for start in range(0, min(len(md.prompts), n_batches * batch_size), batch_size):
+            rows = range(start, min(start + batch_size, len(md.prompts)))
+            ids, mask = _left_pad([md.prompts[i] + targets[i] for i in rows], _pad_id(tokenizer), torch.device("cpu"))
+            lengths = torch.tensor([len(targets[i]) for i in rows])
+            width = int(lengths.max())
+            scored = torch.arange(width) >= width - lengths[:, None]              # (b, A)
+            batches.append({"ids": ids, "mask": mask, "positions": (mask.cumsum(-1) - 1).clamp(min=0),
+                            "targets": ids[:, -width:], "scored": scored})
+    else:
+        n = md.ids.shape[1]
+        for start in range(0, n - 1, md.window):
+            ids = md.ids[:, start:start + md.window]
+            if ids.shape[1] < 2 or len(batches) >= n_batches:
+                break
+            mask = torch.ones_like(ids)
+            batches.append({"ids": ids, "mask": mask, "positions": (mask.cumsum(-1) - 1),
+                            "targets": ids[:, 1:], "scored": torch.ones_like(ids[:, 1:], dtype=torch.bool)})
+    return batches
+
+
+def _loss(model, batch: dict) -> torch.Tensor:
+    """Mean cross-entropy over the scored targets of one batch."""
+    device = next(model.parameters()).device
+    width = batch["targets"].shape[1]
+    out = model(input_ids=batch["ids"].to(device), attention_mask=batch["mask"].to(device),
+                position_ids=batch["positions"].to(device), use_cache=False, logits_to_keep=width + 1)
+    logits = out.logits[:, -width - 1:-1].float()                                # (b, A, V)
+    nll = F.cross_entropy(logits.transpose(1, 2), batch["targets"].to(device), reduction="none")  # (b, A)
+    scored = batch["scored"].to(device)
+    return nll[scored].mean()
+
+
+@contextlib.contextmanager
+def _unit_weight_grads(model, units):
+    """Only the searched units' base weights require grad inside the block (restored after)."""
+    flags = {p: p.requires_grad for p in model.parameters()}
+    params = {}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for unit, name, mod in unit_modules(model):
+        if unit in units:
+            mod.base.weight.requires_grad_(True)
+            params[name] = (unit, mod)
+    try:
+        yield params
+    finally:
+        for p, f in flags.items():
+            p.requires_grad_(f)
+            p.grad = None
+
+
+@contextlib.contextmanager
+def _eager_attention(model, method: str):
+    """Hutchinson differentiates twice; PyTorch's fused CPU attention kernels have no double
+    backward, so the model's own (eager) attention runs inside the block."""
+    current = getattr(model.config, "_attn_implementation", None)
+    switch = method == "hutchinson" and current not in (None, "eager") and hasattr(model, "set_attn_implementation")
+    if switch:
+        model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        if switch:
+            model.set_attn_implementation(current)
+
+
+def _out_in(mod, t: torch.Tensor) -> torch.Tensor:
+    return t.t() if mod.conv1d else t
+
+
+def proxy_scores(model, tokenizer, md: MetricData, base: str, bits, method: str = "fisher",
+                 n_batches: int = 4, batch_size: int = 4, units=None, seed: int = 0,
+                 progress: bool = True) -> dict:
+    """Proxy damage ``{unit: {bits: score}}`` of every unit (default: all, head included) at each of
+    ``bits``, relative to ``base``. Returns ``{"scores", "method", "batches", "seconds"}``.
+
+    Memory: one float32 copy of the units' weights for the gradients, and for ``fisher`` another
+    for the squared-gradient sums; ``hutchinson`` keeps the double-backward graph of one batch.
+    """
+    from tqdm.auto import tqdm
+
+    if method not in PROXIES:
+        raise BitswitchError(f"unknown proxy {method!r}: use {', '.join(PROXIES)}")
+    if n_batches < 1 or batch_size < 1:
+        raise BitswitchError("--proxy-batches and --batch-size must be at least 1")
+    t0 = time.perf_counter()
+    _, table = resolve_profile(model, base)
+    options = state(model).options
+    units = set(units) if units is not None else {u for u, _, _ in unit_modules(model)}
+    bits = sorted(set(bits))
+    batches = loss_batches(md, tokenizer, n_batches, batch_size)
+    was_training = model.training
+    model.eval()
+    set_profile(model, base)
+    gen = torch.Generator().manual_seed(seed)
+    fisher: dict[str, torch.Tensor] = {}               # module -> sum over batches of g^2, (out, in)
+    trace: dict[str, float] = {}                       # unit -> sum over batches of v.Hv
+    taylor: dict[tuple[str, int], float] = {}          # (unit, bits) -> sum over batches of (g . dW)^2
+
+    def delta(mod, unit, b):  # Q_b(W) - W_base, (out, in)
+        return _delta(mod, table[unit].weight, b, options)
+
+    with _unit_weight_grads(model, units) as params, torch.enable_grad(), _eager_attention(model, method):
+        names = list(params)
+        weights = [params[n][1].base.weight for n in names]
+        for batch in tqdm(batches, desc=f"proxy {method}", unit="batch", dynamic_ncols=True, disable=not progress):
+            loss = _loss(model, batch)
+            if method == "hutchinson":
+                grads = torch.autograd.grad(loss, weights, create_graph=True)
+                vs = [(torch.randint(0, 2, w.shape, generator=gen) * 2 - 1).to(w) for w in weights]
+                hv = torch.autograd.grad(sum((g * v).sum() for g, v in zip(grads, vs)), weights)
+                for n, v, h in zip(names, vs, hv):
+                    trace[params[n][0]] = trace.get(params[n][0], 0.0) + float((v * h).sum())
+                continue
+            grads = torch.autograd.grad(loss, weights)
+            dots: dict[tuple[str, int], float] = {}
+            for n, g in zip(names, grads):
+                unit, mod = params[n]
+                g = _out_in(mod, g.float())
+                if method == "fisher":
+                    fisher[n] = fisher[n] + g.pow(2) if n in fisher else g.pow(2)
+                else:  # g . dW over the unit's modules first, squared per batch below
+                    for b in bits:
+                        dots[(unit, b)] = dots.get((unit, b), 0.0) + float((g * delta(mod, unit, b)).sum())
+            for key, v in dots.items():
+                taylor[key] = taylor.get(key, 0.0) + v * v
+        model.train(was_training)
+        nb = len(batches)
+        scores: dict[str, dict[int, float]] = {u: {b: 0.0 for b in bits} for u in units}
+        numel = {u: 0 for u in units}
+        for n, (unit, mod) in params.items():
+            numel[unit] += mod.base.weight.numel()
+        with torch.no_grad():
+            for n, (unit, mod) in params.items():
+                for b in bits:
+                    if method == "fisher":
+                        scores[unit][b] += 0.5 * float((fisher[n] / nb * delta(mod, unit, b).pow(2)).sum())
+                    elif method == "hutchinson":
+                        scores[unit][b] += (0.5 * trace[unit] / nb / numel[unit]
+                                            * float(delta(mod, unit, b).pow(2).sum()))
+        if method == "taylor":
+            for (unit, b), v in taylor.items():
+                scores[unit][b] = 0.5 * v / nb
+    return {"scores": scores, "method": method, "batches": nb, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+@torch.no_grad()
+def _delta(mod, base_quant, bits: int, options) -> torch.Tensor:
+    """Quantization noise ``Q_bits(W) - W_base`` of one module, (out, in); the candidate quantizer
+    keeps the base's group size and symmetry (the options' defaults for an fp base)."""
+    w = mod.weight_out_in().detach().float()
+    wb = fake_quantize_weight(w, base_quant) if base_quant is not None else w
+    template = base_quant or options.precision(bits, None, None).weight
+    return fake_quantize_weight(w, dataclasses.replace(template, bits=bits)) - wb
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman rank correlation (average ranks for ties): Pearson correlation of the ranks."""
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError("spearman needs two equally long lists of at least 2 values")
+    ra, rb = _ranks(a), _ranks(b)
+    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    va = sum((x - ma) ** 2 for x in ra) ** 0.5
+    vb = sum((y - mb) ** 2 for y in rb) ** 0.5
+    return cov / (va * vb) if va > 0 and vb > 0 else float("nan")
+
+
+def _ranks(xs: list[float]) -> list[float]:
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    ranks = [0.0] * len(xs)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks

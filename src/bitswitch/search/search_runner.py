@@ -1,0 +1,277 @@
+"""``bitswitch search``: a mixed-precision profile under a budget (or a drop), verified by measuring it.
+
+One model load. Per-unit damages come from a proxy (default ``fisher``), a measured sweep, or a
+``bitswitch sensitivity`` result, computed on the *calibration* questions (``--calib-offset`` /
+``--calib-limit``; default the evaluation questions themselves); the search (``budget``: exact
+knapsack; ``greedy``) picks bits per unit; every resulting profile is measured on the evaluation
+data and written to ``OUT/results.json`` (``"kind": "search"``), ``OUT/results.md`` and, in the
+profile grammar's JSON form, ``OUT/profiles/<label>.json`` (``bitswitch eval --profiles FILE``).
+``--pareto`` adds the uniform profiles, the front and ``OUT/pareto.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import Counter
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..accounting import profile_report
+from ..errors import BitswitchError
+from ..io import atomic_write_json, atomic_write_text
+from ..models import load_switchable
+from ..plots import pareto_plot
+from ..quant.config import WEIGHT_BITS
+from ..results import markdown_table, run_metadata
+from ..switching import set_profile
+from . import metrics as M
+from .budget import InfeasibleBudget, solve_budget
+from .config import SearchConfig, previous_records, settings_hash
+from .greedy import greedy_search
+from .pareto import pareto_front
+from .proxies import PROXIES, proxy_scores
+from .sensitivity import measure_sensitivity
+from .space import SearchSpace, build_space, noise_energy
+from .table import damage_table, known_from_records, load_sensitivity, predicted
+
+
+def profile_mapping(profile: str) -> dict[str, str]:
+    """``'w8a8;L3.mlp_out=w4a8'`` -> ``{"default": "w8a8", "L3.mlp_out": "w4a8"}`` (the JSON form
+    ``bitswitch eval --profiles FILE`` reads; ``default`` covers the block units)."""
+    mapping = {}
+    for rule in profile.split(";"):
+        sel, eq, spec = rule.rpartition("=")
+        mapping[sel if eq else "default"] = spec
+    return mapping
+
+
+def write_profile_file(path: Path, record: dict) -> str:
+    keys = ("label", "avg_w_bits", "weight_bytes", "fp16_weight_bytes", "fp32_weight_bytes", "f1", "em",
+            "answer_ppl", "ppl", "predicted_damage", "bits")
+    atomic_write_json(path, {"profile": profile_mapping(record["profile"]), "profile_string": record["profile"],
+                             **{k: record[k] for k in keys if k in record}})
+    return str(path)
+
+
+def _costs(space: SearchSpace, kind: str) -> dict[str, dict[int, int]]:
+    if kind == "max_bytes":
+        return {u: dict(uc.bytes) for u, uc in space.units.items()}
+    return {u: {b: uc.params * b for b in space.candidates} for u, uc in space.units.items()}
+
+
+def _budget(space: SearchSpace, kind: str, value) -> int:
+    return value - space.fixed_bytes if kind == "max_bytes" else space.avg_bits_budget(value)
+
+
+def _infeasible(space: SearchSpace, kind: str, value) -> BitswitchError:
+    low = space.uniform(space.candidates[0])
+    cands = ",".join(map(str, space.candidates))
+    if kind == "max_bytes":
+        return BitswitchError(f"--max-bytes {value} is below the smallest reachable {space.weight_bytes(low):,} bytes "
+                              f"with --candidates {cands}: raise it or add lower candidates")
+    return BitswitchError(f"--avg-bits {value:g} is below the lowest reachable average {space.avg_bits(low):.3f} "
+                          f"with --candidates {cands}: raise it or add lower candidates")
+
+
+def sensitivity_table(model, tok, cfg: SearchConfig, space: SearchSpace, calib: M.MetricData, out: Path, log):
+    """``(table, info)``: the damage table of the searched units and where it came from."""
+    info = {"source": cfg.sensitivity, "metric": None, "n": calib.size, "offset": calib.offset}
+    t0 = time.perf_counter()
+    if cfg.sensitivity in PROXIES:
+        scored = proxy_scores(model, tok, calib, cfg.base, space.candidates, cfg.sensitivity, cfg.proxy_batches,
+                              cfg.batch_size, units=space.units, seed=cfg.seed)
+        known, info["metric"] = scored["scores"], "nll (proxy)"
+        energy = None
+    else:
+        if cfg.sensitivity == "measured":
+            probe = next(iter(space.units.values())).specs[space.candidates[0]]
+            path, settings = out / "sensitivity.json", settings_hash(cfg)
+            done = {r["name"]: r for r in previous_records(path, "sensitivity", settings)}
+            doc = {"kind": "sensitivity", "source": "measured", "granularity": "unit", "base": cfg.base,
+                   "probe": probe, "metric": calib.metric, "settings": settings, "records": list(done.values())}
+
+            def save(base_record, record):
+                doc["base_record"] = base_record
+                doc["records"].append(record)
+                atomic_write_json(path, doc)
+
+            doc["base_record"], doc["records"] = measure_sensitivity(model, tok, calib, cfg.base, probe, "unit",
+                                                                     done=done, on_record=save)
+            atomic_write_json(path, doc)
+            info.update(metric=calib.metric, file=str(path))
+        else:
+            doc = load_sensitivity(cfg.sensitivity)
+            if doc.get("base") != cfg.base:
+                log(f"note: {cfg.sensitivity} was measured from base {doc.get('base')!r}, the search starts at "
+                    f"{cfg.base!r}")
+            info.update(metric=doc.get("metric"), n=doc.get("n"), offset=doc.get("offset"))
+        known = known_from_records(doc["records"])
+        probe_bits = {b for row in known.values() for b in row}
+        energy = noise_energy(model, space, probe_bits)
+    info["seconds"] = round(time.perf_counter() - t0, 3)
+    return damage_table(space, known, energy), info
+
+
+def run_search(cfg: SearchConfig, argv: list[str] | None = None, log=print) -> dict:
+    """Search, verify and (with ``--pareto``) compare; returns the dict written to results.json."""
+    out = Path(cfg.out)
+    settings = settings_hash(cfg)
+    cache = {r["profile"]: r for r in previous_records(out / "results.json", "search", settings)}
+    model, tok = load_switchable(cfg.model, cfg.adapters, cfg.options, cfg.device, cfg.dtype, cfg.seed, cfg.keying)
+    if hasattr(model, "bitswitch_export"):
+        raise BitswitchError(f"{cfg.model!r} is an export fixed at one profile: search the source model")
+    space = build_space(model, cfg.base, cfg.candidates)
+    for kind, value in cfg.budgets:  # an impossible budget fails before any measuring
+        if kind != "max_drop" and _budget(space, kind, value) < sum(min(c.values())
+                                                                     for c in _costs(space, kind).values()):
+            raise _infeasible(space, kind, value)
+    md = M.prepare(model, tok, cfg.metric, cfg.data, cfg.limit, cfg.offset, cfg.max_tokens, cfg.batch_size,
+                   cfg.max_new_tokens, cfg.window)
+    held_out = cfg.calib_offset is not None or cfg.calib_limit is not None
+    calib = M.prepare(model, tok, cfg.sens_metric, cfg.data, cfg.calib_limit or cfg.limit,
+                      cfg.offset if cfg.calib_offset is None else cfg.calib_offset, cfg.max_tokens,
+                      cfg.batch_size, cfg.max_new_tokens, cfg.window) if held_out else dataclasses.replace(
+                          md, metric=cfg.sens_metric)
+    if not held_out:
+        log("note: sensitivities use the evaluation data itself; pass --calib-offset/--calib-limit for held-out ones")
+    results = {"kind": "search", "method": cfg.method, "task": cfg.task, "metric": cfg.metric,
+               "model": cfg.model, "adapters": cfg.adapters, "data": cfg.data, "offset": cfg.offset,
+               "limit": cfg.limit, "n": md.size, "candidates": list(space.candidates), "base": cfg.base,
+               "budgets": [{k: v} for k, v in cfg.budgets], "settings": settings,
+               **run_metadata(argv, cfg.seed, device=str(next(model.parameters()).device), dtype=cfg.dtype),
+               "config": dataclasses.asdict(cfg), "sensitivity": None, "records": [], "searched": [],
+               "pareto": None}
+
+    def save():
+        atomic_write_json(out / "results.json", results)
+
+    def measure(profile: str, label: str, kind: str, data: M.MetricData = md, extra=None) -> dict:
+        """Measure ``cfg.metric`` of one profile on ``data`` (evaluation records are cached by profile
+        text, so a rerun or a searched profile equal to a uniform one is not measured twice)."""
+        if data is md and profile in cache:
+            return {**cache[profile], "label": label, "kind": kind, **(extra or {})}
+        set_profile(model, profile)
+        t0 = time.perf_counter()
+        with tqdm(total=data.size, desc=f"{cfg.metric} {label}", leave=False, dynamic_ncols=True) as bar:
+            values = M.measure(model, tok, data, cfg.metric, progress=bar)
+        rep = profile_report(model, profile)
+        return {"label": label, "kind": kind, "profile": profile, **values,
+                "avg_w_bits": round(rep["avg_w_bits"], 4), "weight_bytes": rep["weight_bytes"],
+                "fp16_weight_bytes": rep["fp16_weight_bytes"], "fp32_weight_bytes": rep["fp32_weight_bytes"],
+                "vs_fp16": round(rep["weight_bytes"] / rep["fp16_weight_bytes"], 4),
+                "vs_fp32": round(rep["weight_bytes"] / rep["fp32_weight_bytes"], 4),
+                "seconds": round(time.perf_counter() - t0, 3), **(extra or {})}
+
+    def add(rec: dict) -> dict:
+        rec["drop"] = M.drop(cfg.metric, rec[cfg.metric], base_rec[cfg.metric])
+        results["records"].append(rec)
+        cache[rec["profile"]] = rec
+        save()
+        log(f"[{rec['label']}] {cfg.metric}={rec[cfg.metric]:.4g} avg_w_bits={rec['avg_w_bits']:.3f} "
+            f"weight_bytes={rec['weight_bytes']:,}")
+        return rec
+
+    base_rec = measure(cfg.base, "base", "base")
+    base_rec = add(base_rec)
+    table, results["sensitivity"] = sensitivity_table(model, tok, cfg, space, calib, out, log)
+    results["sensitivity"]["table"] = {u: {str(b): d for b, d in row.items()} for u, row in table.items()}
+    save()
+
+    def searched(assign: dict[str, int], label: str, extra: dict) -> dict:
+        profile = space.profile(assign)
+        extra = {**extra, "predicted_damage": predicted(table, assign),
+                 "bits": {str(b): n for b, n in sorted(Counter(assign.values()).items())},
+                 "predicted_weight_bytes": space.weight_bytes(assign),
+                 "predicted_avg_w_bits": round(space.avg_bits(assign), 4)}
+        rec = add(measure(profile, label, "searched", extra=extra))
+        rec["file"] = write_profile_file(out / "profiles" / f"{label}.json", rec)
+        results["searched"].append(label)
+        save()
+        return rec
+
+    for kind, value in cfg.budgets:
+        label = {"avg_bits": f"search-avg{value:g}", "max_bytes": f"search-bytes{value}",
+                 "max_drop": f"search-drop{value:g}"}[kind]
+        extra = {"budget": {kind: value}, "method": cfg.method}
+        if kind == "max_drop":
+            assign, steps = _search_drop(cfg, model, tok, space, table, calib, value, measure)
+            extra["steps"] = steps
+        elif cfg.method == "greedy":
+            assign, history = greedy_search(table, _costs(space, kind), budget=_budget(space, kind, value))
+            extra["steps"] = len(history)
+        else:
+            try:
+                sol = solve_budget(table, _costs(space, kind), _budget(space, kind, value), cfg.max_states)
+            except InfeasibleBudget:
+                raise _infeasible(space, kind, value) from None
+            assign = sol.assign
+            extra.update(exact=sol.exact, gap=sol.gap, bound=sol.bound)
+        searched(assign, label, extra)
+
+    if cfg.pareto:
+        uniform_bits = sorted(set(space.candidates) | {int(v) for k, v in cfg.budgets
+                                                        if k == "avg_bits" and float(v).is_integer()
+                                                        and int(v) in WEIGHT_BITS})
+        for b in uniform_bits:
+            profile = _uniform_profile(space, b)
+            if any(r["profile"] == profile for r in results["records"]):
+                continue  # e.g. the base profile itself
+            add(measure(profile, f"uniform-w{b}", "uniform"))
+        recs, better = results["records"], M.HIGHER_IS_BETTER[cfg.metric]
+        fronts = {x: pareto_front(recs, x, cfg.metric, better) for x in ("avg_w_bits", "weight_bytes")}
+        results["pareto"] = {x: [recs[i]["label"] for i in f] for x, f in fronts.items()}
+        title = f"{cfg.metric} vs size ({cfg.model}, {md.size} {'questions' if md.task == 'squad' else 'tokens'})"
+        results["artifacts"] = [pareto_plot(recs, cfg.metric, out / "pareto.png", fronts, title)]
+        for r in recs:
+            r["on_front"] = r["label"] in results["pareto"]["avg_w_bits"]
+    save()
+    columns = ["label", "kind", cfg.metric, *(["em", "answer_ppl"] if cfg.metric == "f1" else []), "drop",
+               "avg_w_bits", "weight_bytes", "vs_fp16", "vs_fp32", "predicted_damage", "seconds"]
+    table_md = markdown_table(results["records"], columns)
+    profiles = "\n".join(f"- `{r['label']}`: `{r['profile']}`" for r in results["records"] if r["kind"] == "searched")
+    atomic_write_text(out / "results.md", f"# search on {cfg.model} ({cfg.task}, {cfg.metric})\n\n"
+                                          f"`{results['command']}`\n\n{table_md}\n\n{profiles}\n")
+    results["table"] = table_md
+    return results
+
+
+def _uniform_profile(space: SearchSpace, bits: int) -> str:
+    """Every searched unit at ``bits`` (also for a width that is not a candidate)."""
+    import dataclasses as dc
+
+    from ..profiles import table_to_string
+    from ..quant.config import UnitPrecision
+
+    table = dict(space.base_table)
+    for u, uc in space.units.items():
+        q = dc.replace(next(iter(uc.quantizers.values())), bits=bits)
+        table[u] = UnitPrecision(q, space.base_table[u].act)
+    return table_to_string(table)
+
+
+def _search_drop(cfg, model, tok, space, table, calib, max_drop, measure):
+    """``--max-drop``: greedy measures each move on the calibration data; budget bisects the
+    average-bits budget (eighths of a bit) for the smallest whose solution stays within the drop."""
+    base_value = measure(cfg.base, "calib-base", "calib", calib)[cfg.metric]
+
+    def drop_of(assign):  # the drop in --metric, measured on the calibration data
+        rec = measure(space.profile(assign), "calib-step", "calib", calib)
+        return M.drop(cfg.metric, rec[cfg.metric], base_value)
+
+    if cfg.method == "greedy":
+        assign, history = greedy_search(table, _costs(space, "max_bytes"), drop_of, max_drop, chunk=cfg.chunk)
+        return assign, len(history)
+    lo, hi = 8 * space.candidates[0], 8 * space.candidates[-1]
+    best = space.uniform(space.candidates[-1])
+    steps = 0
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        sol = solve_budget(table, _costs(space, "avg_bits"), space.avg_bits_budget(mid / 8), cfg.max_states)
+        steps += 1
+        if drop_of(sol.assign) <= max_drop:
+            best, hi = sol.assign, mid - 1
+        else:
+            lo = mid + 1
+    return best, steps

@@ -1,0 +1,148 @@
+"""The sensitivity and search commands end to end on tiny-llama, and their one-line errors."""
+
+import json
+
+import pytest
+
+import bitswitch as bs
+from bitswitch.cli import main
+from bitswitch.models import load_switchable
+from bitswitch.switching import state
+
+
+def _one_line_error(capsys, argv) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("bitswitch: error:") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def _search(data, out, *extra):
+    return ["search", "--model", "tiny-llama", "--device", "cpu", "--data", data, "--limit", "4",
+            "--out", str(out), *extra]
+
+
+def test_impossible_budget_is_one_line(capsys, tiny_squad, tmp_path):
+    err = _one_line_error(capsys, _search(tiny_squad, tmp_path / "o", "--candidates", "3,4", "--avg-bits", "2.5"))
+    assert "--avg-bits 2.5" in err and "3.000" in err and "--candidates 3,4" in err
+    err = _one_line_error(capsys, _search(tiny_squad, tmp_path / "o", "--candidates", "4,8", "--max-bytes", "1000"))
+    assert "--max-bytes 1000" in err and "bytes" in err
+    assert not (tmp_path / "o" / "results.json").exists()   # refused before measuring anything
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ([], "exactly one target"),
+    (["--avg-bits", "4", "--max-drop", "1"], "exactly one target"),
+    (["--candidates", "4,9", "--avg-bits", "4"], "--candidates"),
+    (["--candidates", "4", "--avg-bits", "4"], "at least two"),
+    (["--metric", "ppl", "--avg-bits", "4"], "does not fit"),
+    (["--method", "anneal", "--avg-bits", "4"], "--method"),
+    (["--sensitivity", "no/such.json", "--avg-bits", "4"], "--sensitivity"),
+    (["--max-drop", "1", "--pareto"], "--pareto"),
+])
+def test_search_bad_input(capsys, tiny_squad, tmp_path, extra, needle):
+    assert needle in _one_line_error(capsys, _search(tiny_squad, tmp_path / "o", *extra))
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--probe", "w9a8"], "'w9a8'"),
+    (["--probe", "w4a8;L0.*=fp"], "one spec"),
+    (["--granularity", "block"], "--granularity"),
+    (["--proxy", "oracle"], "--proxy"),
+    (["--metric", "bleu"], "'bleu'"),
+])
+def test_sensitivity_bad_input(capsys, tiny_squad, tmp_path, extra, needle):
+    argv = ["sensitivity", "--model", "tiny-llama", "--data", tiny_squad, "--out", str(tmp_path / "s"), *extra]
+    assert needle in _one_line_error(capsys, argv)
+
+
+def test_sensitivity_resumes_and_correlates(capsys, tiny_squad, tmp_path):
+    argv = ["sensitivity", "--model", "tiny-llama", "--device", "cpu", "--data", tiny_squad, "--limit", "4",
+            "--probe", "w3a8", "--out", str(tmp_path / "m")]
+    assert main(argv) == 0
+    first = json.loads((tmp_path / "m" / "results.json").read_text())
+    assert first["kind"] == "sensitivity" and first["source"] == "measured" and len(first["records"]) == 9
+    assert {"name", "layer", "role", "value", "delta", "damage", "probe_bits"} <= first["records"][0].keys()
+    assert (tmp_path / "m" / "sensitivity.png").is_file() and (tmp_path / "m" / "results.md").is_file()
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "already measured" in capsys.readouterr().err
+    again = json.loads((tmp_path / "m" / "results.json").read_text())
+    assert again["records"] == first["records"]
+    proxy = ["sensitivity", "--model", "tiny-llama", "--device", "cpu", "--data", tiny_squad, "--limit", "4",
+             "--probe", "w3a8", "--proxy", "fisher", "--proxy-bits", "4,6", "--against", str(tmp_path / "m"),
+             "--out", str(tmp_path / "f")]
+    assert main(proxy) == 0
+    res = json.loads((tmp_path / "f" / "results.json").read_text())
+    assert res["source"] == "fisher" and res["spearman"]["n"] == 9 and -1 <= res["spearman"]["rho"] <= 1
+    assert set(res["records"][0]["by_bits"]) == {"3", "4", "6"}
+    assert "Spearman" in capsys.readouterr().out
+
+
+@pytest.fixture
+def unit_bits_adapters(tmp_path):
+    model, _ = bs.load_model("tiny-llama", device="cpu")
+    bs.make_switchable(model, keying="unit-bits")
+    bs.add_adapters(model, ["w4a8", "w6a8", "w8a8"], bs.AdapterConfig(r=2))
+    for p in bs.adapters.adapter_parameters(model):   # non-zero B, so adapters change the outputs
+        p.data.normal_(0, 0.05)
+    return str(bs.save_adapters(model, tmp_path / "adapters"))
+
+
+def test_search_profile_loads_into_eval_with_composed_unit_adapters(capsys, tiny_squad, tmp_path, unit_bits_adapters):
+    out = tmp_path / "s"
+    argv = _search(tiny_squad, out, "--adapters", unit_bits_adapters, "--candidates", "4,6,8", "--avg-bits", "5",
+                   "--sensitivity", "fisher", "--pareto")
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["kind"] == "search" and res["searched"] == ["search-avg5"]
+    for r in res["records"]:
+        assert {"profile", "avg_w_bits", "weight_bytes", "f1", "em", "answer_ppl", "drop", "vs_fp16"} <= r.keys()
+    rec = next(r for r in res["records"] if r["kind"] == "searched")
+    assert rec["avg_w_bits"] <= 5 and rec["weight_bytes"] == rec["predicted_weight_bytes"]
+    assert rec["exact"] and rec["gap"] == 0
+    assert {r["label"] for r in res["records"]} >= {"base", "uniform-w4", "uniform-w5", "uniform-w6"}
+    assert set(res["pareto"]) == {"avg_w_bits", "weight_bytes"} and (out / "pareto.png").is_file()
+    file = rec["file"]
+    assert json.loads(open(file).read())["profile_string"] == rec["profile"]
+    # the file runs in eval, on the same questions, with the same result
+    ev = tmp_path / "e"
+    assert main(["eval", "--model", "tiny-llama", "--device", "cpu", "--adapters", unit_bits_adapters, "--task",
+                 "squad", "--data", tiny_squad, "--limit", "4", "--profiles", file, "--out", str(ev)]) == 0
+    erec = json.loads((ev / "results.json").read_text())["records"][0]
+    assert erec["profile"] == "search-avg5"
+    assert erec["f1"] == rec["f1"] and erec["answer_ppl"] == pytest.approx(rec["answer_ppl"], rel=1e-6)
+    assert erec["weight_bytes"] == rec["weight_bytes"] and erec["avg_w_bits"] == rec["avg_w_bits"]
+    # and each unit runs with the adapter of its own spec (composed from the units)
+    model, _ = load_switchable("tiny-llama", unit_bits_adapters, device="cpu")
+    bs.set_profile(model, file)
+    table = state(model).table
+    specs = set()
+    for unit, _, mod in bs.switching.unit_modules(model):
+        if unit != "head":
+            assert mod.active_adapter == table[unit].spec
+            specs.add(mod.active_adapter)
+    assert len(specs) >= 2   # really mixed
+
+
+@pytest.mark.parametrize("extra", [
+    ["--method", "greedy", "--avg-bits", "5"],
+    ["--max-bytes", "120000"],
+    ["--method", "greedy", "--max-drop", "0.05", "--metric", "answer-ppl", "--chunk", "4"],
+    ["--method", "budget", "--max-drop", "0.05", "--metric", "answer-ppl"],
+    ["--sensitivity", "measured", "--avg-bits", "4.5", "--calib-offset", "4", "--calib-limit", "4"],
+])
+def test_search_methods_and_targets(tiny_squad, tmp_path, extra):
+    out = tmp_path / "s"
+    assert main(_search(tiny_squad, out, "--candidates", "3,4,6,8", *extra)) == 0
+    res = json.loads((out / "results.json").read_text())
+    rec = next(r for r in res["records"] if r["kind"] == "searched")
+    budget = rec["budget"]
+    if "avg_bits" in budget:
+        assert rec["avg_w_bits"] <= budget["avg_bits"]
+    if "max_bytes" in budget:
+        assert rec["weight_bytes"] <= budget["max_bytes"]
+    if "--sensitivity" in extra:
+        assert json.loads((out / "sensitivity.json").read_text())["kind"] == "sensitivity"
+        assert res["sensitivity"]["offset"] == 4

@@ -1,0 +1,38 @@
+import math
+
+import pytest
+
+import bitswitch as bs
+from bitswitch.search import metrics as M
+from bitswitch.search.proxies import proxy_scores, spearman
+
+
+def test_spearman_by_hand():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ties take average ranks: ranks (1.5, 1.5, 3) and (1, 2, 3) -> 0.866...
+    assert spearman([5, 5, 9], [1, 2, 3]) == pytest.approx(math.sqrt(3) / 2)
+
+
+@pytest.mark.parametrize("method", ["fisher", "taylor", "hutchinson"])
+def test_proxy_scores_grow_as_bits_fall(method, tiny_squad):
+    model, tok = bs.load_model("tiny-llama", device="cpu")
+    bs.make_switchable(model)
+    bs.add_adapters(model, ["w8a8"])
+    md = M.prepare(model, tok, "answer_ppl", tiny_squad, limit=4)
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    out = proxy_scores(model, tok, md, "w8a8", [3, 4, 8], method, n_batches=2, batch_size=2, progress=False)
+    scores = out["scores"]
+    assert out["batches"] == 2 and set(scores) == set(model.bitswitch.units)
+    for unit, row in scores.items():
+        # no noise at the base bits; the head runs fp at w8a8, so 8 bits already perturb it
+        assert (row[8] == 0.0) == (unit != "head")
+        if method == "fisher":   # a weighted sum of squared noise (seeded model: exact facts)
+            assert row[3] >= row[4] >= 0.0
+        elif method == "taylor":  # a squared projection: never negative, not monotone in general
+            assert row[3] >= 0.0 and row[4] >= 0.0
+    assert sum(row[3] for row in scores.values()) != 0.0
+    # gradients and flags are left as they were
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert all(p.grad is None for p in model.parameters())
+    assert model.config._attn_implementation == "sdpa"

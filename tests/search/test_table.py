@@ -1,0 +1,29 @@
+import pytest
+
+import bitswitch as bs
+from bitswitch.errors import BitswitchError
+from bitswitch.search.space import build_space
+from bitswitch.search.table import damage_table, known_from_records, predicted
+
+
+def test_damage_table_scales_by_noise_energy():
+    model, _ = bs.load_model("tiny-llama", device="cpu")
+    bs.make_switchable(model)
+    space = build_space(model, "w8a8", "3,4,6,8")
+    units = list(space.units)
+    known = {u: {3: 0.5 + i} for i, u in enumerate(units)}
+    known[units[0]] = {3: -0.2}                       # measured below zero: noise, read as 0
+    energy = {u: {3: 8.0, 4: 2.0, 6: 0.5, 8: 0.0} for u in units}
+    table = damage_table(space, known, energy)
+    assert table[units[0]] == {3: 0.0, 4: 0.0, 6: 0.0, 8: 0.0}
+    assert table[units[1]] == {3: 1.5, 4: 1.5 * 2 / 8, 6: 1.5 * 0.5 / 8, 8: 0.0}
+    assert predicted(table, {units[1]: 4, units[2]: 3}) == pytest.approx(0.375 + 2.5)
+    with pytest.raises(BitswitchError):
+        damage_table(space, {units[1]: {3: 1.0}}, energy)   # units without an entry
+
+
+def test_known_from_measured_and_proxy_records():
+    recs = [{"name": "L0.mlp_in", "probe_bits": 3, "damage": 0.25},
+            {"name": "L0.mlp_out", "probe_bits": 3, "damage": 0.5, "by_bits": {"3": 0.5, "4": 0.1}},
+            {"name": "base"}]
+    assert known_from_records(recs) == {"L0.mlp_in": {3: 0.25}, "L0.mlp_out": {3: 0.5, 4: 0.1}}
