@@ -28,13 +28,7 @@ def metric_vs_bits(records: list[dict], metrics: list[str], path: str | Path, ti
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return str(path)
+    return _save(fig, path)
 
 
 def transfer_heatmap(matrix: dict[str, dict[str, float]], path: str | Path, title: str = "",
@@ -60,13 +54,7 @@ def transfer_heatmap(matrix: dict[str, dict[str, float]], path: str | Path, titl
     fig.colorbar(im, ax=ax, label=label)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return str(path)
+    return _save(fig, path)
 
 
 def _save(fig, path: str | Path) -> str:
