@@ -146,3 +146,23 @@ def test_search_methods_and_targets(tiny_squad, tmp_path, extra):
     if "--sensitivity" in extra:
         assert json.loads((out / "sensitivity.json").read_text())["kind"] == "sensitivity"
         assert res["sensitivity"]["offset"] == 4
+
+
+def test_search_around_a_low_base_from_two_sweeps(tiny_squad, tmp_path, capsys):
+    """Sweeps below (w3a8) and above (w8a8) a w4a8 base merge into one table; the search stays in budget."""
+    sweeps = []
+    for probe in ("w3a8", "w8a8"):
+        out = tmp_path / probe
+        assert main(["sensitivity", "--model", "tiny-llama", "--device", "cpu", "--data", tiny_squad, "--limit", "4",
+                     "--base", "w4a8", "--probe", probe, "--out", str(out)]) == 0
+        sweeps.append(str(out / "results.json"))
+    out = tmp_path / "s"
+    assert main(_search(tiny_squad, out, "--candidates", "3,4,6,8", "--base", "w4a8", "--avg-bits", "4",
+                        "--sensitivity", *sweeps, "--calib-offset", "0", "--calib-limit", "4")) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["sensitivity"]["source"] == sweeps and res["sensitivity"]["probes"] == ["w3a8", "w8a8"]
+    rec = next(r for r in res["records"] if r["kind"] == "searched")
+    assert rec["avg_w_bits"] <= 4.0
+    capsys.readouterr()
+    assert "--sensitivity" in _one_line_error(capsys, _search(tiny_squad, out, "--avg-bits", "4", "--sensitivity",
+                                                              "fisher", sweeps[0]))

@@ -22,6 +22,31 @@ def test_damage_table_scales_by_noise_energy():
         damage_table(space, {units[1]: {3: 1.0}}, energy)   # units without an entry
 
 
+def test_damage_table_around_a_low_base_trades_gains_and_losses():
+    """From a w4a8 base: 3 bits costs, 6 and 8 bits gain, on the energy model c * (e(b) - e(base))."""
+    model, _ = bs.load_model("tiny-llama", device="cpu")
+    bs.make_switchable(model)
+    space = build_space(model, "w4a8", "3,4,6,8")
+    units = list(space.units)
+    energy = {u: {3: 9.0, 4: 3.0, 6: 1.0, 8: 0.5} for u in units}
+    known = {u: {3: 0.6, 8: -0.25} for u in units}             # a probe below and one above the base
+    known[units[0]] = {3: 0.6}                                  # no probe above: gains from the 3-bit fit
+    known[units[1]] = {3: -0.1, 8: 0.2}                         # wrong signs are noise: read as 0
+    table = damage_table(space, known, energy)
+    assert table[units[2]] == pytest.approx({3: 0.6, 4: 0.0, 6: -0.25 * 2 / 2.5, 8: -0.25})
+    assert table[units[0]] == pytest.approx({3: 0.6, 4: 0.0, 6: 0.6 * -2 / 6, 8: 0.6 * -2.5 / 6})
+    assert table[units[1]] == {3: 0.0, 4: 0.0, 6: 0.0, 8: 0.0}
+    # at the base's own average the knapsack buys 8 bits for a sensitive unit with 3 bits elsewhere
+    from bitswitch.search.budget import solve_budget
+    from bitswitch.search.search_runner import _costs
+    small = min(units, key=lambda u: space.units[u].params)
+    trade = {u: {3: 0.01, 4: 0.0, 6: -0.001, 8: -0.001} for u in units}
+    trade[small] = {3: 0.6, 4: 0.0, 6: -1.5, 8: -2.0}
+    sol = solve_budget(trade, _costs(space, "avg_bits"), space.avg_bits_budget(4.0))
+    assert space.avg_bits(sol.assign) <= 4.0 and sol.assign[small] == 8
+    assert sol.objective < 0 and sol.objective == pytest.approx(predicted(trade, sol.assign))
+
+
 def test_known_from_measured_and_proxy_records():
     recs = [{"name": "L0.mlp_in", "probe_bits": 3, "damage": 0.25},
             {"name": "L0.mlp_out", "probe_bits": 3, "damage": 0.5, "by_bits": {"3": 0.5, "4": 0.1}},

@@ -45,8 +45,9 @@ def add_parser(sub) -> None:
     p.add_argument("--max-drop", type=float, default=None, metavar="D")
     p.add_argument("--method", default="budget", help="budget (default) or greedy")
     p.add_argument("--base", default=None, help="starting profile (default w{highest candidate}a8)")
-    p.add_argument("--sensitivity", default="fisher",
-                   help="fisher (default) | taylor | hutchinson | measured | a sensitivity results.json")
+    p.add_argument("--sensitivity", nargs="+", default=["fisher"],
+                   help="fisher (default) | taylor | hutchinson | measured | sensitivity results.json file(s): "
+                        "several sweeps merge their probes (e.g. w3a8 and w8a8 from a w4a8 base)")
     p.add_argument("--sens-metric", default=None,
                    help="metric of a measured sensitivity sweep (default answer-ppl for squad, ppl for wikitext)")
     p.add_argument("--calib-offset", type=int, default=None, help="squad: first question of the calibration slice")

@@ -79,7 +79,7 @@ class SearchConfig:
     max_drop: float | None = None
     method: str = "budget"
     base: str | None = None              # default: w{max candidate}a8
-    sensitivity: str = "fisher"          # fisher | taylor | hutchinson | measured | a results.json
+    sensitivity: str | tuple = "fisher"  # fisher | taylor | hutchinson | measured | results.json file(s)
     sens_metric: str | None = None       # measured sensitivity: default answer-ppl (squad) / ppl
     calib_offset: int | None = None      # questions/tokens the sensitivities are computed on
     calib_limit: int | None = None
@@ -123,7 +123,17 @@ class SearchConfig:
             raise BitswitchError("--pareto compares budgets: use it with --avg-bits or --max-bytes, not --max-drop")
         if self.base is None:
             self.base = f"w{self.candidates[-1]}a8"
-        if self.sensitivity not in (*PROXIES, "measured") and not Path(self.sensitivity).exists():
+        if not isinstance(self.sensitivity, str):  # several sweeps (e.g. one probe below the base, one above)
+            items = [str(x) for x in self.sensitivity]
+            if not items:
+                raise BitswitchError("--sensitivity needs a value: fisher, taylor, hutchinson, measured or results.json files")
+            self.sensitivity = items[0] if len(items) == 1 else tuple(items)
+        if isinstance(self.sensitivity, tuple):
+            for f in self.sensitivity:
+                if f in (*PROXIES, "measured") or not Path(f).exists():
+                    raise BitswitchError(f"--sensitivity {f!r}: several values must all be results.json files of "
+                                         "bitswitch sensitivity runs (e.g. probes below and above the base)")
+        elif self.sensitivity not in (*PROXIES, "measured") and not Path(self.sensitivity).exists():
             raise BitswitchError(f"--sensitivity {self.sensitivity!r}: use fisher, taylor, hutchinson, measured or "
                                  "the results.json of a bitswitch sensitivity run")
         for name in ("chunk", "proxy_batches", "max_states"):

@@ -77,7 +77,7 @@ def _infeasible(space: SearchSpace, kind: str, value) -> BitswitchError:
 
 def sensitivity_table(model, tok, cfg: SearchConfig, space: SearchSpace, calib: M.MetricData, out: Path, log):
     """``(table, info)``: the damage table of the searched units and where it came from."""
-    info = {"source": cfg.sensitivity, "metric": None, "n": calib.size, "offset": calib.offset}
+    info = {"source": cfg.sensitivity if isinstance(cfg.sensitivity, str) else list(cfg.sensitivity), "metric": None, "n": calib.size, "offset": calib.offset}
     t0 = time.perf_counter()
     if cfg.sensitivity in PROXIES:
         scored = proxy_scores(model, tok, calib, cfg.base, space.candidates, cfg.sensitivity, cfg.proxy_batches,
@@ -101,12 +101,15 @@ def sensitivity_table(model, tok, cfg: SearchConfig, space: SearchSpace, calib: 
                                                                      done=done, on_record=save)
             atomic_write_json(path, doc)
             info.update(metric=calib.metric, file=str(path))
-        else:
-            doc = load_sensitivity(cfg.sensitivity)
-            if doc.get("base") != cfg.base:
-                log(f"note: {cfg.sensitivity} was measured from base {doc.get('base')!r}, the search starts at "
-                    f"{cfg.base!r}")
-            info.update(metric=doc.get("metric"), n=doc.get("n"), offset=doc.get("offset"))
+        else:  # one or several sweeps (their probes merge: e.g. w3a8 and w8a8 around a w4a8 base)
+            files = [cfg.sensitivity] if isinstance(cfg.sensitivity, str) else list(cfg.sensitivity)
+            docs = [load_sensitivity(f) for f in files]
+            for f, d in zip(files, docs):
+                if d.get("base") != cfg.base:
+                    log(f"note: {f} was measured from base {d.get('base')!r}, the search starts at {cfg.base!r}")
+            doc = {"records": [r for d in docs for r in d["records"]]}
+            info.update(source=files if len(files) > 1 else files[0], metric=docs[0].get("metric"),
+                        n=docs[0].get("n"), offset=docs[0].get("offset"), probes=[d.get("probe") for d in docs])
         known = known_from_records(doc["records"])
         probe_bits = {b for row in known.values() for b in row}
         energy = noise_energy(model, space, probe_bits)
@@ -134,7 +137,7 @@ def run_search(cfg: SearchConfig, argv: list[str] | None = None, log=print) -> d
                       cfg.offset if cfg.calib_offset is None else cfg.calib_offset, cfg.max_tokens,
                       cfg.batch_size, cfg.max_new_tokens, cfg.window) if held_out else dataclasses.replace(
                           md, metric=cfg.sens_metric)
-    if not held_out:
+    if not held_out and (cfg.sensitivity in PROXIES or cfg.sensitivity == "measured"):
         log("note: sensitivities use the evaluation data itself; pass --calib-offset/--calib-limit for held-out ones")
     results = {"kind": "search", "method": cfg.method, "task": cfg.task, "metric": cfg.metric,
                "model": cfg.model, "adapters": cfg.adapters, "data": cfg.data, "offset": cfg.offset,

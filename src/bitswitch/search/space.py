@@ -140,22 +140,20 @@ def build_space(model, base: str, candidates, units=None) -> SearchSpace:
 
 @torch.no_grad()
 def noise_energy(model, space: SearchSpace, bits=None) -> dict[str, dict[int, float]]:
-    """``{unit: {bits: ||Q_bits(W) - W_base||^2}}`` summed over the unit's modules, where ``W_base``
-    is the weight the base profile runs (its fake-quantized weight, or ``W`` itself for fp).
+    """``{unit: {bits: ||Q_bits(W) - W||^2}}`` summed over the unit's modules, ``W`` the float weights,
+    at every candidate, the units' base bits and ``bits`` (e.g. a sensitivity sweep's probe bits).
 
-    ``bits``: bit-widths besides the candidates (e.g. a sensitivity sweep's probe bits).
     The energy of the quantization error is what scales a unit's damage from one bit-width to
     another (:func:`bitswitch.search.table.damage_table`)."""
-    bits = sorted(set(space.candidates) | set(bits or ()))
+    base_bits = {uc.base_bits for uc in space.units.values() if uc.base_bits is not None}
+    bits = sorted(set(space.candidates) | set(bits or ()) | base_bits)
     out: dict[str, dict[int, float]] = {u: {b: 0.0 for b in bits} for u in space.units}
     for unit, _, mod in unit_modules(model):
         if unit not in space.units:
             continue
         w = mod.weight_out_in().detach().float()                     # (out, in)
-        base_w = space.base_table[unit].weight
-        wb = fake_quantize_weight(w, base_w) if base_w is not None else w
         template = space.units[unit].quantizers[space.candidates[0]]
         for b in bits:
             q = dataclasses.replace(template, bits=b)
-            out[unit][b] += float((fake_quantize_weight(w, q) - wb).pow(2).sum())
+            out[unit][b] += float((fake_quantize_weight(w, q) - w).pow(2).sum())
     return out

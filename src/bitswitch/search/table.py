@@ -1,12 +1,15 @@
 """The per-unit damage table the budget and greedy searches optimise: ``{unit: {bits: damage}}``.
 
-Damage is additive and oriented (larger = worse; :func:`bitswitch.search.metrics.damage`).
-Sources give it at some bit-widths: a measured sweep at its probe bits, a proxy at every
-candidate. Missing bit-widths are filled from the nearest known one, scaled by the unit's
-quantization-noise energy (:func:`bitswitch.search.space.noise_energy`): a small perturbation
-costs in proportion to its squared size, the same second-order model the Fisher proxy rests on.
-Measured damage below zero is noise (quantizing further cannot help on average) and is read as 0;
-at or above the base bits damage is 0 by definition.
+Damage is additive, oriented (larger = worse; :func:`bitswitch.search.metrics.damage`) and relative
+to the base profile: 0 at the unit's base bits, >= 0 below them, <= 0 (a gain) above them, so a
+search can start from any operating point (``w8a8`` and lower units from there, or ``w4a8`` and
+trade units lowered to 3 bits against units raised to 6 or 8). Sources give it at some bit-widths:
+a measured sweep at its probe bits (one sweep per probe), a proxy at every candidate. A missing
+bit-width is filled by the second-order model the Fisher proxy rests on: a unit's damage grows with
+the energy of its quantization error, ``damage(b) = c * (e(b) - e(base))`` with ``e`` the squared
+error against the float weights (:func:`bitswitch.search.space.noise_energy`; 0 for fp) and ``c``
+fitted to the nearest measured bit-width on the same side of the base (else the nearest at all).
+A measured damage of the wrong sign (worse for more bits, better for fewer) is noise and reads as 0.
 """
 
 from __future__ import annotations
@@ -57,20 +60,22 @@ def load_sensitivity(path: str | Path, granularity: str | None = "unit") -> dict
 
 def damage_table(space: SearchSpace, known: dict[str, dict[int, float]],
                  energy: dict[str, dict[int, float]] | None = None) -> dict[str, dict[int, float]]:
-    """Damage of every searched unit at every candidate bit-width.
+    """Damage of every searched unit at every candidate bit-width, relative to the base.
 
-    known: damages at some bit-widths per unit; energy: noise energies (needed only when a
-    candidate is missing from ``known``). A searched unit absent from ``known`` is an error.
+    known: damages at some bit-widths per unit; energy: ``{unit: {bits: e}}`` noise energies
+    against the float weights at every candidate and base bit-width (needed only when a candidate
+    is missing from ``known``). A searched unit absent from ``known`` is an error.
     """
     table: dict[str, dict[int, float]] = {}
     for u, uc in space.units.items():
-        k = {b: max(d, 0.0) for b, d in known.get(u, {}).items()}
+        base = uc.base_bits
+        k = {b: _signed(d, b, base) for b, d in known.get(u, {}).items() if b != base}
         if not k:
             raise BitswitchError(f"the sensitivity table has no entry for unit {u}: measure it with "
                                  "--granularity unit on this model")
         row = {}
         for b in space.candidates:
-            if uc.base_bits is not None and b >= uc.base_bits:
+            if b == base:
                 row[b] = 0.0
             elif b in k:
                 row[b] = k[b]
@@ -78,11 +83,22 @@ def damage_table(space: SearchSpace, known: dict[str, dict[int, float]],
                 if energy is None:
                     raise BitswitchError(f"no damage for unit {u} at {b} bits and no noise energies to scale "
                                          "one from: pass energies or measure at every candidate")
-                ref = min(k, key=lambda kb: (abs(kb - b), kb))
-                e_ref = energy[u].get(ref, 0.0)
-                row[b] = k[ref] * energy[u][b] / e_ref if e_ref > 0 else 0.0
+                same_side = [kb for kb in k if _below(kb, base) == _below(b, base)]
+                ref = min(same_side or k, key=lambda kb: (abs(kb - b), kb))
+                e_base = energy[u][base] if base is not None else 0.0
+                span = energy[u][ref] - e_base
+                row[b] = _signed(k[ref] * (energy[u][b] - e_base) / span, b, base) if span else 0.0
         table[u] = row
     return table
+
+
+def _below(bits: int, base: int | None) -> bool:
+    return base is None or bits < base
+
+
+def _signed(d: float, bits: int, base: int | None) -> float:
+    """Below the base damage is >= 0, above it <= 0; the other sign is measurement noise."""
+    return max(d, 0.0) if _below(bits, base) else min(d, 0.0)
 
 
 def predicted(table: dict[str, dict[int, float]], assign: dict[str, int]) -> float:
