@@ -50,3 +50,24 @@ def test_local_directory_round_trip(tmp_path):
     ids = torch.arange(10)[None]
     with torch.no_grad():
         assert torch.equal(model(ids).logits, again(ids).logits)
+
+
+def test_smollm2_gguf_is_dequantized_once_and_copied(monkeypatch):
+    """Each load gets its own copy; the slow GGUF conversion runs once per process."""
+    calls = []
+
+    def fake(directory, dtype, **kw):
+        calls.append(kw["gguf_file"])
+        return models.tiny_model("tiny-llama")
+
+    monkeypatch.setattr(models, "smollm2_path", lambda: ("/pkg", models.SMOLLM2_GGUF))
+    monkeypatch.setattr(models, "_from_pretrained", fake)
+    monkeypatch.setattr(models, "_GGUF_CACHE", {})
+    a, _ = bs.load_model("smollm2-135m", device="cpu")
+    b, _ = bs.load_model("smollm2-135m", device="cpu")
+    assert calls == [models.SMOLLM2_GGUF] and a is not b
+    with torch.no_grad():
+        next(a.parameters()).add_(1.0)            # changing one copy leaves the next load untouched
+    c, _ = bs.load_model("smollm2-135m", device="cpu")
+    assert torch.equal(next(b.parameters()), next(c.parameters()))
+    assert not torch.equal(next(a.parameters()), next(c.parameters()))

@@ -8,6 +8,7 @@ tokenizer built in memory, so tests need no network).
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 from pathlib import Path
@@ -120,6 +121,20 @@ def _from_pretrained(spec: str, dtype: torch.dtype, **kwargs):
     return model, tokenizer
 
 
+_GGUF_CACHE: dict = {}
+
+
+def _smollm2(dtype: torch.dtype):
+    """SmolLM2-135M from its GGUF, dequantized once per process (~17 s on 2 cores) and copied after:
+    ``bitswitch run`` loads the model for every step of an experiment in one process."""
+    directory, name = smollm2_path()   # checked every time: the package may have gone
+    key = (directory, name, dtype)
+    if key not in _GGUF_CACHE:
+        _GGUF_CACHE[key] = _from_pretrained(directory, dtype, gguf_file=name)
+    model, tok = _GGUF_CACHE[key]
+    return copy.deepcopy(model), copy.deepcopy(tok)
+
+
 def load_model(spec: str, device: str | torch.device = "auto", dtype: str | torch.dtype = "fp32",
                seed: int = 0):
     """Load ``(model, tokenizer)`` in eval mode on ``device`` with weights in ``dtype``.
@@ -132,8 +147,7 @@ def load_model(spec: str, device: str | torch.device = "auto", dtype: str | torc
         model, tok = tiny_model(spec, seed=seed)
         model = model.to(dt)
     elif spec == "smollm2-135m":
-        directory, name = smollm2_path()
-        model, tok = _from_pretrained(directory, dt, gguf_file=name)
+        model, tok = _smollm2(dt)
     elif (Path(spec).expanduser() / "quant_map.json").is_file():  # written by bitswitch export
         from .export import load_exported
 
