@@ -3,6 +3,8 @@ curves, heatmaps and Pareto fronts. Every function writes atomically and returns
 
 from __future__ import annotations
 
+import textwrap
+
 from pathlib import Path
 
 from .. import plots  # noqa: F401 - selects the headless Agg backend before pyplot is imported
@@ -109,7 +111,7 @@ def heatmap(matrix: list[list[float | None]], rows: list[str], cols: list[str], 
                 if not np.isnan(data[i, j]):
                     ax.text(j, i, fmt.format(data[i, j]), ha="center", va="center", fontsize=6, color="w")
     fig.colorbar(im, ax=ax, label=cbar)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 70), fontsize=9)   # long titles wrap instead of running off the figure
     return _save(fig, path)
 
 

@@ -112,7 +112,8 @@ def render_sensitivity(items: list[StepResult], ctx: Context) -> Section:
         cols = ["name", "value", "delta", "damage"] if src == "measured" else ["name", "damage"]
         parts.append(f"**{what}.** The ten most sensitive:\n\n" + markdown_table(top[:10], cols))
         layers = sorted({r["layer"] for r in recs if r.get("layer") is not None})
-        roles = list(dict.fromkeys(r["role"] for r in recs if r.get("role")))
+        # the grid is layers x roles; head has no layer, so it is in the table above, not the grid
+        roles = list(dict.fromkeys(r["role"] for r in recs if r.get("role") and r.get("layer") is not None))
         if layers and roles:       # units: layers x roles
             cell = {(r["layer"], r["role"]): r["damage"] for r in recs if r.get("role")}
             matrix, rows, cols_ = [[cell.get((lay, ro)) for ro in roles] for lay in layers], [f"L{x}" for x in layers], roles
