@@ -77,7 +77,7 @@ def _infeasible(space: SearchSpace, kind: str, value) -> BitswitchError:
 
 def sensitivity_table(model, tok, cfg: SearchConfig, space: SearchSpace, calib: M.MetricData, out: Path, log):
     """``(table, info)``: the damage table of the searched units and where it came from."""
-    info = {"source": cfg.sensitivity if isinstance(cfg.sensitivity, str) else list(cfg.sensitivity), "metric": None, "n": calib.size, "offset": calib.offset}
+    info = {"source": cfg.sensitivity, "metric": None, "n": calib.size, "offset": calib.offset}
     t0 = time.perf_counter()
     if cfg.sensitivity in PROXIES:
         scored = proxy_scores(model, tok, calib, cfg.base, space.candidates, cfg.sensitivity, cfg.proxy_batches,
