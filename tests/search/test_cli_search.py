@@ -163,6 +163,17 @@ def test_search_around_a_low_base_from_two_sweeps(tiny_squad, tmp_path, capsys):
     assert res["sensitivity"]["source"] == sweeps and res["sensitivity"]["probes"] == ["w3a8", "w8a8"]
     rec = next(r for r in res["records"] if r["kind"] == "searched")
     assert rec["avg_w_bits"] <= 4.0
+    pooled = tmp_path / "pooled"
+    assert main(_search(tiny_squad, pooled, "--candidates", "3,4,6,8", "--base", "w4a8", "--avg-bits", "4",
+                        "--sensitivity", *sweeps, "--calib-offset", "0", "--calib-limit", "4",
+                        "--damage-fit", "pooled")) == 0
+    res = json.loads((pooled / "results.json").read_text())
+    assert res["sensitivity"]["fit"] == "pooled"
+    for row in res["sensitivity"]["table"].values():   # one coefficient: losses below, gains above, or all 0
+        assert row["4"] == 0 and row["3"] >= 0 >= row["6"] >= row["8"]
+    assert next(r for r in res["records"] if r["kind"] == "searched")["avg_w_bits"] <= 4.0
     capsys.readouterr()
     assert "--sensitivity" in _one_line_error(capsys, _search(tiny_squad, out, "--avg-bits", "4", "--sensitivity",
                                                               "fisher", sweeps[0]))
+    assert "--damage-fit" in _one_line_error(capsys, _search(tiny_squad, out, "--avg-bits", "4", "--damage-fit",
+                                                             "pooled"))

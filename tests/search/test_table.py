@@ -52,3 +52,23 @@ def test_known_from_measured_and_proxy_records():
             {"name": "L0.mlp_out", "probe_bits": 3, "damage": 0.5, "by_bits": {"3": 0.5, "4": 0.1}},
             {"name": "base"}]
     assert known_from_records(recs) == {"L0.mlp_in": {3: 0.25}, "L0.mlp_out": {3: 0.5, 4: 0.1}}
+
+
+def test_pooled_fit_averages_the_coefficients_of_both_sweeps():
+    """fit=pooled: one c per unit, the mean of d(b) / (e(b) - e(base)) over the sweeps, clipped at 0."""
+    model, _ = bs.load_model("tiny-llama", device="cpu")
+    bs.make_switchable(model)
+    space = build_space(model, "w4a8", "3,4,6,8")
+    units = list(space.units)
+    energy = {u: {3: 9.0, 4: 3.0, 6: 1.0, 8: 0.5} for u in units}
+    known = {u: {3: 0.6, 8: -0.25} for u in units}       # c estimates 0.6 / 6 = 0.1 and -0.25 / -2.5 = 0.1
+    known[units[0]] = {3: 1.2, 8: 0.1}                    # 0.2 and -0.04: mean 0.08, the 8-bit noise pulls it down
+    known[units[1]] = {3: -0.3, 8: 0.05}                  # both estimates negative: c = 0
+    table = damage_table(space, known, energy, fit="pooled")
+    assert table[units[2]] == pytest.approx({3: 0.6, 4: 0.0, 6: -0.2, 8: -0.25})
+    assert table[units[0]] == pytest.approx({3: 0.48, 4: 0.0, 6: -0.16, 8: -0.2})
+    assert table[units[1]] == {3: 0.0, 4: 0.0, 6: 0.0, 8: 0.0}
+    with pytest.raises(BitswitchError, match="energies"):
+        damage_table(space, known, None, fit="pooled")
+    with pytest.raises(BitswitchError, match="side or pooled"):
+        damage_table(space, known, energy, fit="nearest")

@@ -50,6 +50,9 @@ def add_parser(sub) -> None:
                         "several sweeps merge their probes (e.g. w3a8 and w8a8 from a w4a8 base)")
     p.add_argument("--sens-metric", default=None,
                    help="metric of a measured sensitivity sweep (default answer-ppl for squad, ppl for wikitext)")
+    p.add_argument("--damage-fit", default="side", choices=["side", "pooled"],
+                   help="measured sweeps: keep each measured damage (side, default) or fit one energy coefficient "
+                        "per unit to all its sweeps (pooled: less noise when sweeps lie on both sides of the base)")
     p.add_argument("--calib-offset", type=int, default=None, help="squad: first question of the calibration slice")
     p.add_argument("--calib-limit", type=int, default=None, help="squad: questions in the calibration slice")
     p.add_argument("--proxy-batches", type=int, default=4)
@@ -72,9 +75,10 @@ def run(a, argv) -> int:
                        limit=a.limit, offset=a.offset, max_tokens=a.max_tokens, window=a.window,
                        candidates=a.candidates, avg_bits=a.avg_bits, max_bytes=a.max_bytes, max_drop=a.max_drop,
                        method=a.method, base=a.base, sensitivity=a.sensitivity, sens_metric=a.sens_metric,
-                       calib_offset=a.calib_offset, calib_limit=a.calib_limit, proxy_batches=a.proxy_batches,
-                       pareto=a.pareto, chunk=a.chunk, max_states=a.max_states, device=a.device, dtype=a.dtype,
-                       seed=a.seed, options=_options(a), batch_size=a.batch_size, max_new_tokens=a.max_new_tokens)
+                       damage_fit=a.damage_fit, calib_offset=a.calib_offset, calib_limit=a.calib_limit,
+                       proxy_batches=a.proxy_batches, pareto=a.pareto, chunk=a.chunk, max_states=a.max_states,
+                       device=a.device, dtype=a.dtype, seed=a.seed, options=_options(a),
+                       batch_size=a.batch_size, max_new_tokens=a.max_new_tokens)
     results = run_search(cfg, argv, log=lambda m: print(m, file=sys.stderr))
     print(results["table"])
     for r in results["records"]:

@@ -81,6 +81,7 @@ class SearchConfig:
     base: str | None = None              # default: w{max candidate}a8
     sensitivity: str | tuple = "fisher"  # fisher | taylor | hutchinson | measured | results.json file(s)
     sens_metric: str | None = None       # measured sensitivity: default answer-ppl (squad) / ppl
+    damage_fit: str = "side"             # side | pooled (bitswitch.search.table): measured sweeps only
     calib_offset: int | None = None      # questions/tokens the sensitivities are computed on
     calib_limit: int | None = None
     proxy_batches: int = 4
@@ -136,6 +137,11 @@ class SearchConfig:
         elif self.sensitivity not in (*PROXIES, "measured") and not Path(self.sensitivity).exists():
             raise BitswitchError(f"--sensitivity {self.sensitivity!r}: use fisher, taylor, hutchinson, measured or "
                                  "the results.json of a bitswitch sensitivity run")
+        if self.damage_fit not in ("side", "pooled"):
+            raise BitswitchError(f"--damage-fit {self.damage_fit!r}: use side or pooled")
+        if self.damage_fit == "pooled" and self.sensitivity in PROXIES:
+            raise BitswitchError(f"--damage-fit pooled fits measured sweeps; --sensitivity {self.sensitivity} is a "
+                                 "proxy (already energy-scaled): drop --damage-fit or pass results.json files")
         for name in ("chunk", "proxy_batches", "max_states"):
             if getattr(self, name) < 1:
                 raise BitswitchError(f"--{name.replace('_', '-')} must be at least 1")

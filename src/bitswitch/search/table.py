@@ -10,6 +10,14 @@ the energy of its quantization error, ``damage(b) = c * (e(b) - e(base))`` with 
 error against the float weights (:func:`bitswitch.search.space.noise_energy`; 0 for fp) and ``c``
 fitted to the nearest measured bit-width on the same side of the base (else the nearest at all).
 A measured damage of the wrong sign (worse for more bits, better for fewer) is noise and reads as 0.
+
+``fit="pooled"`` fits one ``c`` per unit to every measured bit-width instead, as the mean of the
+per-measurement estimates ``d(b) / (e(b) - e(base))`` (clipped at 0), and predicts every candidate
+from it, measured ones included. Why: a single-unit measurement on a small calibration set mixes the
+unit's sensitivity with the effect of that one rounding pattern, and a search that picks the units
+measured least damaging picks that noise (a winner's curse). Two sweeps on opposite sides of the
+base (e.g. 3 and 8 bits around 4) are two estimates of the same ``c``; averaging them halves the
+noise's variance and lets the loss below the base inform the gain above it.
 """
 
 from __future__ import annotations
@@ -58,14 +66,21 @@ def load_sensitivity(path: str | Path, granularity: str | None = "unit") -> dict
     return doc
 
 
+FITS = ("side", "pooled")
+
+
 def damage_table(space: SearchSpace, known: dict[str, dict[int, float]],
-                 energy: dict[str, dict[int, float]] | None = None) -> dict[str, dict[int, float]]:
+                 energy: dict[str, dict[int, float]] | None = None, fit: str = "side") -> dict[str, dict[int, float]]:
     """Damage of every searched unit at every candidate bit-width, relative to the base.
 
     known: damages at some bit-widths per unit; energy: ``{unit: {bits: e}}`` noise energies
     against the float weights at every candidate and base bit-width (needed only when a candidate
-    is missing from ``known``). A searched unit absent from ``known`` is an error.
+    is missing from ``known``, and always for ``fit="pooled"``). fit: ``side`` (measured values
+    kept, missing ones scaled from the nearest on the same side) or ``pooled`` (one coefficient per
+    unit from all its measurements; module docstring). A searched unit absent from ``known`` is an error.
     """
+    if fit not in FITS:
+        raise BitswitchError(f"damage fit {fit!r}: use side or pooled")
     table: dict[str, dict[int, float]] = {}
     for u, uc in space.units.items():
         base = uc.base_bits
@@ -73,6 +88,9 @@ def damage_table(space: SearchSpace, known: dict[str, dict[int, float]],
         if not k:
             raise BitswitchError(f"the sensitivity table has no entry for unit {u}: measure it with "
                                  "--granularity unit on this model")
+        if fit == "pooled":
+            table[u] = _pooled_row(u, space.candidates, base, known[u], energy)
+            continue
         row = {}
         for b in space.candidates:
             if b == base:
@@ -90,6 +108,17 @@ def damage_table(space: SearchSpace, known: dict[str, dict[int, float]],
                 row[b] = _signed(k[ref] * (energy[u][b] - e_base) / span, b, base) if span else 0.0
         table[u] = row
     return table
+
+
+def _pooled_row(u: str, candidates, base: int | None, measured: dict[int, float], energy) -> dict[int, float]:
+    """``{bits: c * (e(bits) - e(base))}`` with ``c`` the mean of the measurements' estimates."""
+    if energy is None:
+        raise BitswitchError("the pooled damage fit needs noise energies: pass energies to damage_table")
+    e_base = energy[u][base] if base is not None else 0.0
+    estimates = [d / (energy[u][b] - e_base) for b, d in measured.items()
+                 if b != base and energy[u][b] != e_base]
+    c = max(sum(estimates) / len(estimates), 0.0) if estimates else 0.0
+    return {b: 0.0 if b == base else c * (energy[u][b] - e_base) for b in candidates}
 
 
 def _below(bits: int, base: int | None) -> bool:
