@@ -36,3 +36,20 @@ def test_proxy_scores_grow_as_bits_fall(method, tiny_squad):
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
     assert all(p.grad is None for p in model.parameters())
     assert model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("method", ["fisher", "hutchinson"])
+def test_proxy_scores_around_a_low_base_are_gains_above_it(method, tiny_squad):
+    """Damage is against the float weights on both sides: from w4a8, 3 bits costs and 8 bits gains."""
+    model, tok = bs.load_model("tiny-llama", device="cpu")
+    bs.make_switchable(model)
+    md = M.prepare(model, tok, "answer_ppl", tiny_squad, limit=4)
+    units = [u for u in model.bitswitch.units if u != "head"]
+    scores = proxy_scores(model, tok, md, "w4a8", [3, 4, 8], method, n_batches=2, batch_size=2, units=units,
+                          progress=False)["scores"]
+    for unit in units:
+        assert scores[unit][4] == 0.0
+        if method == "fisher":   # F >= 0: 8 bits has less noise energy than 4, 3 bits more
+            assert scores[unit][8] < 0.0 < scores[unit][3]
+        else:  # tr(H) of an untrained model may be negative; one factor per unit: opposite signs
+            assert scores[unit][8] * scores[unit][3] < 0.0

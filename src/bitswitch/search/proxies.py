@@ -3,8 +3,12 @@
 With the model at the base profile (adapters active), the loss ``L`` (answer cross-entropy for
 SQuAD, next-token cross-entropy for text) is differentiated with respect to every unit's base
 weight ``W`` (through the straight-through estimator, i.e. with respect to the weight the profile
-runs). The quantization noise of moving a unit to ``b`` bits is ``dW = Q_b(W) - W_base``; the
-second-order Taylor model ``dL ~ 1/2 dW^T H dW`` is approximated three ways:
+runs). The quantization noise of a unit at ``b`` bits is ``dW_b = Q_b(W) - W`` against the float
+weights, around which the trained loss is near a minimum; the second-order model
+``L(b) ~ L(W) + 1/2 dW_b^T H dW_b`` gives the damage relative to the base,
+``1/2 dW_b^T H dW_b - 1/2 dW_base^T H dW_base``: positive below the base's bits, negative (a gain)
+above them, so a search from a low base (e.g. ``w4a8``) sees what raising a unit buys. ``H`` is
+approximated three ways:
 
 * ``fisher``: diagonal empirical Fisher, ``1/2 sum_i F_ii dW_i^2`` with ``F = mean_batches g^2``;
 * ``taylor``: the unit's block Fisher along ``dW``: ``1/2 mean_batches (g . dW)^2``;
@@ -140,8 +144,8 @@ def proxy_scores(model, tokenizer, md: MetricData, base: str, bits, method: str 
     trace: dict[str, float] = {}                       # unit -> sum over batches of v.Hv
     taylor: dict[tuple[str, int], float] = {}          # (unit, bits) -> sum over batches of (g . dW)^2
 
-    def delta(mod, unit, b):  # Q_b(W) - W_base, (out, in)
-        return _delta(mod, table[unit].weight, b, options)
+    def noise(mod, unit, b):  # Q_b(W) - W, (out, in); b None: the base's own noise
+        return _noise(mod, table[unit].weight, b, options)
 
     with _unit_weight_grads(model, units) as params, torch.enable_grad(), _eager_attention(model, method):
         names = list(params)
@@ -163,8 +167,8 @@ def proxy_scores(model, tokenizer, md: MetricData, base: str, bits, method: str 
                 if method == "fisher":
                     fisher[n] = fisher[n] + g.pow(2) if n in fisher else g.pow(2)
                 else:  # g . dW over the unit's modules first, squared per batch below
-                    for b in bits:
-                        dots[(unit, b)] = dots.get((unit, b), 0.0) + float((g * delta(mod, unit, b)).sum())
+                    for b in (None, *bits):
+                        dots[(unit, b)] = dots.get((unit, b), 0.0) + float((g * noise(mod, unit, b)).sum())
             for key, v in dots.items():
                 taylor[key] = taylor.get(key, 0.0) + v * v
         model.train(was_training)
@@ -175,26 +179,29 @@ def proxy_scores(model, tokenizer, md: MetricData, base: str, bits, method: str 
             numel[unit] += mod.base.weight.numel()
         with torch.no_grad():
             for n, (unit, mod) in params.items():
-                for b in bits:
-                    if method == "fisher":
-                        scores[unit][b] += 0.5 * float((fisher[n] / nb * delta(mod, unit, b).pow(2)).sum())
-                    elif method == "hutchinson":
-                        scores[unit][b] += (0.5 * trace[unit] / nb / numel[unit]
-                                            * float(delta(mod, unit, b).pow(2).sum()))
+                if method == "taylor":
+                    continue
+                weight = fisher[n] / nb if method == "fisher" else trace[unit] / nb / numel[unit]
+                at_base = float((weight * noise(mod, unit, None).pow(2)).sum())
+                for b in bits:  # exactly 0 at the base's own bits: the same quantizer, the same noise
+                    scores[unit][b] += 0.5 * (float((weight * noise(mod, unit, b).pow(2)).sum()) - at_base)
         if method == "taylor":
             for (unit, b), v in taylor.items():
-                scores[unit][b] = 0.5 * v / nb
+                if b is not None:
+                    scores[unit][b] = 0.5 * (v - taylor[(unit, None)]) / nb
     return {"scores": scores, "method": method, "batches": nb, "seconds": round(time.perf_counter() - t0, 3)}
 
 
 @torch.no_grad()
-def _delta(mod, base_quant, bits: int, options) -> torch.Tensor:
-    """Quantization noise ``Q_bits(W) - W_base`` of one module, (out, in); the candidate quantizer
-    keeps the base's group size and symmetry (the options' defaults for an fp base)."""
+def _noise(mod, base_quant, bits: int | None, options) -> torch.Tensor:
+    """Quantization noise ``Q_bits(W) - W`` of one module against its float weight, (out, in);
+    ``bits`` None: the base's own noise (0 for an fp base). The candidate quantizer keeps the base's
+    group size and symmetry (the options' defaults for an fp base)."""
     w = mod.weight_out_in().detach().float()
-    wb = fake_quantize_weight(w, base_quant) if base_quant is not None else w
+    if bits is None:
+        return fake_quantize_weight(w, base_quant) - w if base_quant is not None else torch.zeros_like(w)
     template = base_quant or options.precision(bits, None, None).weight
-    return fake_quantize_weight(w, dataclasses.replace(template, bits=bits)) - wb
+    return fake_quantize_weight(w, dataclasses.replace(template, bits=bits)) - w
 
 
 def spearman(a: list[float], b: list[float]) -> float:
