@@ -96,7 +96,7 @@ def render_run(run: dict, ctx: Context) -> tuple[str, list[str], int]:
     lines += ["<details><summary>The commands of every step</summary>", "", "```"]
     lines += [f"# {s['id']} [{s.get('status')}, {s.get('seconds')} s]\nbitswitch {shlex.join(s['argv'])}"
               for s in run["steps"]]
-    lines += ["```", "", "</details>"]
+    lines += ["```", "", "</details>", ""]
     return "\n".join(lines), answers, len(sections)
 
 
