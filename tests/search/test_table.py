@@ -6,11 +6,23 @@ from bitswitch.search.space import build_space
 from bitswitch.search.table import damage_table, known_from_records, predicted
 
 
-def test_damage_table_scales_by_noise_energy():
+def _space(base: str):
+    """The search space of a tiny seeded Llama over 3,4,6,8 bits from ``base``, and its units."""
     model, _ = bs.load_model("tiny-llama", device="cpu")
     bs.make_switchable(model)
-    space = build_space(model, "w8a8", "3,4,6,8")
-    units = list(space.units)
+    space = build_space(model, base, "3,4,6,8")
+    return space, list(space.units)
+
+
+def _around_w4():
+    """From w4a8: energies, and a sweep below (3 bits) and above (8 bits) with c = 0.1 for every unit."""
+    space, units = _space("w4a8")
+    energy = {u: {3: 9.0, 4: 3.0, 6: 1.0, 8: 0.5} for u in units}
+    return space, units, energy, {u: {3: 0.6, 8: -0.25} for u in units}
+
+
+def test_damage_table_scales_by_noise_energy():
+    space, units = _space("w8a8")
     known = {u: {3: 0.5 + i} for i, u in enumerate(units)}
     known[units[0]] = {3: -0.2}                       # measured below zero: noise, read as 0
     energy = {u: {3: 8.0, 4: 2.0, 6: 0.5, 8: 0.0} for u in units}
@@ -24,12 +36,7 @@ def test_damage_table_scales_by_noise_energy():
 
 def test_damage_table_around_a_low_base_trades_gains_and_losses():
     """From a w4a8 base: 3 bits costs, 6 and 8 bits gain, on the energy model c * (e(b) - e(base))."""
-    model, _ = bs.load_model("tiny-llama", device="cpu")
-    bs.make_switchable(model)
-    space = build_space(model, "w4a8", "3,4,6,8")
-    units = list(space.units)
-    energy = {u: {3: 9.0, 4: 3.0, 6: 1.0, 8: 0.5} for u in units}
-    known = {u: {3: 0.6, 8: -0.25} for u in units}             # a probe below and one above the base
+    space, units, energy, known = _around_w4()                  # a probe below and one above the base
     known[units[0]] = {3: 0.6}                                  # no probe above: gains from the 3-bit fit
     known[units[1]] = {3: -0.1, 8: 0.2}                         # wrong signs are noise: read as 0
     table = damage_table(space, known, energy)
@@ -56,12 +63,7 @@ def test_known_from_measured_and_proxy_records():
 
 def test_pooled_fit_averages_the_coefficients_of_both_sweeps():
     """fit=pooled: one c per unit, the mean of d(b) / (e(b) - e(base)) over the sweeps, clipped at 0."""
-    model, _ = bs.load_model("tiny-llama", device="cpu")
-    bs.make_switchable(model)
-    space = build_space(model, "w4a8", "3,4,6,8")
-    units = list(space.units)
-    energy = {u: {3: 9.0, 4: 3.0, 6: 1.0, 8: 0.5} for u in units}
-    known = {u: {3: 0.6, 8: -0.25} for u in units}       # c estimates 0.6 / 6 = 0.1 and -0.25 / -2.5 = 0.1
+    space, units, energy, known = _around_w4()            # c estimates 0.6 / 6 = 0.1 and -0.25 / -2.5 = 0.1
     known[units[0]] = {3: 1.2, 8: 0.1}                    # 0.2 and -0.04: mean 0.08, the 8-bit noise pulls it down
     known[units[1]] = {3: -0.3, 8: 0.05}                  # both estimates negative: c = 0
     table = damage_table(space, known, energy, fit="pooled")
