@@ -15,6 +15,7 @@ from .metrics import canonical_metric
 from .proxies import PROXIES
 from .sensitivity import GRANULARITIES, check_probe
 from .space import parse_candidates
+from .table import FITS
 
 METHODS = ("budget", "greedy")
 
@@ -137,7 +138,7 @@ class SearchConfig:
         elif self.sensitivity not in (*PROXIES, "measured") and not Path(self.sensitivity).exists():
             raise BitswitchError(f"--sensitivity {self.sensitivity!r}: use fisher, taylor, hutchinson, measured or "
                                  "the results.json of a bitswitch sensitivity run")
-        if self.damage_fit not in ("side", "pooled"):
+        if self.damage_fit not in FITS:
             raise BitswitchError(f"--damage-fit {self.damage_fit!r}: use side or pooled")
         if self.damage_fit == "pooled" and self.sensitivity in PROXIES:
             raise BitswitchError(f"--damage-fit pooled fits measured sweeps; --sensitivity {self.sensitivity} is a "

@@ -178,17 +178,14 @@ def proxy_scores(model, tokenizer, md: MetricData, base: str, bits, method: str 
         for n, (unit, mod) in params.items():
             numel[unit] += mod.base.weight.numel()
         with torch.no_grad():
-            for n, (unit, mod) in params.items():
-                if method == "taylor":
-                    continue
+            for n, (unit, mod) in (params.items() if method != "taylor" else ()):
                 weight = fisher[n] / nb if method == "fisher" else trace[unit] / nb / numel[unit]
                 at_base = float((weight * noise(mod, unit, None).pow(2)).sum())
                 for b in bits:  # exactly 0 at the base's own bits: the same quantizer, the same noise
                     scores[unit][b] += 0.5 * (float((weight * noise(mod, unit, b).pow(2)).sum()) - at_base)
-        if method == "taylor":
-            for (unit, b), v in taylor.items():
-                if b is not None:
-                    scores[unit][b] = 0.5 * (v - taylor[(unit, None)]) / nb
+        for (unit, b), v in taylor.items():   # empty unless method == "taylor"
+            if b is not None:
+                scores[unit][b] = 0.5 * (v - taylor[(unit, None)]) / nb
     return {"scores": scores, "method": method, "batches": nb, "seconds": round(time.perf_counter() - t0, 3)}
 
 

@@ -114,8 +114,8 @@ def sensitivity_table(model, tok, cfg: SearchConfig, space: SearchSpace, calib: 
         probe_bits = {b for row in known.values() for b in row}
         energy = noise_energy(model, space, probe_bits)
     info["seconds"] = round(time.perf_counter() - t0, 3)
-    info["fit"] = cfg.damage_fit if energy is not None else None
-    return damage_table(space, known, energy, cfg.damage_fit if energy is not None else "side"), info
+    info["fit"] = cfg.damage_fit if energy is not None else None   # proxies come energy-scaled: no fit
+    return damage_table(space, known, energy, info["fit"] or "side"), info
 
 
 def run_search(cfg: SearchConfig, argv: list[str] | None = None, log=print) -> dict:

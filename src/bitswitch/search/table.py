@@ -81,6 +81,8 @@ def damage_table(space: SearchSpace, known: dict[str, dict[int, float]],
     """
     if fit not in FITS:
         raise BitswitchError(f"damage fit {fit!r}: use side or pooled")
+    if fit == "pooled" and energy is None:
+        raise BitswitchError("the pooled damage fit needs noise energies: pass energies to damage_table")
     table: dict[str, dict[int, float]] = {}
     for u, uc in space.units.items():
         base = uc.base_bits
@@ -112,8 +114,6 @@ def damage_table(space: SearchSpace, known: dict[str, dict[int, float]],
 
 def _pooled_row(u: str, candidates, base: int | None, measured: dict[int, float], energy) -> dict[int, float]:
     """``{bits: c * (e(bits) - e(base))}`` with ``c`` the mean of the measurements' estimates."""
-    if energy is None:
-        raise BitswitchError("the pooled damage fit needs noise energies: pass energies to damage_table")
     e_base = energy[u][base] if base is not None else 0.0
     estimates = [d / (energy[u][b] - e_base) for b, d in measured.items()
                  if b != base and energy[u][b] != e_base]
