@@ -10,7 +10,8 @@ adaptive attacker (EOT over ``--eot`` precision draws). Prints the tables and wr
 (the run behind docs/results.md: 20 questions, since on 2 shared CPU cores one question costs
 about 10-25 s to attack per craft setting and 2-4 s to replay per cell).
 
-Budgets are the attack defaults: 3 flipped question tokens (hotflip), 4 character edits (typo).
+Budgets default to the attack defaults, 3 flipped question tokens (hotflip) and 4 character edits (typo);
+``--budget N`` sets both.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def main(argv=None):
     ap.add_argument("--rpi-granularity", default="forward")
     ap.add_argument("--rpi-matrix", default="diagonal")
     ap.add_argument("--eot", type=int, default=4)
+    ap.add_argument("--budget", type=int, default=None, help="token flips / character edits (default: hotflip 3, typo 4)")
     ap.add_argument("--candidates", type=int, default=None, help="per step (default: hotflip 8, typo 12)")
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -49,7 +51,7 @@ def main(argv=None):
     cfg = AttackConfig(model=a.model, data=a.data, out=a.runs, attacks=a.attacks, craft=a.profiles,
                        eval=a.profiles, adapters=a.adapters, rpi=a.rpi or None, rpi_p=a.rpi_p,
                        rpi_granularity=a.rpi_granularity, rpi_matrix=a.rpi_matrix, eot=a.eot, limit=a.limit,
-                       candidates=a.candidates, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size,
+                       budget=a.budget, candidates=a.candidates, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size,
                        device=a.device)
     res = run_attack(cfg, log=print)
     print(res["table"])
@@ -64,8 +66,10 @@ def main(argv=None):
     cols = ["attack", "craft", *a.profiles, *(["rpi"] if a.rpi else []), "mean_edits", "success_rate"]
     print()
     srows = [{"attack": k, **(v or {})} for k, v in summaries.items()]
-    write(None, srows, ["attack", "clean_f1_fixed_mean", "clean_f1_rpi", "clean_cost", "attacked_f1_fixed_mean",
-                        "attacked_f1_rpi_adaptive", "recovered_adaptive"])
+    write(None, srows, ["attack", "clean_f1_fixed_mean", "clean_f1_rpi", "clean_cost", "clean_cost_se",
+                        "attacked_f1_fixed_mean", "attacked_f1_rpi_adaptive", "recovered_adaptive",
+                        "recovered_adaptive_se", "attacked_f1_rpi_transfer", "recovered_transfer",
+                        "recovered_transfer_se"])
     print()
     write(a.out, rows, cols, model=a.model, adapters=a.adapters, limit=a.limit, rpi=a.rpi, rpi_p=a.rpi_p,
           rpi_granularity=a.rpi_granularity, eot=a.eot, budgets={k: res["results"][k]["params"] for k in a.attacks},

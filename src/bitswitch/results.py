@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import platform
 import resource
 import shlex
@@ -25,6 +26,15 @@ def run_metadata(argv: list[str] | None, seed: int, **extra) -> dict:
     cmd = "bitswitch " + shlex.join(argv) if argv is not None else shlex.join(sys.argv)
     return {"command": cmd, "seed": seed, "versions": versions(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(), **extra}
+
+
+def se_of_mean(values) -> float | None:
+    """Standard error of the mean of ``values`` (sample standard deviation / sqrt(n)); None for fewer than two."""
+    v = list(values)
+    if len(v) < 2:
+        return None
+    mean = sum(v) / len(v)
+    return math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1) / len(v))
 
 
 def bound_heap_retention(threshold: int = 1 << 20) -> bool:

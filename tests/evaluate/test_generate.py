@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
-from bitswitch.evaluate.generate import answer_nll, greedy_generate
+from bitswitch.evaluate.generate import answer_nll, generate_and_score, greedy_generate
 from bitswitch.models import byte_tokenizer
 
 TOK = byte_tokenizer()
@@ -125,3 +125,18 @@ def test_answer_nll_by_hand(kind):
     total, count = answer_nll(model, TOK, [prompt], [answer])
     assert count == len(target)
     assert total == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", MODELS)
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_generate_and_score_is_generate_then_answer_nll(kind, batch_size):
+    # one prefill of prompt + answer, cache cropped back to the prompt: same texts, same likelihood
+    model = MODELS[kind]
+    texts, total, count = generate_and_score(model, TOK, PROMPTS, ANSWERS, MAX_NEW, batch_size)
+    assert texts == greedy_generate(model, TOK, PROMPTS, MAX_NEW, batch_size)
+    expected_total, expected_count = answer_nll(model, TOK, PROMPTS, ANSWERS, batch_size)
+    assert count == expected_count and total == pytest.approx(expected_total, rel=1e-5)
+    with pytest.raises(ValueError, match="answers"):
+        generate_and_score(model, TOK, PROMPTS, ANSWERS[:-1])
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate_and_score(model, TOK, PROMPTS, ANSWERS, max_new_tokens=0)

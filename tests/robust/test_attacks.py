@@ -3,10 +3,11 @@ import torch
 
 import bitswitch as bs
 from bitswitch.data.squad import PromptConfig, load_squad
+from bitswitch.evaluate.generate import answer_token_ids
 from bitswitch.robust.embed import absolute_eps, embed_attack
 from bitswitch.robust.examples import answer_spans, prompt_layout, token_layout
 from bitswitch.robust.hotflip import hotflip
-from bitswitch.robust.loss import AnswerScorer, answer_token_ids, frozen
+from bitswitch.robust.loss import AnswerScorer, frozen
 from bitswitch.robust.rpi import DrawSampler, RPIConfig
 from bitswitch.robust.typo import apply_edit, typo
 

@@ -27,36 +27,88 @@ def greedy_generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
     when every row has. Returned texts are stripped and, with ``stop_at_newline``, cut at that line
     break. ``progress`` (e.g. a ``tqdm``) is advanced by the number of prompts finished.
     """
+    return _generate(model, tokenizer, prompts, None, max_new_tokens, batch_size, stop_at_newline, progress)[0]
+
+
+def generate_and_score(model, tokenizer, prompts: list[list[int]], answers: list[str], max_new_tokens: int = 32,
+                       batch_size: int = 8, stop_at_newline: bool = True,
+                       progress=None) -> tuple[list[str], float, int]:
+    """:func:`greedy_generate` and :func:`answer_nll` in one pass: ``(texts, total NLL, answer tokens)``.
+
+    The first forward of each batch runs every prompt with its answer appended (teacher-forced,
+    right-padded after the prompts, which stay right-aligned); its logits give the answer NLL and
+    the first generated token, and its KV cache, cropped back to the prompts, carries on the
+    decoding. Exact (causal attention never lets a prompt position see the answer), with each
+    prompt's prefill run once instead of twice.
+    """
+    if len(prompts) != len(answers):
+        raise ValueError(f"got {len(prompts)} prompts but {len(answers)} answers")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1 (the first forward scores the answers), got {max_new_tokens}")
+    targets = [answer_token_ids(tokenizer, a) for a in answers]
+    return _generate(model, tokenizer, prompts, targets, max_new_tokens, batch_size, stop_at_newline, progress)
+
+
+def answer_token_ids(tokenizer, answer: str) -> list[int]:
+    """The scored answer tokens: ``" " + answer`` without special tokens."""
+    return tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
+
+
+def _generate(model, tokenizer, prompts, targets, max_new_tokens, batch_size, stop_at_newline, progress):
+    """Texts in input order, and (with ``targets``) the answers' total NLL and token count."""
     _check_prompts(prompts)
     device = next(model.parameters()).device
     stop_ids = _stop_ids(model, tokenizer)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     texts = [""] * len(prompts)
+    total, count = 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            new_tokens = _greedy_batch(model, tokenizer, [prompts[i] for i in rows], max_new_tokens,
-                                       stop_at_newline, stop_ids, device)
+            new_tokens, nll, n = _greedy_batch(model, tokenizer, [prompts[i] for i in rows], max_new_tokens,
+                                               stop_at_newline, stop_ids, device,
+                                               None if targets is None else [targets[i] for i in rows])
+            total, count = total + nll, count + n
             for i, tokens in zip(rows, new_tokens):
                 texts[i] = _answer_text(tokenizer.decode(tokens, skip_special_tokens=True), stop_at_newline)
             if progress is not None:
                 progress.update(len(rows))
-    return texts
+    return texts, total, count
 
 
-def _greedy_batch(model, tokenizer, prompts, max_new_tokens, stop_at_newline, stop_ids, device) -> list[list[int]]:
-    """New token ids per prompt (EOS excluded) for one batch."""
-    ids, mask = _left_pad(prompts, _pad_id(tokenizer), device)  # (b, L) each
+def _greedy_batch(model, tokenizer, prompts, max_new_tokens, stop_at_newline, stop_ids, device,
+                  targets=None) -> tuple[list[list[int]], float, int]:
+    """New token ids per prompt (EOS excluded) for one batch; with ``targets`` (answer ids per
+    prompt) also their total NLL and count, from the first forward (else 0.0, 0)."""
+    pad = _pad_id(tokenizer)
+    ids, mask = _left_pad(prompts, pad, device)  # (b, L) each
+    width = 0                                     # A: answer columns appended after the prompts
+    if targets is not None:
+        width = max(len(t) for t in targets)
+        answer = torch.full((len(prompts), width), pad, dtype=torch.long)
+        answer_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, t in enumerate(targets):
+            answer[row, :len(t)] = torch.tensor(t, dtype=torch.long)
+            answer_mask[row, :len(t)] = 1
+        answer, answer_mask = answer.to(device), answer_mask.to(device)
+        ids, mask = torch.cat([ids, answer], 1), torch.cat([mask, answer_mask], 1)   # (b, L + A)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)             # (b, L): pads get 0, real tokens 0..n-1
     cache_kw = _cache_kwarg(model)
     cache = None  # the model creates its own cache on the first call (right layer types for its config)
     new: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
-    for _ in range(max_new_tokens):
+    total, count = 0.0, 0
+    for step in range(max_new_tokens):
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                    logits_to_keep=1, **{cache_kw: cache})
+                    logits_to_keep=width + 1 if step == 0 else 1, **{cache_kw: cache})
         cache = getattr(out, cache_kw)
-        next_ids = out.logits[:, -1].argmax(-1)  # (b,)
+        next_ids = out.logits[:, 0].argmax(-1)  # (b,): the first kept row is the last prompt position
+        if step == 0 and width:
+            logprobs = out.logits[:, :-1].float().log_softmax(-1)                     # (b, A, V)
+            nll = -logprobs.gather(-1, answer[..., None]).squeeze(-1)                # (b, A)
+            total, count = nll[answer_mask.bool()].double().sum().item(), int(answer_mask.sum())
+            cache.crop(-width)                     # back to the prompts: decoding continues from them
+            mask, positions = mask[:, :-width], positions[:, :-width]
         for row, token in enumerate(next_ids.tolist()):
             if done[row]:
                 continue
@@ -73,7 +125,7 @@ def _greedy_batch(model, tokenizer, prompts, max_new_tokens, stop_at_newline, st
         ids = next_ids[:, None]                   # (b, 1)
         mask = F.pad(mask, (0, 1), value=1)       # (b, L + step)
         positions = positions[:, -1:] + 1         # (b, 1)
-    return new
+    return new, total, count
 
 
 def answer_nll(model, tokenizer, prompts: list[list[int]], answers: list[str],
@@ -87,7 +139,7 @@ def answer_nll(model, tokenizer, prompts: list[list[int]], answers: list[str],
     if len(prompts) != len(answers):
         raise ValueError(f"got {len(prompts)} prompts but {len(answers)} answers")
     device = next(model.parameters()).device
-    targets = [tokenizer(" " + answer, add_special_tokens=False)["input_ids"] for answer in answers]
+    targets = [answer_token_ids(tokenizer, answer) for answer in answers]
     seqs = [prompt + target for prompt, target in zip(prompts, targets)]
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     total, count = 0.0, 0

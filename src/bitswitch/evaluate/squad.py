@@ -18,7 +18,7 @@ from ..io import atomic_write_text
 from ..plots import metric_vs_bits
 from ..profiles import safe_key
 from .config import EvalConfig
-from .generate import answer_nll, greedy_generate
+from .generate import generate_and_score
 from .squad_metrics import exact_match, f1
 from .tasks import _context_length
 
@@ -63,11 +63,9 @@ class SquadTask:
     def evaluate(self, model, tokenizer, profile: str, out_dir, progress=None) -> dict:
         cfg = self.cfg
         t0 = time.perf_counter()
-        preds = greedy_generate(model, tokenizer, self.prompts, cfg.max_new_tokens, cfg.batch_size,
-                                progress=progress)
-        gen_seconds = time.perf_counter() - t0
-        nll, ntok = answer_nll(model, tokenizer, self.prompts, [ex.answers[0] for ex in self.examples],
-                               cfg.batch_size)
+        preds, nll, ntok = generate_and_score(model, tokenizer, self.prompts, [ex.answers[0] for ex in self.examples],
+                                              cfg.max_new_tokens, cfg.batch_size, progress=progress)
+        seconds = time.perf_counter() - t0
         rows = []
         for ex, pred in zip(self.examples, preds):
             rows.append({"id": ex.id, "question": ex.question, "prediction": pred, "answers": list(ex.answers),
@@ -78,7 +76,7 @@ class SquadTask:
         n = len(rows)
         return {"em": 100 * sum(r["em"] for r in rows) / n, "f1": 100 * sum(r["f1"] for r in rows) / n,
                 "answer_ppl": math.exp(nll / max(ntok, 1)), "n": n, "truncated": self.truncated,
-                "questions_per_s": n / gen_seconds}
+                "questions_per_s": n / seconds}
 
     def finish(self, records, out_dir) -> list[str]:
         return [metric_vs_bits(records, ["em", "f1"], Path(out_dir) / "squad.png",

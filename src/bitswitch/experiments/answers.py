@@ -13,10 +13,10 @@ each kind's results into rows). An experiment's ``answers:`` list names rules:
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 from ..errors import BitswitchError
+from ..results import se_of_mean
 
 HIGHER = {"em", "f1", "accuracy", "acc", "acc_norm", "exact_match", "score"}
 LOWER = {"ppl", "answer_ppl", "loss", "nll", "bytes", "weight_bytes", "asr", "drop"}
@@ -145,24 +145,14 @@ def paired_se(ra: dict, rb: dict, metric: str) -> float | None:
     if metric not in ("em", "f1") or not pa or not pb:
         return None
     a, b = _per_question(pa, metric), _per_question(pb, metric)
-    ids = [i for i in a if i in b]
-    if len(ids) < 2:
-        return None
-    d = [100.0 * (a[i] - b[i]) for i in ids]
-    mean = sum(d) / len(d)
-    var = sum((x - mean) ** 2 for x in d) / (len(d) - 1)
-    return math.sqrt(var / len(d))
+    return se_of_mean(100.0 * (a[i] - b[i]) for i in a if i in b)
 
 
 def mean_se(path: str | None, metric: str) -> float | None:
     """Standard error of a SQuAD metric over its questions (percentage points)."""
     if not path or metric not in ("em", "f1"):
         return None
-    v = list(_per_question(path, metric).values())
-    if len(v) < 2:
-        return None
-    mean = sum(v) / len(v)
-    return 100.0 * math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1) / len(v))
+    return se_of_mean(100.0 * x for x in _per_question(path, metric).values())
 
 
 _CACHE: dict[tuple, dict] = {}

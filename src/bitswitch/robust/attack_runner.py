@@ -29,7 +29,7 @@ from ..errors import BitswitchError
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..models import load_switchable
 from ..profiles import QuantOptions, safe_key
-from ..results import markdown_table, run_metadata
+from ..results import markdown_table, run_metadata, se_of_mean
 from ..switching import resolve_profile, use_profile
 from .embed import NORMS, embed_attack
 from .examples import read_adv_jsonl, write_adv_jsonl
@@ -193,8 +193,26 @@ def _strip(res: dict) -> dict:
     return {k: v for k, v in res.items() if k != "rows"}
 
 
+def _per_question_f1(res: dict) -> dict[str, float]:
+    """Question id -> F1 in points (0-100) from a replay's rows."""
+    return {r["id"]: 100.0 * r["f1"] for r in res.get("rows", [])}
+
+
+def _paired_se(plus: list[dict], minus: list[dict]) -> float | None:
+    """Standard error of mean(plus) - mean(minus) per question, where each side is the mean of its
+    replays (so the question-to-question spread that every setting shares cancels)."""
+    sides = [[_per_question_f1(r) for r in side] for side in (plus, minus)]
+    tables = sides[0] + sides[1]
+    if not sides[0] or not sides[1] or not all(tables):
+        return None
+    ids = sorted(set.intersection(*map(set, tables)))
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return se_of_mean(mean([d[i] for d in sides[0]]) - mean([d[i] for d in sides[1]]) for i in ids)
+
+
 def rpi_summary(clean: dict, matrix: dict, cfg: AttackConfig) -> dict | None:
-    """Clean F1 RPI costs and attacked F1 it recovers, against the fixed profiles of its set."""
+    """Clean F1 RPI costs and attacked F1 it recovers, against the fixed profiles of its set, each
+    with its paired standard error over the questions (``*_se``, F1 points; None without rows)."""
     if not cfg.rpi:
         return None
     fixed = [p for p in cfg.rpi if p in matrix and p in clean and p in matrix[p]]
@@ -204,14 +222,18 @@ def rpi_summary(clean: dict, matrix: dict, cfg: AttackConfig) -> dict | None:
     clean_fixed = mean([clean[p]["f1"] for p in fixed])
     attacked_fixed = mean([matrix[p][p]["f1"] for p in fixed])
     adaptive = matrix["rpi"]["rpi"]["f1"]
-    transfers = [matrix[p]["rpi"]["f1"] for p in fixed if "rpi" in matrix[p]]
-    transfer = mean(transfers) if transfers else None
+    transfers = [matrix[p]["rpi"] for p in fixed if "rpi" in matrix[p]]
+    transfer = mean([t["f1"] for t in transfers]) if transfers else None
+    attacked = [matrix[p][p] for p in fixed]
     return {"profiles": fixed, "clean_f1_fixed_mean": clean_fixed, "clean_f1_rpi": clean["rpi"]["f1"],
             "clean_cost": clean_fixed - clean["rpi"]["f1"],
+            "clean_cost_se": _paired_se([clean[p] for p in fixed], [clean["rpi"]]),
             "attacked_f1_fixed_mean": attacked_fixed, "attacked_f1_rpi_adaptive": adaptive,
             "attacked_f1_rpi_transfer": transfer,
             "recovered_adaptive": adaptive - attacked_fixed,
-            "recovered_transfer": None if transfer is None else transfer - attacked_fixed}
+            "recovered_adaptive_se": _paired_se([matrix["rpi"]["rpi"]], attacked),
+            "recovered_transfer": None if transfer is None else transfer - attacked_fixed,
+            "recovered_transfer_se": _paired_se(transfers, attacked) if transfers else None}
 
 
 def run_attack(cfg: AttackConfig, argv: list[str] | None = None, log=print) -> dict:

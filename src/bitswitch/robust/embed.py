@@ -21,8 +21,9 @@ import torch
 
 from ..data.squad import PromptConfig, SquadExample
 from ..errors import BitswitchError
+from ..evaluate.generate import answer_token_ids
 from .examples import AdvExample, token_layout
-from .loss import AnswerScorer, answer_token_ids
+from .loss import AnswerScorer
 
 NORMS = ("linf", "l2")
 

@@ -20,8 +20,9 @@ import re
 import torch
 
 from ..data.squad import PromptConfig, SquadExample
+from ..evaluate.generate import answer_token_ids
 from .examples import AdvExample, token_layout
-from .loss import AnswerScorer, answer_token_ids
+from .loss import AnswerScorer
 
 _WORD = re.compile(r"^[A-Za-z]+$")
 _SPACE_WORD = re.compile(r"^ [A-Za-z]+$")

@@ -26,11 +26,6 @@ from ..evaluate.generate import _cache_kwarg, _pad_id
 from .rpi import DrawSampler
 
 
-def answer_token_ids(tokenizer, answer: str) -> list[int]:
-    """The scored answer tokens, as ``answer_nll`` tokenizes them."""
-    return tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
-
-
 @contextlib.contextmanager
 def frozen(model):
     """No parameter gradients while attacking: only the input (embeddings) needs them, and frozen

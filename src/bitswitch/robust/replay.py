@@ -2,8 +2,8 @@
 
 One function serves the clean baseline, the direct attack result and every cell of the
 transferability matrix, so a matrix cell crafted and evaluated at the same setting *is* the direct
-result. Predictions come from :func:`~bitswitch.evaluate.generate.greedy_generate`, likelihoods from
-:func:`~bitswitch.evaluate.generate.answer_nll`, scores from the official SQuAD metrics; a setting is
+result. Predictions and likelihoods come from :func:`~bitswitch.evaluate.generate.generate_and_score`
+(what ``bitswitch eval`` runs), scores from the official SQuAD metrics; a setting is
 a fixed profile or an RPI mode reseeded at ``seed`` before every replay (reproducible draws).
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 from ..data.squad import PromptConfig, SquadExample, encode_prompts
-from ..evaluate.generate import answer_nll, greedy_generate
+from ..evaluate.generate import generate_and_score
 from ..evaluate.squad_metrics import exact_match, f1
 from .rpi import use_setting
 
@@ -37,16 +37,17 @@ def replay(model, tokenizer, examples: list[SquadExample], cfg: PromptConfig, se
     golds = [ex.answers[0] for ex in examples]
     with use_setting(model, setting, seed):
         if deltas is None:
-            preds = greedy_generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress=progress)
-            nll, count = answer_nll(model, tokenizer, prompts, golds, batch_size)
+            preds, nll, count = generate_and_score(model, tokenizer, prompts, golds, max_new_tokens, batch_size,
+                                                   progress=progress)
         else:
             from .embed import perturbed
 
             preds, nll, count = [], 0.0, 0
             for prompt, gold, d in zip(prompts, golds, deltas):
                 with perturbed(model, *(d if d is not None else ([], None)), len(prompt)):
-                    preds += greedy_generate(model, tokenizer, [prompt], max_new_tokens, 1, progress=progress)
-                    a, b = answer_nll(model, tokenizer, [prompt], [gold], 1)
+                    pred, a, b = generate_and_score(model, tokenizer, [prompt], [gold], max_new_tokens, 1,
+                                                    progress=progress)
+                    preds += pred
                 nll, count = nll + a, count + b
     rows = [{"id": ex.id, "prediction": p, "em": exact_match(p, ex.answers), "f1": f1(p, ex.answers)}
             for ex, p in zip(examples, preds)]

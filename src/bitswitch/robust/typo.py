@@ -15,8 +15,9 @@ import zlib
 from dataclasses import replace
 
 from ..data.squad import PromptConfig, SquadExample, encode_prompts
+from ..evaluate.generate import answer_token_ids
 from .examples import AdvExample, answer_spans, token_layout
-from .loss import AnswerScorer, answer_token_ids
+from .loss import AnswerScorer
 
 OPS = ("swap", "insert", "delete", "keyboard")
 _ROWS = ["qwertyuiop", "asdfghjkl", "zxcvbnm"]

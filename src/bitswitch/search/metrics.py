@@ -1,7 +1,7 @@
 """One measurement: a metric of the model at a profile on data prepared once.
 
 Every search and sensitivity step calls :func:`measure`; the maths live in ``evaluate/``
-(:func:`~bitswitch.evaluate.generate.greedy_generate`, :func:`~bitswitch.evaluate.generate.answer_nll`,
+(:func:`~bitswitch.evaluate.generate.generate_and_score`, :func:`~bitswitch.evaluate.generate.answer_nll`,
 :mod:`~bitswitch.evaluate.squad_metrics`, :func:`~bitswitch.evaluate.perplexity.perplexity`), so a
 searched profile scores exactly what ``bitswitch eval`` would give it on the same questions.
 
@@ -123,7 +123,7 @@ def measure(model, tokenizer, md: MetricData, metric: str | None = None, progres
     ``metric`` (default ``md.metric``) decides the work: ``answer_ppl`` runs teacher forcing only;
     ``f1``/``em`` decode greedily and add ``answer_ppl`` too; ``ppl`` returns ``{"ppl", "tokens"}``.
     """
-    from ..evaluate.generate import answer_nll, greedy_generate
+    from ..evaluate.generate import answer_nll, generate_and_score
     from ..evaluate.perplexity import perplexity
     from ..evaluate.squad_metrics import exact_match, f1
 
@@ -133,10 +133,12 @@ def measure(model, tokenizer, md: MetricData, metric: str | None = None, progres
         return {"ppl": out["ppl"], "tokens": out["tokens"]}
     result = {"n": len(md.prompts)}
     if metric in ("f1", "em"):
-        preds = greedy_generate(model, tokenizer, md.prompts, md.max_new_tokens, md.batch_size, progress=progress)
+        preds, nll, ntok = generate_and_score(model, tokenizer, md.prompts, md.answers, md.max_new_tokens,
+                                              md.batch_size, progress=progress)
         result["em"] = 100 * sum(exact_match(p, ex.answers) for p, ex in zip(preds, md.examples)) / len(preds)
         result["f1"] = 100 * sum(f1(p, ex.answers) for p, ex in zip(preds, md.examples)) / len(preds)
-    nll, ntok = answer_nll(model, tokenizer, md.prompts, md.answers, md.batch_size)
+    else:
+        nll, ntok = answer_nll(model, tokenizer, md.prompts, md.answers, md.batch_size)
     result["answer_ppl"] = math.exp(nll / max(ntok, 1))
     if metric == "answer_ppl" and progress is not None:
         progress.update(len(md.prompts))
