@@ -4,11 +4,14 @@ On SmolLM2-135M with the switchable (shared) adapters: HotFlip and typo attacks 
 ``--profiles`` and replayed at each (the transferability matrix), and RPI over ``--rpi`` with an
 adaptive attacker (EOT over ``--eot`` precision draws). Prints the tables and writes JSON.
 
-    flock /tmp/bitswitch-cpu.lock python benchmarks/bench_attack.py --adapters runs/demo/train/adapters \\
-        --limit 20 --eot 2 --max-new-tokens 12 --runs runs/bench_attack20 --out benchmarks/results/attack.json
+    python benchmarks/bench_attack.py --adapters runs/cache/train-0ce8c3c621de/adapters \\
+        --limit 100 --attacks hotflip typo --budget 1 --profiles w8a8 w4a8 --rpi w8a8 w4a8 --eot 2 \\
+        --rpi-matrix full --runs runs/bench_attack100 --out benchmarks/results/attack/attack100-b1.json
 
-(the run behind docs/results.md: 20 questions, since on 2 shared CPU cores one question costs
-about 10-25 s to attack per craft setting and 2-4 s to replay per cell).
+(the run behind docs/results.md; on 2 CPU cores a question costs 3-4 s to attack at a fixed profile
+with one edit, twice that against RPI with EOT 2, and a replay cell of 100 questions about 1.7 min).
+Every adversarial file and replay cell is kept under ``--runs``: a rerun with more profiles or
+``--rpi-matrix full`` computes only what is new.
 
 Budgets default to the attack defaults, 3 flipped question tokens (hotflip) and 4 character edits (typo);
 ``--budget N`` sets both.

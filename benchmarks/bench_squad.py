@@ -1,7 +1,9 @@
 """SQuAD evaluation speed and the zero-/k-shot accuracy of uniform profiles.
 
 Part 1 (speed, one run, same prompts): questions per second of bitswitch's batched KV-cache
-generator against transformers ``generate`` one question at a time (goal: at least 2x).
+generator against transformers ``generate`` one question at a time (goal: at least 2x); and the
+whole evaluation pass (predictions and answer likelihood) as two passes (``greedy_generate`` then
+``answer_nll``) against one (``generate_and_score``, what ``bitswitch eval`` runs).
 Part 2 (quality): EM / F1 / answer perplexity of ``--profiles`` on the first ``--quality-limit``
 dev questions, zero-shot and ``--shots``-shot (shots drawn from the train subset).
 
@@ -21,7 +23,7 @@ import torch
 import bitswitch as bs
 from bitswitch.data.squad import PromptConfig, encode_prompts, load_squad
 from bitswitch.evaluate.config import EvalConfig
-from bitswitch.evaluate.generate import greedy_generate
+from bitswitch.evaluate.generate import answer_nll, generate_and_score, greedy_generate
 from bitswitch.evaluate.runner import run_eval
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "squad-v1.1"
@@ -47,10 +49,29 @@ def speed(model_spec, dev, speed_limit, batch_size, max_new_tokens, device):
     t_single = time.perf_counter() - t0
     same = sum(a == b for a, b in zip(batched, single))
     n = len(prompts)
-    return [{"what": f"transformers generate, 1 question at a time", "questions": n, "seconds": t_single,
+    rows = [{"what": "transformers generate, 1 question at a time", "questions": n, "seconds": t_single,
              "questions_per_s": n / t_single, "speedup": 1.0, "same_predictions": n},
             {"what": f"bitswitch batched generator (batch {batch_size})", "questions": n, "seconds": t_batched,
              "questions_per_s": n / t_batched, "speedup": t_single / t_batched, "same_predictions": same}]
+    return rows + scoring_speed(model, tok, prompts, [ex.answers[0] for ex in examples], batch_size, max_new_tokens)
+
+
+def scoring_speed(model, tok, prompts, answers, batch_size, max_new_tokens) -> list[dict]:
+    """The evaluation pass (predictions + answer NLL): two prefills per prompt against one."""
+    t0 = time.perf_counter()
+    preds = greedy_generate(model, tok, prompts, max_new_tokens, batch_size)
+    nll, _ = answer_nll(model, tok, prompts, answers, batch_size)
+    t_two = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fused, fused_nll, _ = generate_and_score(model, tok, prompts, answers, max_new_tokens, batch_size)
+    t_one = time.perf_counter() - t0
+    n = len(prompts)
+    return [{"what": "eval pass: greedy_generate, then answer_nll", "questions": n, "seconds": t_two,
+             "questions_per_s": n / t_two, "speedup": 1.0, "same_predictions": n, "nll_rel_diff": 0.0},
+            {"what": "eval pass: generate_and_score (one prefill)", "questions": n, "seconds": t_one,
+             "questions_per_s": n / t_one, "speedup": t_two / t_one,
+             "same_predictions": sum(a == b for a, b in zip(preds, fused)),
+             "nll_rel_diff": abs(fused_nll - nll) / abs(nll)}]
 
 
 def main(argv=None):
@@ -73,7 +94,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     rows = [] if a.skip_speed else speed(a.model, a.dev, a.speed_limit, a.batch_size, a.max_new_tokens, a.device)
     if rows:
-        write(None, rows, ["what", "questions", "seconds", "questions_per_s", "speedup", "same_predictions"])
+        write(None, rows, ["what", "questions", "seconds", "questions_per_s", "speedup", "same_predictions",
+                           "nll_rel_diff"])
     quality = []
     for shots in [] if a.skip_quality else sorted({0, a.shots}):
         cfg = EvalConfig(model=a.model, task="squad", data=a.dev, adapters=a.adapters, profiles=a.profiles,
@@ -85,7 +107,7 @@ def main(argv=None):
                                                           "questions_per_s")}} for r in res["records"]]
     print()
     write(a.out, rows + quality, ["what", "shots", "profile", "em", "f1", "answer_ppl", "n", "questions_per_s",
-                                  "speedup", "same_predictions"], model=a.model, quality_limit=a.quality_limit)
+                                  "speedup", "same_predictions", "nll_rel_diff"], model=a.model, quality_limit=a.quality_limit)
 
 
 if __name__ == "__main__":
