@@ -81,16 +81,11 @@ def _greedy_batch(model, tokenizer, prompts, max_new_tokens, stop_at_newline, st
     """New token ids per prompt (EOS excluded) for one batch; with ``targets`` (answer ids per
     prompt) also their total NLL and count, from the first forward (else 0.0, 0)."""
     pad = _pad_id(tokenizer)
-    ids, mask = _left_pad(prompts, pad, device)  # (b, L) each
+    ids, mask = _pad(prompts, pad, device)  # (b, L) each, left-padded
     width = 0                                     # A: answer columns appended after the prompts
     if targets is not None:
-        width = max(len(t) for t in targets)
-        answer = torch.full((len(prompts), width), pad, dtype=torch.long)
-        answer_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, t in enumerate(targets):
-            answer[row, :len(t)] = torch.tensor(t, dtype=torch.long)
-            answer_mask[row, :len(t)] = 1
-        answer, answer_mask = answer.to(device), answer_mask.to(device)
+        answer, answer_mask = _pad(targets, pad, device, left=False)                 # (b, A)
+        width = answer.shape[1]
         ids, mask = torch.cat([ids, answer], 1), torch.cat([mask, answer_mask], 1)   # (b, L + A)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)             # (b, L): pads get 0, real tokens 0..n-1
     cache_kw = _cache_kwarg(model)
@@ -104,8 +99,7 @@ def _greedy_batch(model, tokenizer, prompts, max_new_tokens, stop_at_newline, st
         cache = getattr(out, cache_kw)
         next_ids = out.logits[:, 0].argmax(-1)  # (b,): the first kept row is the last prompt position
         if step == 0 and width:
-            logprobs = out.logits[:, :-1].float().log_softmax(-1)                     # (b, A, V)
-            nll = -logprobs.gather(-1, answer[..., None]).squeeze(-1)                # (b, A)
+            nll = token_nll(out.logits, answer)                                       # (b, A)
             total, count = nll[answer_mask.bool()].double().sum().item(), int(answer_mask.sum())
             cache.crop(-width)                     # back to the prompts: decoding continues from them
             mask, positions = mask[:, :-width], positions[:, :-width]
@@ -146,28 +140,34 @@ def answer_nll(model, tokenizer, prompts: list[list[int]], answers: list[str],
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            ids, mask = _left_pad([seqs[i] for i in rows], _pad_id(tokenizer), device)  # (b, L)
+            ids, mask = _pad([seqs[i] for i in rows], _pad_id(tokenizer), device)      # (b, L)
             lengths = torch.tensor([len(targets[i]) for i in rows], device=device)    # (b,)
             width = int(lengths.max())                                                 # A
             # left padding puts every answer at the end: the last A + 1 positions predict the last A tokens
             out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                         use_cache=False, logits_to_keep=width + 1)
-            logprobs = out.logits[:, :-1].float().log_softmax(-1)                      # (b, A, V)
-            nll = -logprobs.gather(-1, ids[:, -width:, None]).squeeze(-1)              # (b, A)
+            nll = token_nll(out.logits, ids[:, -width:])                                # (b, A)
             is_answer = torch.arange(width, device=device) >= width - lengths[:, None]  # (b, A)
             total += nll[is_answer].double().sum().item()
             count += int(is_answer.sum())
     return total, count
 
 
-def _left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(input_ids, attention_mask)``, both ``(b, L)`` long tensors, sequences right-aligned."""
+def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-token NLL (b, A) of ``targets`` (b, A) from logits (b, A + 1, V) whose row j predicts token j."""
+    logprobs = logits[:, :-1].float().log_softmax(-1)                 # (b, A, V)
+    return -logprobs.gather(-1, targets[..., None]).squeeze(-1)       # (b, A)
+
+
+def _pad(seqs: list[list[int]], pad_id: int, device, left: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)``, both ``(b, L)`` long tensors; ``left``: sequences right-aligned."""
     width = max(len(seq) for seq in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for row, seq in enumerate(seqs):
-        ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-        mask[row, width - len(seq):] = 1
+        span = slice(width - len(seq), width) if left else slice(0, len(seq))
+        ids[row, span] = torch.tensor(seq, dtype=torch.long)
+        mask[row, span] = 1
     return ids.to(device), mask.to(device)
 
 

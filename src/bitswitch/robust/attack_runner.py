@@ -206,8 +206,7 @@ def _paired_se(plus: list[dict], minus: list[dict]) -> float | None:
     if not sides[0] or not sides[1] or not all(tables):
         return None
     ids = sorted(set.intersection(*map(set, tables)))
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    return se_of_mean(mean([d[i] for d in sides[0]]) - mean([d[i] for d in sides[1]]) for i in ids)
+    return se_of_mean(_mean([d[i] for d in sides[0]]) - _mean([d[i] for d in sides[1]]) for i in ids)
 
 
 def rpi_summary(clean: dict, matrix: dict, cfg: AttackConfig) -> dict | None:

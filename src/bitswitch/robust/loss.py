@@ -22,7 +22,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from ..evaluate.generate import _cache_kwarg, _pad_id
+from ..evaluate.generate import _cache_kwarg, _pad_id, token_nll
 from .rpi import DrawSampler
 
 
@@ -53,8 +53,7 @@ def _drop_scratch(model) -> None:
 
 def _row_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean NLL per row: logits (n, A + 1, V) from the last A + 1 positions, targets (n, A) -> (n,)."""
-    logprobs = logits[:, :-1].float().log_softmax(-1)                     # (n, A, V)
-    return -logprobs.gather(-1, targets[..., None]).squeeze(-1).mean(-1)  # (n,)
+    return token_nll(logits, targets).mean(-1)
 
 
 class AnswerScorer:

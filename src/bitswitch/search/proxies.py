@@ -40,14 +40,14 @@ PROXIES = ("fisher", "taylor", "hutchinson")
 def loss_batches(md: MetricData, tokenizer, n_batches: int, batch_size: int) -> list[dict]:
     """Up to ``n_batches`` batches: ``{"ids", "mask", "positions"}`` (b, T) plus ``"targets"`` and
     ``"scored"`` (b, A) for the last A positions (squad: the answers; text: every next token)."""
-    from ..evaluate.generate import _left_pad, _pad_id
+    from ..evaluate.generate import _pad, _pad_id, answer_token_ids
 
     batches = []
     if md.task == "squad":
-        targets = [tokenizer(" " + a, add_special_tokens=False)["input_ids"] for a in md.answers]
+        targets = [answer_token_ids(tokenizer, a) for a in md.answers]
         for start in range(0, min(len(md.prompts), n_batches * batch_size), batch_size):
             rows = range(start, min(start + batch_size, len(md.prompts)))
-            ids, mask = _left_pad([md.prompts[i] + targets[i] for i in rows], _pad_id(tokenizer), torch.device("cpu"))
+            ids, mask = _pad([md.prompts[i] + targets[i] for i in rows], _pad_id(tokenizer), torch.device("cpu"))
             lengths = torch.tensor([len(targets[i]) for i in rows])
             width = int(lengths.max())
             scored = torch.arange(width) >= width - lengths[:, None]              # (b, A)
