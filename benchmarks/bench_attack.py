@@ -5,7 +5,7 @@ On SmolLM2-135M with the switchable (shared) adapters: HotFlip and typo attacks 
 adaptive attacker (EOT over ``--eot`` precision draws). Prints the tables and writes JSON.
 
     python benchmarks/bench_attack.py --adapters runs/cache/train-0ce8c3c621de/adapters \\
-        --limit 100 --attacks hotflip typo --budget 1 --profiles w8a8 w4a8 --rpi w8a8 w4a8 --eot 2 \\
+        --limit 100 --attacks hotflip typo --budget 1 --profiles fp w8a8 w6a8 w4a8 --rpi w8a8 w4a8 --eot 2 \\
         --rpi-matrix full --runs runs/bench_attack100 --out benchmarks/results/attack/attack100-b1.json
 
 (the run behind docs/results.md; on 2 CPU cores a question costs 3-4 s to attack at a fixed profile
