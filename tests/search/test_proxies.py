@@ -14,7 +14,7 @@ def test_spearman_by_hand():
     assert spearman([5, 5, 9], [1, 2, 3]) == pytest.approx(math.sqrt(3) / 2)
 
 
-@pytest.mark.parametrize("method", ["fisher", "taylor", "hutchinson"])
+@pytest.mark.parametrize("method", ["fisher", "fisher-grad", "taylor", "hutchinson"])
 def test_proxy_scores_grow_as_bits_fall(method, tiny_squad):
     model, tok = bs.load_model("tiny-llama", device="cpu")
     bs.make_switchable(model)
@@ -53,3 +53,38 @@ def test_proxy_scores_around_a_low_base_are_gains_above_it(method, tiny_squad):
             assert scores[unit][8] < 0.0 < scores[unit][3]
         else:  # tr(H) of an untrained model may be negative; one factor per unit: opposite signs
             assert scores[unit][8] * scores[unit][3] < 0.0
+
+
+@pytest.mark.parametrize("method", ["fisher", "fisher-grad"])
+def test_fisher_is_half_the_squared_token_gradient_times_the_noise(method, tmp_path):
+    """One scored token: the random sign squares away, so the Fisher score is exactly
+    ``1/2 sum_i g_i^2 (dW_b^2 - dW_base^2)`` with ``g`` that token's gradient, and fisher-grad adds
+    ``sum_i g_i (Q_b(W) - Q_base(W))_i`` (exact facts)."""
+    import torch
+
+    from bitswitch.search.proxies import _noise, _token_nll, loss_batches
+    from bitswitch.switching import resolve_profile, set_profile, state, unit_modules
+
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat on the mat " * 4)
+    model, tok = bs.load_model("tiny-llama", device="cpu")
+    bs.make_switchable(model)
+    md = M.prepare(model, tok, "ppl", str(text), max_tokens=2)
+    unit = "L1.mlp_out"
+    scores = proxy_scores(model, tok, md, "w8a8", [3], method, n_batches=1, batch_size=1, units=[unit],
+                          progress=False)["scores"]
+    set_profile(model, "w8a8")
+    _, table = resolve_profile(model, "w8a8")
+    mods = [m for u, _, m in unit_modules(model) if u == unit]
+    for m in mods:
+        m.base.weight.requires_grad_(True)
+    grads = torch.autograd.grad(_token_nll(model, loss_batches(md, tok, 1, 1)[0]).sum(), [m.base.weight for m in mods])
+    want = 0.0
+    for m, g in zip(mods, grads):
+        g = (g.t() if m.conv1d else g).double()
+        opts = state(model).options
+        d3, d8 = (_noise(m, table[unit].weight, b, opts).double() for b in (3, None))
+        want += 0.5 * float((g.pow(2) * (d3.pow(2) - d8.pow(2))).sum())
+        if method == "fisher-grad":
+            want += float((g * (d3 - d8)).sum())
+    assert scores[unit][3] == pytest.approx(want, rel=1e-5)

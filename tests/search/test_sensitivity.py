@@ -65,3 +65,15 @@ def test_damage_and_drop_orientation():
     assert M.canonical_metric("squad-f1") == "f1" and M.canonical_metric("answer-ppl", "squad") == "answer_ppl"
     with pytest.raises(bs.BitswitchError):
         M.canonical_metric("ppl", "squad")
+
+
+def test_text_offset_is_a_held_out_token_slice(tmp_path):
+    text = tmp_path / "corpus.txt"
+    text.write_text(" ".join(f"word{i % 37} and more" for i in range(400)))
+    model, tok = bs.load_model("tiny-llama", device="cpu")
+    whole = M.prepare(model, tok, "ppl", str(text), max_tokens=300)
+    held = M.prepare(model, tok, "ppl", str(text), max_tokens=100, offset=200)
+    assert held.offset == 200 and held.ids.shape == (1, 100)
+    assert held.ids.equal(whole.ids[:, 200:300])
+    with pytest.raises(bs.BitswitchError, match="--offset"):
+        M.prepare(model, tok, "ppl", str(text), max_tokens=10, offset=10**6)

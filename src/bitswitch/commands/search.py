@@ -7,7 +7,7 @@ import sys
 
 DESCRIPTION = """\
 Per-unit bits from --candidates (weights only; activations stay at the base profile's), chosen
-from per-unit damages (--sensitivity: fisher (default), taylor, hutchinson, measured, or the
+from per-unit damages (--sensitivity: fisher (default), fisher-grad, taylor, hutchinson, measured, or the
 results.json of bitswitch sensitivity --granularity unit) computed on the calibration data
 (--calib-offset/--calib-limit; default: the evaluation data).
 
@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
     p.add_argument("--task", default="squad", help="squad (default) or wikitext")
     p.add_argument("--data", default=None, help="SQuAD v1.1 file/dir or 'squad'; text file or 'wikitext'")
     p.add_argument("--limit", type=int, default=None, help="squad: N evaluation questions (from --offset)")
-    p.add_argument("--offset", type=int, default=0, help="squad: skip the first N questions")
+    p.add_argument("--offset", type=int, default=0, help="skip the first N questions (squad) or tokens (wikitext)")
     p.add_argument("--max-tokens", type=int, default=None, help="wikitext: first N tokens")
     p.add_argument("--window", type=int, default=1024, help="wikitext: window length")
     p.add_argument("--metric", default=None, help="squad-f1 (squad default) | squad-em | answer-ppl | ppl")
@@ -46,14 +46,14 @@ def add_parser(sub) -> None:
     p.add_argument("--method", default="budget", help="budget (default) or greedy")
     p.add_argument("--base", default=None, help="starting profile (default w{highest candidate}a8)")
     p.add_argument("--sensitivity", nargs="+", default=["fisher"],
-                   help="fisher (default) | taylor | hutchinson | measured | sensitivity results.json file(s): "
+                   help="fisher (default) | fisher-grad | taylor | hutchinson | measured | sensitivity results.json file(s): "
                         "several sweeps merge their probes (e.g. w3a8 and w8a8 from a w4a8 base)")
     p.add_argument("--sens-metric", default=None,
                    help="metric of a measured sensitivity sweep (default answer-ppl for squad, ppl for wikitext)")
     p.add_argument("--damage-fit", default="side",
                    help="measured sweeps: keep each measured damage (side, default) or fit one energy coefficient "
                         "per unit to all its sweeps (pooled: less noise when sweeps lie on both sides of the base)")
-    p.add_argument("--calib-offset", type=int, default=None, help="squad: first question of the calibration slice")
+    p.add_argument("--calib-offset", type=int, default=None, help="first question (squad) or token (wikitext) of the calibration slice")
     p.add_argument("--calib-limit", type=int, default=None, help="squad: questions in the calibration slice")
     p.add_argument("--proxy-batches", type=int, default=4)
     p.add_argument("--pareto", action="store_true", help="also measure uniform profiles; Pareto front + plot")

@@ -11,9 +11,10 @@ Measured: from --base, move one unit (--granularity unit: L{i}.{role} and head) 
 record the metric, its change from the base and the damage (F1/EM points lost, or ln of the
 perplexity ratio). Resumes: a rerun with the same settings skips what OUT/results.json holds.
 
-Proxy (--proxy fisher|taylor|hutchinson): no sweep; one gradient pass over --proxy-batches batches
-at the base profile scores every unit's quantization noise at the probe bits (and --proxy-bits):
-fisher = 1/2 sum F_ii dW_i^2 (diagonal empirical Fisher), taylor = 1/2 mean (g . dW)^2,
+Proxy (--proxy fisher|fisher-grad|taylor|hutchinson): no sweep; one gradient pass over --proxy-batches
+batches at the base profile scores every unit's quantization noise at the probe bits (and --proxy-bits):
+fisher = 1/2 sum F_ii dW_i^2 (diagonal empirical Fisher of the per-token losses), fisher-grad = fisher
++ g . (Q_b(W) - Q_base(W)) (the first-order term), taylor = 1/2 mean (g . dW)^2,
 hutchinson = 1/2 tr(H)/n ||dW||^2. --against FILE adds the Spearman rank correlation with another
 sensitivity results.json (e.g. a measured sweep).
 
@@ -34,10 +35,10 @@ def add_parser(sub) -> None:
     p.add_argument("--metric", default="answer-ppl", help="squad-f1 | squad-em | answer-ppl (default) | ppl")
     p.add_argument("--data", default=None, help="SQuAD v1.1 file/dir or 'squad'; text file or 'wikitext' for ppl")
     p.add_argument("--limit", type=int, default=None, help="squad: N questions (from --offset)")
-    p.add_argument("--offset", type=int, default=0, help="squad: skip the first N questions (held-out slices)")
+    p.add_argument("--offset", type=int, default=0, help="skip the first N questions (squad) or tokens (ppl): held-out slices")
     p.add_argument("--max-tokens", type=int, default=None, help="ppl: first N tokens")
     p.add_argument("--window", type=int, default=1024, help="ppl: window length")
-    p.add_argument("--proxy", default=None, help="fisher | taylor | hutchinson: a gradient proxy instead of measuring")
+    p.add_argument("--proxy", default=None, help="fisher | fisher-grad | taylor | hutchinson: a gradient proxy instead of measuring")
     p.add_argument("--proxy-bits", default="", help="proxy: more weight bit-widths to score, e.g. 3,4,6")
     p.add_argument("--proxy-batches", type=int, default=4, help="proxy: batches of --batch-size (default 4)")
     p.add_argument("--against", default=None, help="a sensitivity results.json to rank-correlate with (Spearman)")

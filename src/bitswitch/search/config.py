@@ -34,7 +34,7 @@ class SensitivityConfig:
     offset: int = 0
     max_tokens: int | None = None
     window: int = 1024
-    proxy: str | None = None            # None: measure; fisher | taylor | hutchinson: a proxy instead
+    proxy: str | None = None            # None: measure; fisher | fisher-grad | taylor | hutchinson: a proxy instead
     proxy_bits: tuple[int, ...] = ()    # extra bit-widths a proxy scores besides the probe's
     proxy_batches: int = 4
     against: str | None = None          # a sensitivity results.json to rank-correlate with
@@ -80,7 +80,7 @@ class SearchConfig:
     max_drop: float | None = None
     method: str = "budget"
     base: str | None = None              # default: w{max candidate}a8
-    sensitivity: str | tuple = "fisher"  # fisher | taylor | hutchinson | measured | results.json file(s)
+    sensitivity: str | tuple = "fisher"  # fisher | fisher-grad | taylor | hutchinson | measured | results.json file(s)
     sens_metric: str | None = None       # measured sensitivity: default answer-ppl (squad) / ppl
     damage_fit: str = "side"             # side | pooled (bitswitch.search.table): measured sweeps only
     calib_offset: int | None = None      # questions/tokens the sensitivities are computed on
@@ -128,7 +128,7 @@ class SearchConfig:
         if not isinstance(self.sensitivity, str):  # several sweeps (e.g. one probe below the base, one above)
             items = [str(x) for x in self.sensitivity]
             if not items:
-                raise BitswitchError("--sensitivity needs a value: fisher, taylor, hutchinson, measured or results.json files")
+                raise BitswitchError("--sensitivity needs a value: fisher, fisher-grad, taylor, hutchinson, measured or results.json files")
             self.sensitivity = items[0] if len(items) == 1 else tuple(items)
         if isinstance(self.sensitivity, tuple):
             for f in self.sensitivity:
@@ -136,7 +136,7 @@ class SearchConfig:
                     raise BitswitchError(f"--sensitivity {f!r}: several values must all be results.json files of "
                                          "bitswitch sensitivity runs (e.g. probes below and above the base)")
         elif self.sensitivity not in (*PROXIES, "measured") and not Path(self.sensitivity).exists():
-            raise BitswitchError(f"--sensitivity {self.sensitivity!r}: use fisher, taylor, hutchinson, measured or "
+            raise BitswitchError(f"--sensitivity {self.sensitivity!r}: use fisher, fisher-grad, taylor, hutchinson, measured or "
                                  "the results.json of a bitswitch sensitivity run")
         if self.damage_fit not in FITS:
             raise BitswitchError(f"--damage-fit {self.damage_fit!r}: use side or pooled")

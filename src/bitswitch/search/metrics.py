@@ -84,7 +84,8 @@ def prepare(model, tokenizer, metric: str, data: str | None, limit: int | None =
     """Load and tokenize the data a metric needs.
 
     squad: questions ``offset .. offset + limit`` of ``data`` (file order), zero-shot prompts in
-    ``bitswitch eval``'s default template. wikitext: the first ``max_tokens`` tokens of ``data``.
+    ``bitswitch eval``'s default template. wikitext: tokens ``offset .. offset + max_tokens`` of
+    ``data`` (a held-out text slice, as ``offset`` holds out questions).
     """
     from ..evaluate.tasks import _context_length
 
@@ -109,12 +110,14 @@ def prepare(model, tokenizer, metric: str, data: str | None, limit: int | None =
                           [ex.answers[0] for ex in examples], examples, offset=offset)
     from ..data.text import load_text, tokenize_text
 
-    ids = tokenize_text(tokenizer, load_text(data or "wikitext"), max_tokens)
+    ids = tokenize_text(tokenizer, load_text(data or "wikitext"),
+                        None if max_tokens is None else offset + max_tokens)[:, offset:]
     if ids.shape[1] < 2:
-        raise BitswitchError(f"text data {data!r} gives fewer than 2 tokens: pass more text")
+        raise BitswitchError(f"text data {data!r} gives fewer than 2 tokens after --offset {offset}: "
+                             "pass more text or a smaller offset")
     window = min(window, ctx) if ctx else window
     return MetricData(task, metric, str(data), batch_size, max_new_tokens, ids=ids, window=window,
-                      stride=stride)
+                      stride=stride, offset=offset)
 
 
 def measure(model, tokenizer, md: MetricData, metric: str | None = None, progress=None) -> dict:
