@@ -88,8 +88,16 @@ def _signed_sum(nll: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     gradients the Fisher is made of. Why not the gradient of the mean loss: its square is
     ``(mean_t g_t)^2`` plus ``1/T`` of the Fisher, i.e. mostly the squared mean gradient, which
     measures how far the model is from a minimum of this data, not the curvature around it."""
-    signs = (torch.randint(0, 2, nll.shape, generator=gen) * 2 - 1).to(nll)
-    return (signs * nll).sum()
+    return (_rademacher(nll, gen) * nll).sum()
+
+
+def _rademacher(like: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Independent +-1 entries of ``like``'s shape, dtype and device (drawn on the CPU generator)."""
+    return (torch.randint(0, 2, like.shape, generator=gen) * 2 - 1).to(like)
+
+
+def _accumulate(sums: dict, key, t: torch.Tensor) -> None:
+    sums[key] = sums[key] + t if key in sums else t
 
 
 @contextlib.contextmanager
@@ -171,7 +179,7 @@ def proxy_scores(model, tokenizer, md: MetricData, base: str, bits, method: str 
             nll = _token_nll(model, batch)
             if method == "hutchinson":  # the Hessian of the mean loss itself
                 grads = torch.autograd.grad(nll.mean(), weights, create_graph=True)
-                vs = [(torch.randint(0, 2, w.shape, generator=gen) * 2 - 1).to(w) for w in weights]
+                vs = [_rademacher(w, gen) for w in weights]
                 hv = torch.autograd.grad(sum((g * v).sum() for g, v in zip(grads, vs)), weights)
                 for n, v, h in zip(names, vs, hv):
                     trace[params[n][0]] = trace.get(params[n][0], 0.0) + float((v * h).sum())
@@ -180,15 +188,14 @@ def proxy_scores(model, tokenizer, md: MetricData, base: str, bits, method: str 
             signed = _signed_sum(nll, gen)
             if method == "fisher-grad":  # the same forward, a second backward for the plain sum
                 for n, g in zip(names, torch.autograd.grad(nll.sum(), weights, retain_graph=True)):
-                    g = _out_in(params[n][1], g.float())
-                    grad_sum[n] = grad_sum[n] + g if n in grad_sum else g
+                    _accumulate(grad_sum, n, _out_in(params[n][1], g.float()))
             grads = torch.autograd.grad(signed, weights)
             dots: dict[tuple[str, int], float] = {}
             for n, g in zip(names, grads):
                 unit, mod = params[n]
                 g = _out_in(mod, g.float())
                 if method in ("fisher", "fisher-grad"):
-                    fisher[n] = fisher[n] + g.pow(2) if n in fisher else g.pow(2)
+                    _accumulate(fisher, n, g.pow(2))
                 else:  # g . dW over the unit's modules first, squared per batch below
                     for b in (None, *bits):
                         dots[(unit, b)] = dots.get((unit, b), 0.0) + float((g * noise(mod, unit, b)).sum())
