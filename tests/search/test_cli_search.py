@@ -177,3 +177,23 @@ def test_search_around_a_low_base_from_two_sweeps(tiny_squad, tmp_path, capsys):
                                                               "fisher", sweeps[0]))
     assert "--damage-fit" in _one_line_error(capsys, _search(tiny_squad, out, "--avg-bits", "4", "--damage-fit",
                                                              "pooled"))
+
+
+def test_below_penalty_is_chosen_on_the_calibration_data(tiny_squad, tmp_path, capsys):
+    """Several --below-penalty factors: each solution is measured on the calibration questions, the
+    best one is the searched profile, every trial is in the record, and the budget holds."""
+    out = tmp_path / "s"
+    assert main(_search(tiny_squad, out, "--candidates", "3,4,6,8", "--base", "w4a8", "--avg-bits", "4",
+                        "--below-penalty", "1", "4", "64", "--calib-offset", "4", "--calib-limit", "4")) == 0
+    res = json.loads((out / "results.json").read_text())
+    rec = next(r for r in res["records"] if r["kind"] == "searched")
+    trials = rec["penalty_trials"]
+    assert [t["below_penalty"] for t in trials] == [1.0, 4.0, 64.0]
+    best = min(trials, key=lambda t: t["answer_ppl"])
+    assert rec["below_penalty"] == best["below_penalty"] and rec["calib"] == {"offset": 4, "n": 4}
+    assert rec["avg_w_bits"] <= 4.0
+    capsys.readouterr()
+    assert "--calib-offset" in _one_line_error(capsys, _search(tiny_squad, out, "--avg-bits", "4",
+                                                               "--below-penalty", "1", "4"))
+    assert "--below-penalty 0" in _one_line_error(capsys, _search(tiny_squad, out, "--avg-bits", "4",
+                                                                  "--below-penalty", "0"))

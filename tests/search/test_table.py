@@ -3,7 +3,7 @@ import pytest
 import bitswitch as bs
 from bitswitch.errors import BitswitchError
 from bitswitch.search.space import build_space
-from bitswitch.search.table import damage_table, known_from_records, predicted
+from bitswitch.search.table import damage_table, known_from_records, penalize, predicted
 
 
 def _space(base: str):
@@ -74,3 +74,13 @@ def test_pooled_fit_averages_the_coefficients_of_both_sweeps():
         damage_table(space, known, None, fit="pooled")
     with pytest.raises(BitswitchError, match="side or pooled"):
         damage_table(space, known, energy, fit="nearest")
+
+
+def test_penalize_scales_only_damages_below_the_base():
+    space, units, energy, known = _around_w4()
+    table = damage_table(space, known, energy)
+    hard = penalize(table, space, 4.0)
+    for u in units:
+        assert hard[u][3] == 4.0 * table[u][3] and hard[u][4] == 0.0
+        assert hard[u][6] == table[u][6] and hard[u][8] == table[u][8]   # gains above the base unchanged
+    assert penalize(table, space, 1.0) == table

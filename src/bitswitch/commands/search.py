@@ -9,7 +9,9 @@ DESCRIPTION = """\
 Per-unit bits from --candidates (weights only; activations stay at the base profile's), chosen
 from per-unit damages (--sensitivity: fisher (default), fisher-grad, taylor, hutchinson, measured, or the
 results.json of bitswitch sensitivity --granularity unit) computed on the calibration data
-(--calib-offset/--calib-limit; default: the evaluation data).
+(--calib-offset/--calib-limit; default: the evaluation data). --below-penalty F [F ...] multiplies
+the damages of units lowered below the base (several: each solution is measured on the calibration
+data and the best is kept).
 
 Targets (exactly one):
   --avg-bits B [B ...]   average weight bits (parameter-weighted, as bitswitch profiles reports)
@@ -53,6 +55,10 @@ def add_parser(sub) -> None:
     p.add_argument("--damage-fit", default="side",
                    help="measured sweeps: keep each measured damage (side, default) or fit one energy coefficient "
                         "per unit to all its sweeps (pooled: less noise when sweeps lie on both sides of the base)")
+    p.add_argument("--below-penalty", type=float, nargs="+", default=[1.0], metavar="F",
+                   help="multiply the damage of lowering a unit below the base by F (the additive table underestimates "
+                        "many lowered units together); several: solve with each, measure each on the calibration "
+                        "data (--sens-metric), keep the best (needs --calib-offset/--calib-limit)")
     p.add_argument("--calib-offset", type=int, default=None, help="first question (squad) or token (wikitext) of the calibration slice")
     p.add_argument("--calib-limit", type=int, default=None, help="squad: questions in the calibration slice")
     p.add_argument("--proxy-batches", type=int, default=4)
@@ -75,7 +81,7 @@ def run(a, argv) -> int:
                        limit=a.limit, offset=a.offset, max_tokens=a.max_tokens, window=a.window,
                        candidates=a.candidates, avg_bits=a.avg_bits, max_bytes=a.max_bytes, max_drop=a.max_drop,
                        method=a.method, base=a.base, sensitivity=a.sensitivity, sens_metric=a.sens_metric,
-                       damage_fit=a.damage_fit, calib_offset=a.calib_offset, calib_limit=a.calib_limit,
+                       damage_fit=a.damage_fit, below_penalty=a.below_penalty, calib_offset=a.calib_offset, calib_limit=a.calib_limit,
                        proxy_batches=a.proxy_batches, pareto=a.pareto, chunk=a.chunk, max_states=a.max_states,
                        device=a.device, dtype=a.dtype, seed=a.seed, options=_options(a),
                        batch_size=a.batch_size, max_new_tokens=a.max_new_tokens)

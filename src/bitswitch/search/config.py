@@ -83,6 +83,7 @@ class SearchConfig:
     sensitivity: str | tuple = "fisher"  # fisher | fisher-grad | taylor | hutchinson | measured | results.json file(s)
     sens_metric: str | None = None       # measured sensitivity: default answer-ppl (squad) / ppl
     damage_fit: str = "side"             # side | pooled (bitswitch.search.table): measured sweeps only
+    below_penalty: tuple[float, ...] = (1.0,)  # factor(s) on below-base damages; several: the calibration picks
     calib_offset: int | None = None      # questions/tokens the sensitivities are computed on
     calib_limit: int | None = None
     proxy_batches: int = 4
@@ -143,6 +144,18 @@ class SearchConfig:
         if self.damage_fit == "pooled" and self.sensitivity in PROXIES:
             raise BitswitchError(f"--damage-fit pooled fits measured sweeps; --sensitivity {self.sensitivity} is a "
                                  "proxy (already energy-scaled): drop --damage-fit or pass results.json files")
+        self.below_penalty = tuple(float(x) for x in self.below_penalty) or (1.0,)
+        for x in self.below_penalty:
+            if not x > 0:
+                raise BitswitchError(f"--below-penalty {x:g} must be positive (1 = the plain additive table), "
+                                     "e.g. --below-penalty 1 2 4 8")
+        if len(self.below_penalty) > 1:
+            if self.max_drop is not None:
+                raise BitswitchError("several --below-penalty values are chosen between at a budget: with --max-drop "
+                                     "give one value")
+            if self.calib_offset is None and self.calib_limit is None:
+                raise BitswitchError("several --below-penalty values are chosen between on the calibration data: pass "
+                                     "--calib-offset/--calib-limit so the choice is not made on the evaluation data")
         for name in ("chunk", "proxy_batches", "max_states"):
             if getattr(self, name) < 1:
                 raise BitswitchError(f"--{name.replace('_', '-')} must be at least 1")

@@ -3,7 +3,9 @@
 One model load. Per-unit damages come from a proxy (default ``fisher``), a measured sweep, or a
 ``bitswitch sensitivity`` result, computed on the *calibration* questions (``--calib-offset`` /
 ``--calib-limit``; default the evaluation questions themselves); the search (``budget``: exact
-knapsack; ``greedy``) picks bits per unit; every resulting profile is measured on the evaluation
+knapsack; ``greedy``) picks bits per unit, with ``--below-penalty`` factors on the damages of units
+lowered below the base (several: each solution is measured on the calibration data and the best
+kept); every resulting profile is measured on the evaluation
 data and written to ``OUT/results.json`` (``"kind": "search"``), ``OUT/results.md`` and, in the
 profile grammar's JSON form, ``OUT/profiles/<label>.json`` (``bitswitch eval --profiles FILE``).
 ``--pareto`` adds the uniform profiles, the front and ``OUT/pareto.png``.
@@ -34,7 +36,7 @@ from .pareto import pareto_front
 from .proxies import PROXIES, proxy_scores
 from .sensitivity import measure_sensitivity
 from .space import SearchSpace, build_space, noise_energy
-from .table import damage_table, known_from_records, load_sensitivity, predicted
+from .table import damage_table, known_from_records, load_sensitivity, penalize, predicted
 
 
 def profile_mapping(profile: str) -> dict[str, str]:
@@ -151,15 +153,18 @@ def run_search(cfg: SearchConfig, argv: list[str] | None = None, log=print) -> d
     def save():
         atomic_write_json(out / "results.json", results)
 
-    def measure(profile: str, label: str, kind: str, data: M.MetricData = md, extra=None) -> dict:
-        """Measure ``cfg.metric`` of one profile on ``data`` (evaluation records are cached by profile
-        text, so a rerun or a searched profile equal to a uniform one is not measured twice)."""
+    def measure(profile: str, label: str, kind: str, data: M.MetricData = md, extra=None,
+                metric: str | None = None) -> dict:
+        """Measure ``metric`` (default ``cfg.metric``) of one profile on ``data`` (evaluation records
+        are cached by profile text, so a rerun or a searched profile equal to a uniform one is not
+        measured twice)."""
+        metric = metric or cfg.metric
         if data is md and profile in cache:
             return {**cache[profile], "label": label, "kind": kind, **(extra or {})}
         set_profile(model, profile)
         t0 = time.perf_counter()
-        with tqdm(total=data.size, desc=f"{cfg.metric} {label}", leave=False, dynamic_ncols=True) as bar:
-            values = M.measure(model, tok, data, cfg.metric, progress=bar)
+        with tqdm(total=data.size, desc=f"{metric} {label}", leave=False, dynamic_ncols=True) as bar:
+            values = M.measure(model, tok, data, metric, progress=bar)
         rep = profile_report(model, profile)
         return {"label": label, "kind": kind, "profile": profile, **values,
                 "avg_w_bits": round(rep["avg_w_bits"], 4), "weight_bytes": rep["weight_bytes"],
@@ -195,23 +200,51 @@ def run_search(cfg: SearchConfig, argv: list[str] | None = None, log=print) -> d
         save()
         return rec
 
+    def solve(kind: str, value, tbl) -> tuple[dict[str, int], dict]:
+        if cfg.method == "greedy":
+            assign, history = greedy_search(tbl, _costs(space, kind), budget=_budget(space, kind, value))
+            return assign, {"steps": len(history)}
+        try:
+            sol = solve_budget(tbl, _costs(space, kind), _budget(space, kind, value), cfg.max_states)
+        except InfeasibleBudget:
+            raise _infeasible(space, kind, value) from None
+        return sol.assign, {"exact": sol.exact, "gap": sol.gap, "bound": sol.bound}
+
+    def calibrated(kind: str, value, label: str) -> tuple[dict[str, int], dict]:
+        """One solution per ``--below-penalty`` factor; with several, each is measured on the
+        calibration data (``sens_metric``) and the best is kept (the trials go in the record)."""
+        if len(cfg.below_penalty) == 1:
+            f = cfg.below_penalty[0]
+            assign, extra = solve(kind, value, table if f == 1 else penalize(table, space, f))
+            return assign, {**extra, "below_penalty": f}
+        better, trials, seen, best = M.HIGHER_IS_BETTER[cfg.sens_metric], [], {}, None
+        for f in cfg.below_penalty:
+            assign, extra = solve(kind, value, table if f == 1 else penalize(table, space, f))
+            profile = space.profile(assign)
+            if profile not in seen:   # several factors often give one assignment: measure it once
+                seen[profile] = measure(profile, f"{label}-penalty{f:g}", "calib", calib,
+                                        metric=cfg.sens_metric)[cfg.sens_metric]
+            trial = {"below_penalty": f, cfg.sens_metric: seen[profile], "predicted_damage": predicted(table, assign),
+                     "bits": {str(b): n for b, n in sorted(Counter(assign.values()).items())}}
+            trials.append(trial)
+            log(f"[{label}] below-penalty {f:g}: calibration {cfg.sens_metric}={seen[profile]:.4g} bits={trial['bits']}")
+            score = seen[profile] if not better else -seen[profile]
+            if best is None or score < best[0]:
+                best = (score, assign, {**extra, "below_penalty": f})
+        _, assign, extra = best
+        return assign, {**extra, "penalty_trials": trials, "calib": {"offset": calib.offset, "n": calib.size}}
+
     for kind, value in cfg.budgets:
         label = {"avg_bits": f"search-avg{value:g}", "max_bytes": f"search-bytes{value}",
                  "max_drop": f"search-drop{value:g}"}[kind]
         extra = {"budget": {kind: value}, "method": cfg.method}
         if kind == "max_drop":
-            assign, steps = _search_drop(cfg, model, tok, space, table, calib, value, measure)
-            extra["steps"] = steps
-        elif cfg.method == "greedy":
-            assign, history = greedy_search(table, _costs(space, kind), budget=_budget(space, kind, value))
-            extra["steps"] = len(history)
+            tbl = table if cfg.below_penalty[0] == 1 else penalize(table, space, cfg.below_penalty[0])
+            assign, steps = _search_drop(cfg, model, tok, space, tbl, calib, value, measure)
+            extra.update(steps=steps, below_penalty=cfg.below_penalty[0])
         else:
-            try:
-                sol = solve_budget(table, _costs(space, kind), _budget(space, kind, value), cfg.max_states)
-            except InfeasibleBudget:
-                raise _infeasible(space, kind, value) from None
-            assign = sol.assign
-            extra.update(exact=sol.exact, gap=sol.gap, bound=sol.bound)
+            assign, more = calibrated(kind, value, label)
+            extra.update(more)
         searched(assign, label, extra)
 
     if cfg.pareto:
