@@ -179,13 +179,24 @@ def test_search_around_a_low_base_from_two_sweeps(tiny_squad, tmp_path, capsys):
                                                              "pooled"))
 
 
-def test_below_penalty_is_chosen_on_the_calibration_data(tiny_squad, tmp_path, capsys):
+def test_below_penalty_is_chosen_on_the_calibration_data(tiny_squad, tmp_path, capsys, monkeypatch):
     """Several --below-penalty factors: each solution is measured on the calibration questions, the
-    best one is the searched profile, every trial is in the record, and the budget holds."""
+    best one is the searched profile, every trial is in the record, the budget holds, and a rerun
+    resumes without measuring anything again."""
     out = tmp_path / "s"
-    assert main(_search(tiny_squad, out, "--candidates", "3,4,6,8", "--base", "w4a8", "--avg-bits", "4",
-                        "--below-penalty", "1", "4", "64", "--calib-offset", "4", "--calib-limit", "4")) == 0
+    argv = _search(tiny_squad, out, "--candidates", "3,4,6,8", "--base", "w4a8", "--avg-bits", "4",
+                   "--below-penalty", "1", "4", "64", "--calib-offset", "4", "--calib-limit", "4")
+    assert main(argv) == 0
+    first = json.loads((out / "results.json").read_text())
+    assert 1 <= len(first["calibration"]) <= 3   # one measurement per distinct solution
+
+    def no_measuring(*a, **k):
+        raise AssertionError("a resumed search measured again")
+
+    monkeypatch.setattr("bitswitch.search.metrics.measure", no_measuring)
+    assert main(argv) == 0
     res = json.loads((out / "results.json").read_text())
+    assert res["calibration"] == first["calibration"]
     rec = next(r for r in res["records"] if r["kind"] == "searched")
     trials = rec["penalty_trials"]
     assert [t["below_penalty"] for t in trials] == [1.0, 4.0, 64.0]

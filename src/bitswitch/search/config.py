@@ -195,8 +195,9 @@ def settings_hash(cfg, drop=("out", "device", "against", "prefix", "pareto")) ->
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def previous_records(path: Path, kind: str, settings: str) -> list[dict]:
-    """Records of an earlier ``results.json`` of the same kind and settings (else none)."""
+def previous_records(path: Path, kind: str, settings: str, key: str = "records") -> list[dict]:
+    """Records (the list under ``key``) of an earlier ``results.json`` of the same kind and settings
+    (else none)."""
     if not path.is_file():
         return []
     try:
@@ -205,4 +206,4 @@ def previous_records(path: Path, kind: str, settings: str) -> list[dict]:
         return []
     if old.get("kind") != kind or old.get("settings") != settings:
         return []
-    return list(old.get("records", []))
+    return list(old.get(key) or [])

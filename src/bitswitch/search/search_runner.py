@@ -125,6 +125,7 @@ def run_search(cfg: SearchConfig, argv: list[str] | None = None, log=print) -> d
     out = Path(cfg.out)
     settings = settings_hash(cfg)
     cache = {r["profile"]: r for r in previous_records(out / "results.json", "search", settings)}
+    calib_done = previous_records(out / "results.json", "search", settings, key="calibration")
     model, tok = load_switchable(cfg.model, cfg.adapters, cfg.options, cfg.device, cfg.dtype, cfg.seed, cfg.keying)
     if hasattr(model, "bitswitch_export"):
         raise BitswitchError(f"{cfg.model!r} is an export fixed at one profile: search the source model")
@@ -148,7 +149,7 @@ def run_search(cfg: SearchConfig, argv: list[str] | None = None, log=print) -> d
                "budgets": [{k: v} for k, v in cfg.budgets], "settings": settings,
                **run_metadata(argv, cfg.seed, device=str(next(model.parameters()).device), dtype=cfg.dtype),
                "config": dataclasses.asdict(cfg), "sensitivity": None, "records": [], "searched": [],
-               "pareto": None}
+               "calibration": calib_done, "pareto": None}
 
     def save():
         atomic_write_json(out / "results.json", results)
@@ -217,13 +218,16 @@ def run_search(cfg: SearchConfig, argv: list[str] | None = None, log=print) -> d
             f = cfg.below_penalty[0]
             assign, extra = solve(kind, value, table if f == 1 else penalize(table, space, f))
             return assign, {**extra, "below_penalty": f}
-        better, trials, seen, best = M.HIGHER_IS_BETTER[cfg.sens_metric], [], {}, None
+        better, trials, best = M.HIGHER_IS_BETTER[cfg.sens_metric], [], None
+        seen = {r["profile"]: r[cfg.sens_metric] for r in results["calibration"]}   # this run's and a resumed one's
         for f in cfg.below_penalty:
             assign, extra = solve(kind, value, table if f == 1 else penalize(table, space, f))
             profile = space.profile(assign)
             if profile not in seen:   # several factors often give one assignment: measure it once
-                seen[profile] = measure(profile, f"{label}-penalty{f:g}", "calib", calib,
-                                        metric=cfg.sens_metric)[cfg.sens_metric]
+                rec = measure(profile, f"{label}-penalty{f:g}", "calib", calib, metric=cfg.sens_metric)
+                seen[profile] = rec[cfg.sens_metric]
+                results["calibration"].append({k: rec[k] for k in ("label", "profile", cfg.sens_metric, "avg_w_bits")})
+                save()
             trial = {"below_penalty": f, cfg.sens_metric: seen[profile], "predicted_damage": predicted(table, assign),
                      "bits": {str(b): n for b, n in sorted(Counter(assign.values()).items())}}
             trials.append(trial)
