@@ -202,7 +202,7 @@ def test_below_penalty_is_chosen_on_the_calibration_data(tiny_squad, tmp_path, c
     assert [t["below_penalty"] for t in trials] == [1.0, 4.0, 64.0]
     best = min(trials, key=lambda t: t["answer_ppl"])
     assert rec["below_penalty"] == best["below_penalty"] and rec["calib"] == {"offset": 4, "n": 4}
-    assert rec["avg_w_bits"] <= 4.0
+    assert rec["avg_w_bits"] <= 4.0 and rec["penalty_ref_bits"] == 4   # the widest uniform within 4 bits
     capsys.readouterr()
     assert "--calib-offset" in _one_line_error(capsys, _search(tiny_squad, out, "--avg-bits", "4",
                                                                "--below-penalty", "1", "4"))

@@ -84,3 +84,24 @@ def test_penalize_scales_only_damages_below_the_base():
         assert hard[u][3] == 4.0 * table[u][3] and hard[u][4] == 0.0
         assert hard[u][6] == table[u][6] and hard[u][8] == table[u][8]   # gains above the base unchanged
     assert penalize(table, space, 1.0) == table
+
+
+def test_penalize_around_a_reference_keeps_it_and_a_large_factor_gives_uniform():
+    """Relative to 6 bits (above the w4a8 base): d(u, 6) stays, the step from 6 down is scaled, and
+    a huge factor makes the exact budget search at the average of 6 bits return uniform 6."""
+    from bitswitch.search.budget import solve_budget
+
+    space, units, energy, known = _around_w4()
+    table = damage_table(space, known, energy)
+    table[units[0]] = {3: 0.9, 4: 0.0, 6: -0.01, 8: -0.5}   # one unit gains a lot from 8 bits
+    hard = penalize(table, space, 10.0, ref=6)
+    for u in units:
+        r6 = table[u][6]
+        assert hard[u][6] == r6 and hard[u][8] == table[u][8]
+        assert hard[u][4] == pytest.approx(r6 + 10.0 * (table[u][4] - r6))
+        assert hard[u][3] == pytest.approx(r6 + 10.0 * (table[u][3] - r6))
+    cost = {u: {b: space.units[u].params * b for b in space.candidates} for u in units}
+    budget = space.avg_bits_budget(6)
+    plain = solve_budget(table, cost, budget)
+    assert any(b < 6 for b in plain.assign.values())          # the plain table trades units below 6
+    assert solve_budget(penalize(table, space, 1e6, ref=6), cost, budget).assign == space.uniform(6)

@@ -4,8 +4,8 @@ One model load. Per-unit damages come from a proxy (default ``fisher``), a measu
 ``bitswitch sensitivity`` result, computed on the *calibration* questions (``--calib-offset`` /
 ``--calib-limit``; default the evaluation questions themselves); the search (``budget``: exact
 knapsack; ``greedy``) picks bits per unit, with ``--below-penalty`` factors on the damages of units
-lowered below the base (several: each solution is measured on the calibration data and the best
-kept); every resulting profile is measured on the evaluation
+lowered below the widest uniform profile within the budget (several: each solution is measured on
+the calibration data and the best kept); every resulting profile is measured on the evaluation
 data and written to ``OUT/results.json`` (``"kind": "search"``), ``OUT/results.md`` and, in the
 profile grammar's JSON form, ``OUT/profiles/<label>.json`` (``bitswitch eval --profiles FILE``).
 ``--pareto`` adds the uniform profiles, the front and ``OUT/pareto.png``.
@@ -65,6 +65,14 @@ def _costs(space: SearchSpace, kind: str) -> dict[str, dict[int, int]]:
 
 def _budget(space: SearchSpace, kind: str, value) -> int:
     return value - space.fixed_bytes if kind == "max_bytes" else space.avg_bits_budget(value)
+
+
+def _reference(space: SearchSpace, kind: str, value) -> int | None:
+    """The bits of the widest uniform profile within the budget: ``--below-penalty`` scales the
+    damage of lowering a unit below it (None when no uniform candidate fits)."""
+    costs, cap = _costs(space, kind), _budget(space, kind, value)
+    fits = [b for b in space.candidates if sum(c[b] for c in costs.values()) <= cap]
+    return max(fits) if fits else None
 
 
 def _infeasible(space: SearchSpace, kind: str, value) -> BitswitchError:
@@ -212,16 +220,19 @@ def run_search(cfg: SearchConfig, argv: list[str] | None = None, log=print) -> d
         return sol.assign, {"exact": sol.exact, "gap": sol.gap, "bound": sol.bound}
 
     def calibrated(kind: str, value, label: str) -> tuple[dict[str, int], dict]:
-        """One solution per ``--below-penalty`` factor; with several, each is measured on the
-        calibration data (``sens_metric``) and the best is kept (the trials go in the record)."""
+        """One solution per ``--below-penalty`` factor (on lowering a unit below the widest uniform
+        profile the budget allows); with several, each is measured on the calibration data
+        (``sens_metric``) and the best is kept (the trials go in the record)."""
+        ref = _reference(space, kind, value)
+        tables = {f: table if f == 1 else penalize(table, space, f, ref) for f in cfg.below_penalty}
         if len(cfg.below_penalty) == 1:
             f = cfg.below_penalty[0]
-            assign, extra = solve(kind, value, table if f == 1 else penalize(table, space, f))
-            return assign, {**extra, "below_penalty": f}
+            assign, extra = solve(kind, value, tables[f])
+            return assign, {**extra, "below_penalty": f, "penalty_ref_bits": ref}
         better, trials, best = M.HIGHER_IS_BETTER[cfg.sens_metric], [], None
         seen = {r["profile"]: r[cfg.sens_metric] for r in results["calibration"]}   # this run's and a resumed one's
         for f in cfg.below_penalty:
-            assign, extra = solve(kind, value, table if f == 1 else penalize(table, space, f))
+            assign, extra = solve(kind, value, tables[f])
             profile = space.profile(assign)
             if profile not in seen:   # several factors often give one assignment: measure it once
                 rec = measure(profile, f"{label}-penalty{f:g}", "calib", calib, metric=cfg.sens_metric)
@@ -236,7 +247,8 @@ def run_search(cfg: SearchConfig, argv: list[str] | None = None, log=print) -> d
             if best is None or score < best[0]:
                 best = (score, assign, {**extra, "below_penalty": f})
         _, assign, extra = best
-        return assign, {**extra, "penalty_trials": trials, "calib": {"offset": calib.offset, "n": calib.size}}
+        return assign, {**extra, "penalty_ref_bits": ref, "penalty_trials": trials,
+                        "calib": {"offset": calib.offset, "n": calib.size}}
 
     for kind, value in cfg.budgets:
         label = {"avg_bits": f"search-avg{value:g}", "max_bytes": f"search-bytes{value}",

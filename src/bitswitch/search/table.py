@@ -130,20 +130,29 @@ def _signed(d: float, bits: int, base: int | None) -> float:
     return max(d, 0.0) if _below(bits, base) else min(d, 0.0)
 
 
-def penalize(table: dict[str, dict[int, float]], space: SearchSpace, factor: float) -> dict[str, dict[int, float]]:
-    """The table with every damage *below* a unit's base bits multiplied by ``factor`` (gains above
-    the base unchanged).
+def penalize(table: dict[str, dict[int, float]], space: SearchSpace, factor: float,
+             ref: int | None = None) -> dict[str, dict[int, float]]:
+    """The table with the damage of lowering a unit below a reference multiplied by ``factor``:
+    ``d'(u, b) = d(u, r) + factor * (d(u, b) - d(u, r))`` for ``b < r``, other entries unchanged.
+    The reference ``r`` is ``ref`` bits (the uniform profile a budget allows; units without that
+    candidate keep their base bits) or, by default, each unit's base bits, where ``d(u, r) = 0``.
 
     Why: the additive model sums single-unit damages, but lowering many units at once costs more
     than the sum (the quantization errors compound through the residual stream); measured on
     SmolLM2-135M at 4 average bits, 21 units at 3 bits chosen with factor 1 lost more answer
     perplexity on held-out questions than 8 chosen with factor 4. A factor > 1 makes the search
-    lower fewer units and buy the budget back with smaller gains; which factor is best depends on
-    the model and the budget, so ``bitswitch search --below-penalty`` tries several and keeps the
-    one that measures best on the calibration data.
+    lower fewer units and buy the budget back with smaller gains; a large one returns the uniform
+    profile at the reference, so a budget's search can only trade away from uniform where the
+    table says it pays. Which factor is best depends on the model and the budget, so
+    ``bitswitch search --below-penalty`` tries several and keeps the one that measures best on
+    the calibration data.
     """
-    return {u: {b: d * factor if _below(b, space.units[u].base_bits) else d for b, d in row.items()}
-            for u, row in table.items()}
+    out = {}
+    for u, row in table.items():
+        r = ref if ref in row else space.units[u].base_bits
+        at_r = row.get(r, 0.0)
+        out[u] = {b: at_r + factor * (d - at_r) if _below(b, r) else d for b, d in row.items()}
+    return out
 
 
 def predicted(table: dict[str, dict[int, float]], assign: dict[str, int]) -> float:
