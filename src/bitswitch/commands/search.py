@@ -51,7 +51,8 @@ def add_parser(sub) -> None:
                    help="fisher (default) | fisher-grad | taylor | hutchinson | measured | sensitivity results.json file(s): "
                         "several sweeps merge their probes (e.g. w3a8 and w8a8 from a w4a8 base)")
     p.add_argument("--sens-metric", default=None,
-                   help="metric of a measured sensitivity sweep (default answer-ppl for squad, ppl for wikitext)")
+                   help="metric of a measured sensitivity sweep and of the --below-penalty calibration "
+                        "(default answer-ppl for squad, ppl for wikitext)")
     p.add_argument("--damage-fit", default="side",
                    help="measured sweeps: keep each measured damage (side, default) or fit one energy coefficient "
                         "per unit to all its sweeps (pooled: less noise when sweeps lie on both sides of the base)")
