@@ -10,8 +10,8 @@ Per-unit bits from --candidates (weights only; activations stay at the base prof
 from per-unit damages (--sensitivity: fisher (default), fisher-grad, taylor, hutchinson, measured, or the
 results.json of bitswitch sensitivity --granularity unit) computed on the calibration data
 (--calib-offset/--calib-limit; default: the evaluation data). --below-penalty F [F ...] multiplies
-the damages of units lowered below the widest uniform profile the budget allows (several: each solution is measured on the calibration
-data and the best is kept).
+the damages of units lowered below the widest uniform profile the budget allows (several: each
+solution is measured on the calibration data and the best is kept).
 
 Targets (exactly one):
   --avg-bits B [B ...]   average weight bits (parameter-weighted, as bitswitch profiles reports)
@@ -57,8 +57,8 @@ def add_parser(sub) -> None:
                    help="measured sweeps: keep each measured damage (side, default) or fit one energy coefficient "
                         "per unit to all its sweeps (pooled: less noise when sweeps lie on both sides of the base)")
     p.add_argument("--below-penalty", type=float, nargs="+", default=[1.0], metavar="F",
-                   help="multiply the damage of lowering a unit below the widest uniform profile within the budget by F (the additive table underestimates "
-                        "many lowered units together); several: solve with each, measure each on the calibration "
+                   help="multiply the damage of lowering a unit below the widest uniform profile within the "
+                        "budget by F (the additive table underestimates many lowered units together); several: solve with each, measure each on the calibration "
                         "data (--sens-metric), keep the best (needs --calib-offset/--calib-limit)")
     p.add_argument("--calib-offset", type=int, default=None, help="first question (squad) or token (wikitext) of the calibration slice")
     p.add_argument("--calib-limit", type=int, default=None, help="squad: questions in the calibration slice")

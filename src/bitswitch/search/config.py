@@ -83,7 +83,7 @@ class SearchConfig:
     sensitivity: str | tuple = "fisher"  # fisher | fisher-grad | taylor | hutchinson | measured | results.json file(s)
     sens_metric: str | None = None       # measured sensitivity: default answer-ppl (squad) / ppl
     damage_fit: str = "side"             # side | pooled (bitswitch.search.table): measured sweeps only
-    below_penalty: tuple[float, ...] = (1.0,)  # factor(s) on damages below the budget's uniform bits; several: the calibration picks
+    below_penalty: tuple[float, ...] = (1.0,)  # factor(s) below the budget's uniform bits; several: calibration picks
     calib_offset: int | None = None      # questions/tokens the sensitivities are computed on
     calib_limit: int | None = None
     proxy_batches: int = 4

@@ -224,15 +224,14 @@ def run_search(cfg: SearchConfig, argv: list[str] | None = None, log=print) -> d
         profile the budget allows); with several, each is measured on the calibration data
         (``sens_metric``) and the best is kept (the trials go in the record)."""
         ref = _reference(space, kind, value)
-        tables = {f: table if f == 1 else penalize(table, space, f, ref) for f in cfg.below_penalty}
         if len(cfg.below_penalty) == 1:
             f = cfg.below_penalty[0]
-            assign, extra = solve(kind, value, tables[f])
+            assign, extra = solve(kind, value, penalize(table, space, f, ref))
             return assign, {**extra, "below_penalty": f, "penalty_ref_bits": ref}
         better, trials, best = M.HIGHER_IS_BETTER[cfg.sens_metric], [], None
         seen = {r["profile"]: r[cfg.sens_metric] for r in results["calibration"]}   # this run's and a resumed one's
         for f in cfg.below_penalty:
-            assign, extra = solve(kind, value, tables[f])
+            assign, extra = solve(kind, value, penalize(table, space, f, ref))
             profile = space.profile(assign)
             if profile not in seen:   # several factors often give one assignment: measure it once
                 rec = measure(profile, f"{label}-penalty{f:g}", "calib", calib, metric=cfg.sens_metric)
@@ -255,8 +254,8 @@ def run_search(cfg: SearchConfig, argv: list[str] | None = None, log=print) -> d
                  "max_drop": f"search-drop{value:g}"}[kind]
         extra = {"budget": {kind: value}, "method": cfg.method}
         if kind == "max_drop":
-            tbl = table if cfg.below_penalty[0] == 1 else penalize(table, space, cfg.below_penalty[0])
-            assign, steps = _search_drop(cfg, model, tok, space, tbl, calib, value, measure)
+            assign, steps = _search_drop(cfg, model, tok, space, penalize(table, space, cfg.below_penalty[0]),
+                                         calib, value, measure)
             extra.update(steps=steps, below_penalty=cfg.below_penalty[0])
         else:
             assign, more = calibrated(kind, value, label)

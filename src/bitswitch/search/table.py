@@ -147,6 +147,8 @@ def penalize(table: dict[str, dict[int, float]], space: SearchSpace, factor: flo
     ``bitswitch search --below-penalty`` tries several and keeps the one that measures best on
     the calibration data.
     """
+    if factor == 1:   # exactly the table (the formula would round a few entries)
+        return table
     out = {}
     for u, row in table.items():
         r = ref if ref in row else space.units[u].base_bits
