@@ -208,3 +208,26 @@ def test_below_penalty_is_chosen_on_the_calibration_data(tiny_squad, tmp_path, c
                                                                "--below-penalty", "1", "4"))
     assert "--below-penalty 0" in _one_line_error(capsys, _search(tiny_squad, out, "--avg-bits", "4",
                                                                   "--below-penalty", "0"))
+
+
+def test_a_budget_also_weighs_the_cheaper_budgets_solutions(tiny_squad, tmp_path):
+    """With several budgets, a budget's calibration pool holds its own factors' solutions and every
+    solution of the other budgets that fits it: the larger budget's pick measures at least as well
+    as the smaller one's, each solution is measured once, and no pick exceeds its budget."""
+    out = tmp_path / "s"
+    assert main(_search(tiny_squad, out, "--candidates", "3,4,6,8", "--base", "w4a8", "--avg-bits", "4", "5",
+                        "--below-penalty", "1", "4", "--calib-offset", "4", "--calib-limit", "4")) == 0
+    res = json.loads((out / "results.json").read_text())
+    recs = {r["label"]: r for r in res["records"] if r["kind"] == "searched"}
+    low, high = recs["search-avg4"], recs["search-avg5"]
+    assert [t["below_penalty"] for t in low["penalty_trials"]][:2] == [1.0, 4.0]
+    pooled = [t for t in high["penalty_trials"] if t.get("from") == "search-avg4"]
+    assert [t["below_penalty"] for t in pooled] == [1.0, 4.0]   # every 4-bit solution fits 5 bits
+    best = min(t["answer_ppl"] for t in high["penalty_trials"])
+    assert next(t for t in high["penalty_trials"] if t["below_penalty"] == high["below_penalty"]
+                and t.get("from") == high.get("picked_from"))["answer_ppl"] == best
+    assert best <= min(t["answer_ppl"] for t in low["penalty_trials"])
+    profiles = [c["profile"] for c in res["calibration"]]
+    assert len(profiles) == len(set(profiles))
+    assert low["avg_w_bits"] <= 4.0 and high["avg_w_bits"] <= 5.0
+    assert all(c["weight_bytes"] > 0 for c in res["calibration"])

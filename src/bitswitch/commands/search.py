@@ -11,7 +11,8 @@ from per-unit damages (--sensitivity: fisher (default), fisher-grad, taylor, hut
 results.json of bitswitch sensitivity --granularity unit) computed on the calibration data
 (--calib-offset/--calib-limit; default: the evaluation data). --below-penalty F [F ...] multiplies
 the damages of units lowered below the widest uniform profile the budget allows (several: each
-solution is measured on the calibration data and the best is kept).
+solution is measured on the calibration data and the best is kept; with several budgets, the
+solutions of the other budgets that fit a budget compete for it too).
 
 Targets (exactly one):
   --avg-bits B [B ...]   average weight bits (parameter-weighted, as bitswitch profiles reports)

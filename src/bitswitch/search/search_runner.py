@@ -5,9 +5,10 @@ One model load. Per-unit damages come from a proxy (default ``fisher``), a measu
 ``--calib-limit``; default the evaluation questions themselves); the search (``budget``: exact
 knapsack; ``greedy``) picks bits per unit, with ``--below-penalty`` factors on the damages of units
 lowered below the widest uniform profile within the budget (several: each solution is measured on
-the calibration data and the best kept); every resulting profile is measured on the evaluation
-data and written to ``OUT/results.json`` (``"kind": "search"``), ``OUT/results.md`` and, in the
-profile grammar's JSON form, ``OUT/profiles/<label>.json`` (``bitswitch eval --profiles FILE``).
+the calibration data and the best kept, the other budgets' solutions that fit competing too);
+every resulting profile is measured on the evaluation data and written to ``OUT/results.json``
+(``"kind": "search"``), ``OUT/results.md`` and, in the profile grammar's JSON form,
+``OUT/profiles/<label>.json`` (``bitswitch eval --profiles FILE``).
 ``--pareto`` adds the uniform profiles, the front and ``OUT/pareto.png``.
 """
 
@@ -73,6 +74,11 @@ def _reference(space: SearchSpace, kind: str, value) -> int | None:
     costs, cap = _costs(space, kind), _budget(space, kind, value)
     fits = [b for b in space.candidates if sum(c[b] for c in costs.values()) <= cap]
     return max(fits) if fits else None
+
+
+def _label(kind: str, value) -> str:
+    return {"avg_bits": f"search-avg{value:g}", "max_bytes": f"search-bytes{value}",
+            "max_drop": f"search-drop{value:g}"}[kind]
 
 
 def _infeasible(space: SearchSpace, kind: str, value) -> BitswitchError:
@@ -219,39 +225,59 @@ def run_search(cfg: SearchConfig, argv: list[str] | None = None, log=print) -> d
             raise _infeasible(space, kind, value) from None
         return sol.assign, {"exact": sol.exact, "gap": sol.gap, "bound": sol.bound}
 
+    solved: dict[tuple[str, float], list[tuple[float, dict[str, int], dict]]] = {}
+
+    def solutions(kind: str, value) -> list[tuple[float, dict[str, int], dict]]:
+        """``(factor, assignment, extra)`` per ``--below-penalty`` factor at one budget (solved once)."""
+        if (kind, value) not in solved:
+            ref = _reference(space, kind, value)
+            solved[kind, value] = [(f, *solve(kind, value, penalize(table, space, f, ref))) for f in cfg.below_penalty]
+            for _, _, extra in solved[kind, value]:
+                extra["penalty_ref_bits"] = ref
+        return solved[kind, value]
+
     def calibrated(kind: str, value, label: str) -> tuple[dict[str, int], dict]:
         """One solution per ``--below-penalty`` factor (on lowering a unit below the widest uniform
         profile the budget allows); with several, each is measured on the calibration data
-        (``sens_metric``) and the best is kept (the trials go in the record)."""
-        ref = _reference(space, kind, value)
+        (``sens_metric``) and the best is kept (the trials go in the record). The solutions of the
+        run's other budgets that fit this one compete too: a budget is a ceiling, so a cheaper
+        profile that calibrates better is the better answer (it is marked ``picked_from``)."""
+        own = solutions(kind, value)
         if len(cfg.below_penalty) == 1:
-            f = cfg.below_penalty[0]
-            assign, extra = solve(kind, value, penalize(table, space, f, ref))
-            return assign, {**extra, "below_penalty": f, "penalty_ref_bits": ref}
+            f, assign, extra = own[0]
+            return assign, {**extra, "below_penalty": f}
+        costs, cap = _costs(space, kind), _budget(space, kind, value)
+        pool = [(label, *sol) for sol in own]
+        for k, v in cfg.budgets:
+            if v != value:
+                pool += [(_label(k, v), *sol) for sol in solutions(k, v)
+                         if sum(costs[u][b] for u, b in sol[1].items()) <= cap]
         better, trials, best = M.HIGHER_IS_BETTER[cfg.sens_metric], [], None
         seen = {r["profile"]: r[cfg.sens_metric] for r in results["calibration"]}   # this run's and a resumed one's
-        for f in cfg.below_penalty:
-            assign, extra = solve(kind, value, penalize(table, space, f, ref))
+        for origin, f, assign, extra in pool:
             profile = space.profile(assign)
             if profile not in seen:   # several factors often give one assignment: measure it once
-                rec = measure(profile, f"{label}-penalty{f:g}", "calib", calib, metric=cfg.sens_metric)
+                rec = measure(profile, f"{origin}-penalty{f:g}", "calib", calib, metric=cfg.sens_metric)
                 seen[profile] = rec[cfg.sens_metric]
-                results["calibration"].append({k: rec[k] for k in ("label", "profile", cfg.sens_metric, "avg_w_bits")})
+                results["calibration"].append({k: rec[k] for k in ("label", "profile", cfg.sens_metric, "avg_w_bits",
+                                                                   "weight_bytes")})
                 save()
             trial = {"below_penalty": f, cfg.sens_metric: seen[profile], "predicted_damage": predicted(table, assign),
-                     "bits": {str(b): n for b, n in sorted(Counter(assign.values()).items())}}
+                     "bits": {str(b): n for b, n in sorted(Counter(assign.values()).items())},
+                     **({"from": origin} if origin != label else {})}
             trials.append(trial)
-            log(f"[{label}] below-penalty {f:g}: calibration {cfg.sens_metric}={seen[profile]:.4g} bits={trial['bits']}")
+            where = "" if origin == label else f"{origin} "
+            log(f"[{label}] {where}below-penalty {f:g}: calibration {cfg.sens_metric}={seen[profile]:.4g} "
+                f"bits={trial['bits']}")
             score = seen[profile] if not better else -seen[profile]
-            if best is None or score < best[0]:
-                best = (score, assign, {**extra, "below_penalty": f})
+            if best is None or score < best[0]:   # ties keep this budget's own, lower factor first
+                best = (score, assign, {**extra, "below_penalty": f,
+                                        **({"picked_from": origin} if origin != label else {})})
         _, assign, extra = best
-        return assign, {**extra, "penalty_ref_bits": ref, "penalty_trials": trials,
-                        "calib": {"offset": calib.offset, "n": calib.size}}
+        return assign, {**extra, "penalty_trials": trials, "calib": {"offset": calib.offset, "n": calib.size}}
 
     for kind, value in cfg.budgets:
-        label = {"avg_bits": f"search-avg{value:g}", "max_bytes": f"search-bytes{value}",
-                 "max_drop": f"search-drop{value:g}"}[kind]
+        label = _label(kind, value)
         extra = {"budget": {kind: value}, "method": cfg.method}
         if kind == "max_drop":
             assign, steps = _search_drop(cfg, model, tok, space, penalize(table, space, cfg.below_penalty[0]),
