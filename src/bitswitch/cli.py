@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-tokens", type=int, default=None, help="wikitext: first N tokens only")
     ev.add_argument("--window", type=int, default=1024, help="wikitext: window length in tokens")
     ev.add_argument("--stride", type=int, default=None, help="wikitext: window stride (default: window)")
-    ev.add_argument("--limit", type=int, default=None, help="squad / lm-eval: first N examples")
+    ev.add_argument("--limit", type=int, default=None, help="squad / lm-eval: first N examples (from --offset)")
+    ev.add_argument("--offset", type=int, default=0, help="skip the first N questions (squad) or tokens (wikitext)")
     ev.add_argument("--shots", type=int, default=0, help="squad: k-shot examples per prompt")
     ev.add_argument("--train-data", default=None, help="squad: SQuAD training file for k-shot examples and static calibration")
     ev.add_argument("--template", default=None, help="squad: prompt template with {context} and {question}")
@@ -131,7 +132,7 @@ def _cmd_eval(a, argv) -> int:
     cfg = EvalConfig(model=a.model, task=a.task, profiles=a.profiles, out=a.out, data=a.data,
                      adapters=a.adapters, device=a.device, dtype=a.dtype, seed=a.seed,
                      options=_options(a), max_tokens=a.max_tokens, window=a.window, stride=a.stride,
-                     limit=a.limit, shots=a.shots, train_data=a.train_data, template=a.template,
+                     limit=a.limit, offset=a.offset, shots=a.shots, train_data=a.train_data, template=a.template,
                      chat=a.chat, batch_size=a.batch_size, max_new_tokens=a.max_new_tokens,
                      calib_batches=a.calib_batches, weight_cache=a.weight_cache)
     results = run_eval(cfg, argv, log=lambda m: print(m, file=sys.stderr))

@@ -55,6 +55,16 @@ def test_load_file_keeps_order_and_all_answers(tmp_path):
     assert [e.id for e in load_squad(str(tmp_path / "s.json"), limit=2)] == ["a1", "a2"]
 
 
+def test_offset_is_a_held_out_slice_and_skipping_everything_is_an_error(tmp_path):
+    path = str(write(tmp_path / "s.json", squad_doc(ARTICLE_A, ARTICLE_B)))
+    assert [e.id for e in load_squad(path, offset=1, limit=2)] == ["a2", "a3"]
+    assert [e.id for e in load_squad(path, offset=3)] == ["b1"]
+    with pytest.raises(BitswitchError, match="--offset 4 skips every question"):
+        load_squad(path, offset=4)
+    with pytest.raises(BitswitchError, match="--offset must be >= 0"):
+        load_squad(path, offset=-1)
+
+
 def test_load_directory_reads_json_files_in_name_order(tmp_path):
     write(tmp_path / "2.json", squad_doc(ARTICLE_A))
     write(tmp_path / "1.json", squad_doc(ARTICLE_B))

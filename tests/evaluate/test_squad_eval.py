@@ -33,6 +33,22 @@ def test_squad_eval_writes_results_predictions_and_plot(tmp_path, capsys):
     assert "squad.png" in capsys.readouterr().out
 
 
+def test_offset_evaluates_exactly_the_held_out_questions(tmp_path, capsys):
+    data = _squad_file(tmp_path / "dev.json")
+    base = ["eval", "--model", "tiny-llama", "--task", "squad", "--data", str(data), "--profiles", "w8a8",
+            "--max-new-tokens", "4", "--batch-size", "2"]
+    assert main(base + ["--out", str(tmp_path / "all")]) == 0
+    assert main(base + ["--offset", "2", "--limit", "3", "--out", str(tmp_path / "held")]) == 0
+    whole = (tmp_path / "all" / "predictions-w8a8.jsonl").read_text().splitlines()
+    held = (tmp_path / "held" / "predictions-w8a8.jsonl").read_text().splitlines()
+    assert held == whole[2:5]                              # same questions, same predictions and scores
+    assert json.loads((tmp_path / "held" / "results.json").read_text())["records"][0]["n"] == 3
+    capsys.readouterr()
+    assert main(base + ["--offset", "6", "--out", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--offset 6 skips every question" in err
+
+
 def test_static_calibration_uses_training_examples(tmp_path):
     data = _squad_file(tmp_path / "dev.json", 4)
     train = _squad_file(tmp_path / "train.json", 8, prefix="t")

@@ -49,8 +49,9 @@ class SquadExample:
     answers: tuple[str, ...]
 
 
-def load_squad(source: str, split: str = "validation", limit: int | None = None) -> list[SquadExample]:
-    """Load SQuAD v1.1 questions in file order, the first ``limit`` of them when given.
+def load_squad(source: str, split: str = "validation", limit: int | None = None,
+               offset: int = 0) -> list[SquadExample]:
+    """Load SQuAD v1.1 questions in file order: ``offset .. offset + limit`` (held-out slices).
 
     ``source``: a JSON file, a directory of ``*.json`` files, or ``squad`` for the hub (``split``
     only applies to the hub; a local file is its own split). Everything is validated before
@@ -58,6 +59,8 @@ def load_squad(source: str, split: str = "validation", limit: int | None = None)
     """
     if limit is not None and limit < 1:
         raise BitswitchError(f"squad limit must be a positive number of questions, got {limit}")
+    if offset < 0:
+        raise BitswitchError(f"--offset must be >= 0 questions, got {offset}")
     path = Path(source).expanduser()
     if path.is_dir():
         files = sorted(path.glob("*.json"))
@@ -73,7 +76,9 @@ def load_squad(source: str, split: str = "validation", limit: int | None = None)
     else:
         raise BitswitchError(f"squad source {source!r} does not exist: pass a SQuAD v1.1 JSON file, a directory "
                              "of them, or 'squad' for the Hugging Face hub")
-    return examples[:limit]
+    if offset and offset >= len(examples):
+        raise BitswitchError(f"--offset {offset} skips every question of {source!r} ({len(examples)}): lower it")
+    return examples[offset:None if limit is None else offset + limit]
 
 
 def _read_file(path: Path, seen: dict[str, Path]) -> list[SquadExample]:

@@ -42,18 +42,21 @@ def load_text(source: str, split: str = "test") -> str:
                          f"one of {', '.join(HUB)}")
 
 
-def tokenize_text(tokenizer, text: str, max_tokens: int | None = None):
-    """Token ids (1, N) of ``text``, cut to the first ``max_tokens``.
+def tokenize_text(tokenizer, text: str, max_tokens: int | None = None, offset: int = 0):
+    """Token ids (1, N) of ``text``: tokens ``offset .. offset + max_tokens`` (a held-out slice).
 
     Only as much text as the budget needs is tokenized (a generous character prefix first, the
     whole text if that falls short), so a short evaluation of a long corpus stays fast.
     """
-    import torch
-
-    if max_tokens is not None:
-        prefix = text[: max_tokens * 12]  # > 12 characters per token is rare in any tokenizer
+    if offset < 0:
+        raise BitswitchError(f"--offset must be >= 0 tokens, got {offset}")
+    end = None if max_tokens is None else offset + max_tokens
+    ids = None
+    if end is not None:
+        prefix = text[: end * 12]  # > 12 characters per token is rare in any tokenizer
         ids = tokenizer(prefix, return_tensors="pt").input_ids
-        if ids.shape[1] >= max_tokens or len(prefix) == len(text):
-            return ids[:, :max_tokens]
-    ids = tokenizer(text, return_tensors="pt").input_ids
-    return ids if max_tokens is None else ids[:, :max_tokens]
+        if ids.shape[1] < end and len(prefix) < len(text):
+            ids = None
+    if ids is None:
+        ids = tokenizer(text, return_tensors="pt").input_ids
+    return ids[:, offset:end]

@@ -28,6 +28,7 @@ class EvalConfig:
     stride: int | None = None
     # squad / lm-eval
     limit: int | None = None
+    offset: int = 0                       # squad: skip N questions; wikitext: skip N tokens (held-out slices)
     shots: int = 0
     train_data: str | None = None
     template: str | None = None
@@ -52,5 +53,9 @@ class EvalConfig:
             raise BitswitchError(f"--stride must be in 1..--window ({self.window}), got {self.stride}")
         if self.weight_cache not in ("codes", "float"):
             raise BitswitchError(f"--weight-cache must be codes or float, got {self.weight_cache!r}")
+        if self.offset < 0:
+            raise BitswitchError(f"--offset must be >= 0, got {self.offset}")
+        if self.offset and self.task.startswith("lm-eval:"):
+            raise BitswitchError("--offset applies to squad and wikitext only: drop it for lm-eval tasks")
         if self.shots < 0:
             raise BitswitchError(f"--shots must be >= 0, got {self.shots}")

@@ -31,6 +31,8 @@ def _settings_hash(cfg: EvalConfig) -> str:
     d = dataclasses.asdict(cfg)
     for k in ("profiles", "out", "device", "weight_cache"):  # noqa: B007 - settings that may differ between resumed runs
         d.pop(k)
+    if not d["offset"]:  # added later: offset 0 hashes as before, so earlier runs still resume
+        d.pop("offset")
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -35,7 +35,8 @@ class SquadTask:
     def setup(self, model, tokenizer) -> None:
         cfg = self.cfg
         self._tokenizer = tokenizer
-        self.examples = load_squad(cfg.data or "squad", split="validation", limit=cfg.limit)
+        self.examples = load_squad(cfg.data or "squad", split="validation", limit=cfg.limit,
+                                   offset=cfg.offset)
         self.train = None
         if cfg.train_data or cfg.shots:
             if not cfg.train_data and cfg.data not in (None, "squad"):

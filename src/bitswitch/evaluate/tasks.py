@@ -26,11 +26,13 @@ class WikitextTask:
     def setup(self, model, tokenizer) -> None:
         from ..data.text import load_text, tokenize_text
 
-        self.ids = tokenize_text(tokenizer, load_text(self.cfg.data or WIKITEXT_DEFAULT), self.cfg.max_tokens)
+        self.ids = tokenize_text(tokenizer, load_text(self.cfg.data or WIKITEXT_DEFAULT), self.cfg.max_tokens,
+                                 self.cfg.offset)
         ctx = _context_length(model)
         self.window = min(self.cfg.window, ctx) if ctx else self.cfg.window
         if self.ids.shape[1] < 2:
-            raise BitswitchError(f"text data {self.cfg.data!r} gives fewer than 2 tokens: pass more text")
+            raise BitswitchError(f"text data {self.cfg.data!r} gives fewer than 2 tokens after --offset "
+                                 f"{self.cfg.offset}: pass more text or a smaller offset")
 
     def calibration_batches(self):
         n = self.cfg.calib_batches

@@ -94,24 +94,19 @@ def prepare(model, tokenizer, metric: str, data: str | None, limit: int | None =
     for name, v in (("limit", limit), ("max-tokens", max_tokens)):
         if v is not None and v < 1:
             raise BitswitchError(f"--{name} must be at least 1, got {v}")
-    if offset < 0:
-        raise BitswitchError(f"--offset must be >= 0, got {offset}")
     if batch_size < 1 or max_new_tokens < 1:
         raise BitswitchError("--batch-size and --max-new-tokens must be at least 1")
     ctx = _context_length(model)
     if task == "squad":
         from ..data.squad import PromptConfig, encode_prompts, load_squad
 
-        examples = load_squad(data or "squad", limit=None if limit is None else offset + limit)[offset:]
-        if not examples:
-            raise BitswitchError(f"--offset {offset} skips every question of {data!r}: lower it")
+        examples = load_squad(data or "squad", limit=limit, offset=offset)
         prompts, _ = encode_prompts(tokenizer, examples, PromptConfig(), ctx or 2048, reserve=max_new_tokens)
         return MetricData(task, metric, str(data), batch_size, max_new_tokens, prompts,
                           [ex.answers[0] for ex in examples], examples, offset=offset)
     from ..data.text import load_text, tokenize_text
 
-    ids = tokenize_text(tokenizer, load_text(data or "wikitext"),
-                        None if max_tokens is None else offset + max_tokens)[:, offset:]
+    ids = tokenize_text(tokenizer, load_text(data or "wikitext"), max_tokens, offset)
     if ids.shape[1] < 2:
         raise BitswitchError(f"text data {data!r} gives fewer than 2 tokens after --offset {offset}: "
                              "pass more text or a smaller offset")
