@@ -9,8 +9,8 @@ The recipe behind docs/results.md, each step the library behind one command (pri
 2. a damage table from a proxy (default ``fisher``) on held-out dev questions (``--table-offset``
    ``--table-limit``; answer NLL) at the search's base (``w4a8``) and every candidate bit-width;
 3. ``bitswitch search --method budget`` (exact knapsack) at average weight bits 4, 5 and 6, each
-   ``--below-penalty`` factor's solution measured on other held-out questions (``--calib-offset``
-   ``--calib-limit``) and the best kept, then verified on the evaluation questions (``--offset``
+   ``--below-penalty`` factor's solution (of the table and of every ``--alt-table``) measured on
+   other held-out questions (``--calib-offset`` ``--calib-limit``) and the best kept, then verified on the evaluation questions (``--offset``
    ``--limit``) with ``--pareto`` (uniform w3..w8 measured beside them).
 
     python benchmarks/bench_search.py --adapters runs/cache/train-0ce8c3c621de/adapters \
@@ -83,6 +83,9 @@ def main(argv=None):
     ap.add_argument("--tokens", type=int, default=2048)
     ap.add_argument("--table-proxy", default="fisher", help="proxy of the search's damage table")
     ap.add_argument("--table", default=None, help="damage-table results.json (else computed)")
+    ap.add_argument("--alt-table", nargs="+", default=[], metavar="SRC",
+                    help="further damage tables (proxy names or results.json files) whose solutions compete with "
+                         "--table's on the calibration questions (bitswitch search --alt-sensitivity)")
     ap.add_argument("--table-offset", type=int, default=200)
     ap.add_argument("--table-limit", type=int, default=128)
     ap.add_argument("--base", default="w4a8")
@@ -143,13 +146,14 @@ def main(argv=None):
     search_dir = runs / "search"
     print(f"$ bitswitch search {cmd} --task squad --data {a.dev} --offset {a.offset} --limit {a.limit} --metric "
           f"squad-f1 --method budget --base {a.base} --candidates {a.candidates} --avg-bits "
-          f"{' '.join(f'{b:g}' for b in a.avg_bits)} --sensitivity {table} --below-penalty "
+          f"{' '.join(f'{b:g}' for b in a.avg_bits)} --sensitivity {table} "
+          f"{'--alt-sensitivity ' + ' '.join(a.alt_table) + ' ' if a.alt_table else ''}--below-penalty "
           f"{' '.join(f'{f:g}' for f in a.below_penalty)} --calib-offset {a.calib_offset} --calib-limit "
           f"{a.calib_limit} --batch-size {a.batch_size} --pareto --out {search_dir}", flush=True)
     search = run_search(SearchConfig(
         out=str(search_dir), task="squad", data=a.dev, metric="f1", offset=a.offset, limit=a.limit,
         candidates=a.candidates, avg_bits=a.avg_bits, method="budget", base=a.base, sensitivity=table,
-        below_penalty=a.below_penalty, calib_offset=a.calib_offset, calib_limit=a.calib_limit, pareto=True,
+        alt_sensitivity=a.alt_table, below_penalty=a.below_penalty, calib_offset=a.calib_offset, calib_limit=a.calib_limit, pareto=True,
         batch_size=a.batch_size, **model))
     by_label = {r["label"]: r for r in search["records"]}
     comparison = []
@@ -158,7 +162,7 @@ def main(argv=None):
         u = by_label.get(f"uniform-w{b:g}") or (by_label["base"] if a.base == f"w{b:g}a8" else None)
         if u is None:
             continue
-        comparison.append({"avg_bits": b, "below_penalty": s["below_penalty"], "searched_f1": s["f1"],
+        comparison.append({"avg_bits": b, "table": s.get("table", table), "below_penalty": s["below_penalty"], "searched_f1": s["f1"],
                            "uniform_f1": u["f1"], "f1_gain": s["f1"] - u["f1"],
                            "searched_answer_ppl": s["answer_ppl"], "uniform_answer_ppl": u["answer_ppl"],
                            "answer_ppl_gain_pct": 100 * (1 - s["answer_ppl"] / u["answer_ppl"]),
@@ -169,9 +173,9 @@ def main(argv=None):
     print()
     write(None, [{"comparison": k, "rho": v} for k, v in rho.items()], ["comparison", "rho"])
     print()
-    write(a.out, comparison, ["avg_bits", "below_penalty", "searched_f1", "uniform_f1", "f1_gain",
+    write(a.out, comparison, ["avg_bits", "table", "below_penalty", "searched_f1", "uniform_f1", "f1_gain",
                               "searched_answer_ppl", "uniform_answer_ppl", "answer_ppl_gain_pct", "goal_met"],
-          seed=0, rho=rho, records=search["records"], pareto=search["pareto"], table=table, sweeps=[same, held],
+          seed=0, rho=rho, records=search["records"], pareto=search["pareto"], table=table, alt_tables=a.alt_table, sweeps=[same, held],
           evaluation={"offset": a.offset, "limit": a.limit},
           calibration={"offset": a.calib_offset, "limit": a.calib_limit},
           seconds=time.perf_counter() - t_start, device="cpu (2 cores, shared)" if a.device == "cpu" else a.device)

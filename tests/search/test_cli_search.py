@@ -231,3 +231,44 @@ def test_a_budget_also_weighs_the_cheaper_budgets_solutions(tiny_squad, tmp_path
     assert len(profiles) == len(set(profiles))
     assert low["avg_w_bits"] <= 4.0 and high["avg_w_bits"] <= 5.0
     assert all(c["weight_bytes"] > 0 for c in res["calibration"])
+
+
+def test_alt_sensitivity_tables_compete_on_the_calibration_data(tiny_squad, tmp_path, capsys):
+    """--alt-sensitivity: each table is solved with every factor, every distinct solution is measured
+    once on the calibration questions, the best of all tables is the searched profile (its table and
+    predicted damage recorded), within budget; bad values are one-line errors."""
+    sweep = tmp_path / "sweep"
+    assert main(["sensitivity", "--model", "tiny-llama", "--device", "cpu", "--data", tiny_squad, "--limit", "4",
+                 "--offset", "4", "--base", "w4a8", "--probe", "w3a8", "--out", str(sweep)]) == 0
+    out = tmp_path / "s"
+    argv = _search(tiny_squad, out, "--candidates", "3,4,6,8", "--base", "w4a8", "--avg-bits", "4", "5",
+                   "--sensitivity", "fisher", "--alt-sensitivity", str(sweep / "results.json"),
+                   "--below-penalty", "1", "4", "--calib-offset", "4", "--calib-limit", "4")
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["sensitivity"]["source"] == "fisher"
+    assert [a["source"] for a in res["alt_sensitivity"]] == [str(sweep / "results.json")]
+    tables = {"fisher": res["sensitivity"]["table"], str(sweep / "results.json"): res["alt_sensitivity"][0]["table"]}
+    recs = {r["label"]: r for r in res["records"] if r["kind"] == "searched"}
+    low = recs["search-avg4"]
+    assert [(t["table"], t["below_penalty"]) for t in low["penalty_trials"]] == [
+        ("fisher", 1.0), ("fisher", 4.0), (str(sweep / "results.json"), 1.0), (str(sweep / "results.json"), 4.0)]
+    for rec in recs.values():
+        best = min(t["answer_ppl"] for t in rec["penalty_trials"])
+        pick = next(t for t in rec["penalty_trials"] if t["table"] == rec["table"] and
+                    t["below_penalty"] == rec["below_penalty"] and t.get("from") == rec.get("picked_from"))
+        assert pick["answer_ppl"] == best
+        assert rec["predicted_damage"] == pytest.approx(pick["predicted_damage"])
+        assert rec["avg_w_bits"] <= float(rec["label"].removeprefix("search-avg"))
+        assert rec["table"] in tables
+    profiles = [c["profile"] for c in res["calibration"]]
+    assert len(profiles) == len(set(profiles))
+    capsys.readouterr()
+    assert "--calib-offset" in _one_line_error(capsys, _search(tiny_squad, out, "--avg-bits", "4",
+                                                               "--alt-sensitivity", "fisher-grad"))
+    assert "twice" in _one_line_error(capsys, _search(tiny_squad, out, "--avg-bits", "4", "--alt-sensitivity",
+                                                      "fisher", "--calib-offset", "4"))
+    assert "--alt-sensitivity 'measured'" in _one_line_error(capsys, _search(
+        tiny_squad, out, "--avg-bits", "4", "--alt-sensitivity", "measured", "--calib-offset", "4"))
+    assert "--max-drop" in _one_line_error(capsys, _search(tiny_squad, out, "--max-drop", "1", "--alt-sensitivity",
+                                                           "fisher-grad", "--calib-offset", "4"))

@@ -12,7 +12,9 @@ results.json of bitswitch sensitivity --granularity unit) computed on the calibr
 (--calib-offset/--calib-limit; default: the evaluation data). --below-penalty F [F ...] multiplies
 the damages of units lowered below the widest uniform profile the budget allows (several: each
 solution is measured on the calibration data and the best is kept; with several budgets, the
-solutions of the other budgets that fit a budget compete for it too).
+solutions of the other budgets that fit a budget compete for it too). --alt-sensitivity SRC [...]
+adds further tables whose solutions compete in the same way (e.g. a fisher and a fisher-grad table:
+which one searches best differs between budgets).
 
 Targets (exactly one):
   --avg-bits B [B ...]   average weight bits (parameter-weighted, as bitswitch profiles reports)
@@ -51,6 +53,10 @@ def add_parser(sub) -> None:
     p.add_argument("--sensitivity", nargs="+", default=["fisher"],
                    help="fisher (default) | fisher-grad | taylor | hutchinson | measured | sensitivity results.json file(s): "
                         "several sweeps merge their probes (e.g. w3a8 and w8a8 from a w4a8 base)")
+    p.add_argument("--alt-sensitivity", nargs="+", default=[], metavar="SRC",
+                   help="further damage tables, each a proxy name or one sensitivity results.json: each is solved "
+                        "like --sensitivity (every --below-penalty factor) and its solutions compete on the "
+                        "calibration data (needs --calib-offset/--calib-limit)")
     p.add_argument("--sens-metric", default=None,
                    help="metric of a measured sensitivity sweep and of the --below-penalty calibration "
                         "(default answer-ppl for squad, ppl for wikitext)")
@@ -82,7 +88,8 @@ def run(a, argv) -> int:
     cfg = SearchConfig(model=a.model, out=a.out, task=a.task, data=a.data, adapters=a.adapters, metric=a.metric,
                        limit=a.limit, offset=a.offset, max_tokens=a.max_tokens, window=a.window,
                        candidates=a.candidates, avg_bits=a.avg_bits, max_bytes=a.max_bytes, max_drop=a.max_drop,
-                       method=a.method, base=a.base, sensitivity=a.sensitivity, sens_metric=a.sens_metric,
+                       method=a.method, base=a.base, sensitivity=a.sensitivity, alt_sensitivity=a.alt_sensitivity,
+                       sens_metric=a.sens_metric,
                        damage_fit=a.damage_fit, below_penalty=a.below_penalty, calib_offset=a.calib_offset, calib_limit=a.calib_limit,
                        proxy_batches=a.proxy_batches, pareto=a.pareto, chunk=a.chunk, max_states=a.max_states,
                        device=a.device, dtype=a.dtype, seed=a.seed, options=_options(a),

@@ -81,6 +81,7 @@ class SearchConfig:
     method: str = "budget"
     base: str | None = None              # default: w{max candidate}a8
     sensitivity: str | tuple = "fisher"  # fisher | fisher-grad | taylor | hutchinson | measured | results.json file(s)
+    alt_sensitivity: tuple[str, ...] = ()  # further tables (a proxy or one results.json each): their solutions compete
     sens_metric: str | None = None       # measured sensitivity: default answer-ppl (squad) / ppl
     damage_fit: str = "side"             # side | pooled (bitswitch.search.table): measured sweeps only
     below_penalty: tuple[float, ...] = (1.0,)  # factor(s) below the budget's uniform bits; several: calibration picks
@@ -139,6 +140,13 @@ class SearchConfig:
         elif self.sensitivity not in (*PROXIES, "measured") and not Path(self.sensitivity).exists():
             raise BitswitchError(f"--sensitivity {self.sensitivity!r}: use fisher, fisher-grad, taylor, hutchinson, measured or "
                                  "the results.json of a bitswitch sensitivity run")
+        self.alt_sensitivity = tuple(str(x) for x in self.alt_sensitivity)
+        for f in self.alt_sensitivity:
+            if f == "measured" or (f not in PROXIES and not Path(f).exists()):
+                raise BitswitchError(f"--alt-sensitivity {f!r}: each value is one further table, {', '.join(PROXIES)} or "
+                                     "the results.json of a bitswitch sensitivity run")
+            if f == self.sensitivity or self.alt_sensitivity.count(f) > 1:
+                raise BitswitchError(f"--alt-sensitivity {f!r} is given twice: name each table once")
         if self.damage_fit not in FITS:
             raise BitswitchError(f"--damage-fit {self.damage_fit!r}: use side or pooled")
         if self.damage_fit == "pooled" and self.sensitivity in PROXIES:
@@ -149,6 +157,12 @@ class SearchConfig:
             if not x > 0:
                 raise BitswitchError(f"--below-penalty {x:g} must be positive (1 = the plain additive table), "
                                      "e.g. --below-penalty 1 2 4 8")
+        if self.alt_sensitivity:
+            if self.max_drop is not None:
+                raise BitswitchError("--alt-sensitivity tables compete at a budget: with --max-drop give --sensitivity alone")
+            if self.calib_offset is None and self.calib_limit is None:
+                raise BitswitchError("--alt-sensitivity tables are chosen between on the calibration data: pass "
+                                     "--calib-offset/--calib-limit so the choice is not made on the evaluation data")
         if len(self.below_penalty) > 1:
             if self.max_drop is not None:
                 raise BitswitchError("several --below-penalty values are chosen between at a budget: with --max-drop "
@@ -192,6 +206,8 @@ def settings_hash(cfg, drop=("out", "device", "against", "prefix", "pareto")) ->
     d = dataclasses.asdict(cfg)
     for k in drop:
         d.pop(k, None)
+    if not d.get("alt_sensitivity"):   # absent before it existed: earlier runs still resume
+        d.pop("alt_sensitivity", None)
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -91,17 +91,20 @@ def _infeasible(space: SearchSpace, kind: str, value) -> BitswitchError:
                           f"with --candidates {cands}: raise it or add lower candidates")
 
 
-def sensitivity_table(model, tok, cfg: SearchConfig, space: SearchSpace, calib: M.MetricData, out: Path, log):
-    """``(table, info)``: the damage table of the searched units and where it came from."""
-    info = {"source": cfg.sensitivity, "metric": None, "n": calib.size, "offset": calib.offset}
+def sensitivity_table(model, tok, cfg: SearchConfig, space: SearchSpace, calib: M.MetricData, out: Path, log,
+                      source=None):
+    """``(table, info)``: the damage table of the searched units from ``source`` (default
+    ``cfg.sensitivity``; an ``--alt-sensitivity`` entry) and where it came from."""
+    source = cfg.sensitivity if source is None else source
+    info = {"source": source, "metric": None, "n": calib.size, "offset": calib.offset}
     t0 = time.perf_counter()
-    if cfg.sensitivity in PROXIES:
-        scored = proxy_scores(model, tok, calib, cfg.base, space.candidates, cfg.sensitivity, cfg.proxy_batches,
+    if source in PROXIES:
+        scored = proxy_scores(model, tok, calib, cfg.base, space.candidates, source, cfg.proxy_batches,
                               cfg.batch_size, units=space.units, seed=cfg.seed)
         known, info["metric"] = scored["scores"], "nll (proxy)"
         energy = None
     else:
-        if cfg.sensitivity == "measured":
+        if source == "measured":
             probe = next(iter(space.units.values())).specs[space.candidates[0]]
             path, settings = out / "sensitivity.json", settings_hash(cfg)
             done = {r["name"]: r for r in previous_records(path, "sensitivity", settings)}
@@ -118,7 +121,7 @@ def sensitivity_table(model, tok, cfg: SearchConfig, space: SearchSpace, calib: 
             atomic_write_json(path, doc)
             info.update(metric=calib.metric, file=str(path))
         else:  # one or several sweeps (their probes merge: e.g. w3a8 and w8a8 around a w4a8 base)
-            files = [cfg.sensitivity] if isinstance(cfg.sensitivity, str) else list(cfg.sensitivity)
+            files = [source] if isinstance(source, str) else list(source)
             docs = [load_sensitivity(f) for f in files]
             for f, d in zip(files, docs):
                 if d.get("base") != cfg.base:
@@ -199,13 +202,20 @@ def run_search(cfg: SearchConfig, argv: list[str] | None = None, log=print) -> d
 
     base_rec = measure(cfg.base, "base", "base")
     base_rec = add(base_rec)
-    table, results["sensitivity"] = sensitivity_table(model, tok, cfg, space, calib, out, log)
-    results["sensitivity"]["table"] = {u: {str(b): d for b, d in row.items()} for u, row in table.items()}
+    # the damage tables: --sensitivity's, then one per --alt-sensitivity source, keyed by source
+    tables, infos = {}, []
+    for source in (cfg.sensitivity, *cfg.alt_sensitivity):
+        tbl, info = sensitivity_table(model, tok, cfg, space, calib, out, log, source)
+        info["table"] = {u: {str(b): d for b, d in row.items()} for u, row in tbl.items()}
+        tables[_source_key(source)] = tbl
+        infos.append(info)
+    table = next(iter(tables.values()))
+    results["sensitivity"], results["alt_sensitivity"] = infos[0], infos[1:]
     save()
 
     def searched(assign: dict[str, int], label: str, extra: dict) -> dict:
         profile = space.profile(assign)
-        extra = {**extra, "predicted_damage": predicted(table, assign),
+        extra = {**extra, "predicted_damage": predicted(tables[extra.get("table", _source_key(cfg.sensitivity))], assign),
                  "bits": {str(b): n for b, n in sorted(Counter(assign.values()).items())},
                  "predicted_weight_bytes": space.weight_bytes(assign),
                  "predicted_avg_w_bits": round(space.avg_bits(assign), 4)}
@@ -225,48 +235,56 @@ def run_search(cfg: SearchConfig, argv: list[str] | None = None, log=print) -> d
             raise _infeasible(space, kind, value) from None
         return sol.assign, {"exact": sol.exact, "gap": sol.gap, "bound": sol.bound}
 
-    solved: dict[tuple[str, float], list[tuple[float, dict[str, int], dict]]] = {}
+    solved: dict[tuple[str, float], list[tuple[str, float, dict[str, int], dict]]] = {}
 
-    def solutions(kind: str, value) -> list[tuple[float, dict[str, int], dict]]:
-        """``(factor, assignment, extra)`` per ``--below-penalty`` factor at one budget (solved once)."""
+    def solutions(kind: str, value) -> list[tuple[str, float, dict[str, int], dict]]:
+        """``(table, factor, assignment, extra)`` per damage table and ``--below-penalty`` factor at
+        one budget (solved once)."""
         if (kind, value) not in solved:
             ref = _reference(space, kind, value)
-            solved[kind, value] = [(f, *solve(kind, value, penalize(table, space, f, ref))) for f in cfg.below_penalty]
-            for _, _, extra in solved[kind, value]:
+            solved[kind, value] = [(key, f, *solve(kind, value, penalize(tbl, space, f, ref)))
+                                   for key, tbl in tables.items() for f in cfg.below_penalty]
+            for key, _, _, extra in solved[kind, value]:
                 extra["penalty_ref_bits"] = ref
+                if len(tables) > 1:
+                    extra["table"] = key
         return solved[kind, value]
 
     def calibrated(kind: str, value, label: str) -> tuple[dict[str, int], dict]:
-        """One solution per ``--below-penalty`` factor (on lowering a unit below the widest uniform
-        profile the budget allows); with several, each is measured on the calibration data
-        (``sens_metric``) and the best is kept (the trials go in the record). The solutions of the
-        run's other budgets that fit this one compete too: a budget is a ceiling, so a cheaper
-        profile that calibrates better is the better answer (it is marked ``picked_from``)."""
+        """One solution per damage table and ``--below-penalty`` factor (on lowering a unit below
+        the widest uniform profile the budget allows); with several, each is measured on the
+        calibration data (``sens_metric``) and the best is kept (the trials go in the record). The
+        solutions of the run's other budgets that fit this one compete too: a budget is a ceiling, so
+        a cheaper profile that calibrates better is the better answer (it is marked ``picked_from``)."""
         own = solutions(kind, value)
-        if len(cfg.below_penalty) == 1:
-            f, assign, extra = own[0]
+        if len(own) == 1:
+            _, f, assign, extra = own[0]
             return assign, {**extra, "below_penalty": f}
         costs, cap = _costs(space, kind), _budget(space, kind, value)
         pool = [(label, *sol) for sol in own]
         for k, v in cfg.budgets:
             if v != value:
                 pool += [(_label(k, v), *sol) for sol in solutions(k, v)
-                         if sum(costs[u][b] for u, b in sol[1].items()) <= cap]
+                         if sum(costs[u][b] for u, b in sol[2].items()) <= cap]
         better, trials, best = M.HIGHER_IS_BETTER[cfg.sens_metric], [], None
         seen = {r["profile"]: r[cfg.sens_metric] for r in results["calibration"]}   # this run's and a resumed one's
-        for origin, f, assign, extra in pool:
+        for origin, key, f, assign, extra in pool:
             profile = space.profile(assign)
             if profile not in seen:   # several factors often give one assignment: measure it once
-                rec = measure(profile, f"{origin}-penalty{f:g}", "calib", calib, metric=cfg.sens_metric)
+                alt = list(tables).index(key)
+                rec = measure(profile, f"{origin}{f'-alt{alt}' if alt else ''}-penalty{f:g}", "calib", calib,
+                              metric=cfg.sens_metric)
                 seen[profile] = rec[cfg.sens_metric]
                 results["calibration"].append({k: rec[k] for k in ("label", "profile", cfg.sens_metric, "avg_w_bits",
                                                                    "weight_bytes")})
                 save()
-            trial = {"below_penalty": f, cfg.sens_metric: seen[profile], "predicted_damage": predicted(table, assign),
+            trial = {**({"table": key} if len(tables) > 1 else {}), "below_penalty": f, cfg.sens_metric: seen[profile],
+                     "predicted_damage": predicted(tables[key], assign),
                      "bits": {str(b): n for b, n in sorted(Counter(assign.values()).items())},
                      **({"from": origin} if origin != label else {})}
             trials.append(trial)
             where = "" if origin == label else f"{origin} "
+            where += f"table {key} " if len(tables) > 1 else ""
             log(f"[{label}] {where}below-penalty {f:g}: calibration {cfg.sens_metric}={seen[profile]:.4g} "
                 f"bits={trial['bits']}")
             score = seen[profile] if not better else -seen[profile]
@@ -313,6 +331,11 @@ def run_search(cfg: SearchConfig, argv: list[str] | None = None, log=print) -> d
                                           f"`{results['command']}`\n\n{table_md}\n\n{profiles}\n")
     results["table"] = table_md
     return results
+
+
+def _source_key(source) -> str:
+    """A table's key in records: the proxy name or file path (several merged files joined by '+')."""
+    return source if isinstance(source, str) else "+".join(source)
 
 
 def _uniform_profile(space: SearchSpace, bits: int) -> str:
