@@ -215,7 +215,7 @@ def run_search(cfg: SearchConfig, argv: list[str] | None = None, log=print) -> d
 
     def searched(assign: dict[str, int], label: str, extra: dict) -> dict:
         profile = space.profile(assign)
-        extra = {**extra, "predicted_damage": predicted(tables[extra.get("table", _source_key(cfg.sensitivity))], assign),
+        extra = {**extra, "predicted_damage": predicted(tables.get(extra.get("table"), table), assign),
                  "bits": {str(b): n for b, n in sorted(Counter(assign.values()).items())},
                  "predicted_weight_bytes": space.weight_bytes(assign),
                  "predicted_avg_w_bits": round(space.avg_bits(assign), 4)}
