@@ -210,6 +210,8 @@ def run_search(cfg: SearchConfig, argv: list[str] | None = None, log=print) -> d
         tables[_source_key(source)] = tbl
         infos.append(info)
     table = next(iter(tables.values()))
+    # with several tables, records and calibration labels name the table a solution came from
+    tags = {key: f"-alt{i}" if i else "" for i, key in enumerate(tables)} if len(tables) > 1 else {}
     results["sensitivity"], results["alt_sensitivity"] = infos[0], infos[1:]
     save()
 
@@ -246,7 +248,7 @@ def run_search(cfg: SearchConfig, argv: list[str] | None = None, log=print) -> d
                                    for key, tbl in tables.items() for f in cfg.below_penalty]
             for key, _, _, extra in solved[kind, value]:
                 extra["penalty_ref_bits"] = ref
-                if len(tables) > 1:
+                if tags:
                     extra["table"] = key
         return solved[kind, value]
 
@@ -271,20 +273,19 @@ def run_search(cfg: SearchConfig, argv: list[str] | None = None, log=print) -> d
         for origin, key, f, assign, extra in pool:
             profile = space.profile(assign)
             if profile not in seen:   # several factors often give one assignment: measure it once
-                alt = list(tables).index(key)
-                rec = measure(profile, f"{origin}{f'-alt{alt}' if alt else ''}-penalty{f:g}", "calib", calib,
+                rec = measure(profile, f"{origin}{tags.get(key, '')}-penalty{f:g}", "calib", calib,
                               metric=cfg.sens_metric)
                 seen[profile] = rec[cfg.sens_metric]
                 results["calibration"].append({k: rec[k] for k in ("label", "profile", cfg.sens_metric, "avg_w_bits",
                                                                    "weight_bytes")})
                 save()
-            trial = {**({"table": key} if len(tables) > 1 else {}), "below_penalty": f, cfg.sens_metric: seen[profile],
+            trial = {**({"table": key} if tags else {}), "below_penalty": f, cfg.sens_metric: seen[profile],
                      "predicted_damage": predicted(tables[key], assign),
                      "bits": {str(b): n for b, n in sorted(Counter(assign.values()).items())},
                      **({"from": origin} if origin != label else {})}
             trials.append(trial)
             where = "" if origin == label else f"{origin} "
-            where += f"table {key} " if len(tables) > 1 else ""
+            where += f"table {key} " if tags else ""
             log(f"[{label}] {where}below-penalty {f:g}: calibration {cfg.sens_metric}={seen[profile]:.4g} "
                 f"bits={trial['bits']}")
             score = seen[profile] if not better else -seen[profile]
