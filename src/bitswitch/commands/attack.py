@@ -8,16 +8,17 @@
 
 from __future__ import annotations
 
+from .args import add_model_args, add_quant_args, quant_options
+
 import sys
 
 
 def add_parser(sub) -> None:
-    from ..cli import _model_args, _quant_args
     from ..robust.attack_runner import ATTACKS
     from ..robust.rpi import GRANULARITIES
 
     p = sub.add_parser("attack", help="text / embedding attacks on SQuAD, RPI defence, transferability matrix")
-    _model_args(p)
+    add_model_args(p)
     p.add_argument("--adapters", default=None, help="adapter directory written by bitswitch train")
     p.add_argument("--attack", nargs="+", required=True, metavar="ATTACK",
                    help=f"one or more of {', '.join(ATTACKS)}")
@@ -47,11 +48,10 @@ def add_parser(sub) -> None:
     p.add_argument("--template", default=None, help="prompt template with {context} and {question}")
     p.add_argument("--chat", action="store_true")
     p.add_argument("--out", required=True, help="output directory")
-    _quant_args(p)
+    add_quant_args(p)
 
 
 def run(a, argv) -> int:
-    from ..cli import _options
     from ..robust.attack_runner import AttackConfig, run_attack
 
     cfg = AttackConfig(model=a.model, data=a.data, out=a.out, attacks=a.attack, craft=a.craft, eval=a.eval,
@@ -59,7 +59,7 @@ def run(a, argv) -> int:
                        eot=a.eot, rpi_matrix=a.rpi_matrix, limit=a.limit, budget=a.budget, candidates=a.candidates,
                        context=a.attack_context, eps=a.eps, norm=a.norm, steps=a.steps,
                        max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, seed=a.seed, device=a.device,
-                       dtype=a.dtype, template=a.template, chat=a.chat, options=_options(a))
+                       dtype=a.dtype, template=a.template, chat=a.chat, options=quant_options(a))
     res = run_attack(cfg, argv, log=lambda m: print(m, file=sys.stderr))
     print(res["table"])
     print(f"results: {a.out}/results.json" + "".join(f"\nplot: {p}" for p in res["artifacts"]))

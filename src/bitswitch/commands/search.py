@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .args import add_model_args, add_quant_args, quant_options
+
 import argparse
 import sys
 
@@ -31,11 +33,10 @@ measures the uniform profiles, marks the Pareto front and plots OUT/pareto.png."
 
 
 def add_parser(sub) -> None:
-    from ..cli import _model_args, _quant_args
 
     p = sub.add_parser("search", help="mixed-precision search (budget knapsack or greedy), Pareto front",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _model_args(p)
+    add_model_args(p)
     p.add_argument("--adapters", default=None, help="adapter directory written by bitswitch train")
     p.add_argument("--task", default="squad", help="squad (default) or wikitext")
     p.add_argument("--data", default=None, help="SQuAD v1.1 file/dir or 'squad'; text file or 'wikitext'")
@@ -77,11 +78,10 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--out", required=True, help="output directory")
-    _quant_args(p)
+    add_quant_args(p)
 
 
 def run(a, argv) -> int:
-    from ..cli import _options
     from ..search.config import SearchConfig
     from ..search.search_runner import run_search
 
@@ -92,7 +92,7 @@ def run(a, argv) -> int:
                        sens_metric=a.sens_metric,
                        damage_fit=a.damage_fit, below_penalty=a.below_penalty, calib_offset=a.calib_offset, calib_limit=a.calib_limit,
                        proxy_batches=a.proxy_batches, pareto=a.pareto, chunk=a.chunk, max_states=a.max_states,
-                       device=a.device, dtype=a.dtype, seed=a.seed, options=_options(a),
+                       device=a.device, dtype=a.dtype, seed=a.seed, options=quant_options(a),
                        batch_size=a.batch_size, max_new_tokens=a.max_new_tokens)
     results = run_search(cfg, argv, log=lambda m: print(m, file=sys.stderr))
     print(results["table"])

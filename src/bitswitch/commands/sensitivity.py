@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .args import add_model_args, add_quant_args, quant_options
+
 import argparse
 import sys
 
@@ -23,11 +25,10 @@ Writes OUT/results.json ("kind": "sensitivity"), OUT/results.md and OUT/sensitiv
 
 
 def add_parser(sub) -> None:
-    from ..cli import _model_args, _quant_args
 
     p = sub.add_parser("sensitivity", help="per-unit / per-layer sensitivity heatmaps, measured or Fisher proxy",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _model_args(p)
+    add_model_args(p)
     p.add_argument("--adapters", default=None, help="adapter directory written by bitswitch train")
     p.add_argument("--base", default="w8a8", help="the profile everything else stays at (default w8a8)")
     p.add_argument("--probe", default="w4a8", help="the spec a probed unit moves to (default w4a8)")
@@ -47,11 +48,10 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--out", required=True, help="output directory")
-    _quant_args(p)
+    add_quant_args(p)
 
 
 def run(a, argv) -> int:
-    from ..cli import _options
     from ..search.config import SensitivityConfig
     from ..search.sensitivity_runner import run_sensitivity
 
@@ -59,7 +59,7 @@ def run(a, argv) -> int:
                             metric=a.metric, data=a.data, adapters=a.adapters, limit=a.limit, offset=a.offset,
                             max_tokens=a.max_tokens, window=a.window, proxy=a.proxy, proxy_bits=a.proxy_bits,
                             proxy_batches=a.proxy_batches, against=a.against, prefix=not a.no_prefix,
-                            device=a.device, dtype=a.dtype, seed=a.seed, options=_options(a),
+                            device=a.device, dtype=a.dtype, seed=a.seed, options=quant_options(a),
                             batch_size=a.batch_size, max_new_tokens=a.max_new_tokens)
     results = run_sensitivity(cfg, argv, log=lambda m: print(m, file=sys.stderr))
     print(results["table"])

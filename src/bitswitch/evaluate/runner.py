@@ -1,39 +1,25 @@
 """``bitswitch eval``: load the model once, evaluate every profile on the same data, write results.
 
-``OUT/results.json`` holds the run metadata (command, versions, seed) and one record per profile;
-it is rewritten atomically after every profile, and a rerun with the same settings skips the
-profiles already measured (an interrupted evaluation resumes).
+The job (``bitswitch.jobs.Job``) keeps ``OUT/results.json``: one record per profile, written after
+every profile; a rerun with the same settings skips the profiles already measured and keeps the
+others (an interrupted evaluation resumes; another profile list adds to the file).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import time
-from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from ..accounting import profile_report
-from ..io import atomic_write_json, atomic_write_text
-from ..models import load_switchable
-from ..results import markdown_table, peak_rss_mb, run_metadata
 from ..errors import BitswitchError
+from ..jobs import Job
+from ..models import load_switchable
+from ..results import peak_rss_mb
 from ..switching import (calibrate, clear_caches, needs_calibration, set_profile, set_weight_cache,
                          unit_modules)
 from .config import EvalConfig
 from .tasks import make_task
-
-
-def _settings_hash(cfg: EvalConfig) -> str:
-    """What must match for an earlier record to be reused (everything but profiles and out)."""
-    d = dataclasses.asdict(cfg)
-    for k in ("profiles", "out", "device", "weight_cache"):  # noqa: B007 - settings that may differ between resumed runs
-        d.pop(k)
-    if not d["offset"]:  # added later: offset 0 hashes as before, so earlier runs still resume
-        d.pop("offset")
-    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def prepare_model(cfg: EvalConfig):
@@ -49,16 +35,8 @@ def prepare_model(cfg: EvalConfig):
 def run_eval(cfg: EvalConfig, argv: list[str] | None = None, log=print) -> dict:
     """Evaluate every profile of ``cfg``; returns the results dict written to ``OUT/results.json``."""
     task = make_task(cfg)
-    out = Path(cfg.out)
-    settings = _settings_hash(cfg)
-    previous = {}
-    if (out / "results.json").is_file():
-        try:
-            old = json.loads((out / "results.json").read_text())
-            if old.get("settings") == settings and old.get("task") == cfg.task:
-                previous = {r["profile"]: r for r in old.get("records", [])}
-        except (json.JSONDecodeError, KeyError):
-            previous = {}
+    kind = "eval-lm-eval" if cfg.task.startswith("lm-eval:") else f"eval-{cfg.task}"   # the report's section
+    job = Job(cfg, kind, argv, key="profile", log=log)
     model, tok = prepare_model(cfg)
     exported = getattr(model, "bitswitch_export", None)
     profiles = cfg.profiles or ["fp"]
@@ -68,14 +46,11 @@ def run_eval(cfg: EvalConfig, argv: list[str] | None = None, log=print) -> dict:
                                  "drop --profiles (or evaluate the source model with --profiles)")
         profiles = [exported["profile"]]
     task.setup(model, tok)
-    results = {"task": cfg.task, "model": cfg.model, "data": cfg.data, "adapters": cfg.adapters,
-               "settings": settings, **run_metadata(argv, cfg.seed, device=str(next(model.parameters()).device),
-                                                   dtype=cfg.dtype),
-               "config": dataclasses.asdict(cfg), "records": []}
+    job.describe(model, task=cfg.task, model=cfg.model, data=cfg.data, adapters=cfg.adapters)
     for profile in profiles:
-        if profile in previous:
-            log(f"[{profile}] already measured in {out / 'results.json'}: skipped")
-            results["records"].append(previous[profile])
+        if profile in job.previous:
+            log(f"[{profile}] already measured in {job.path}: skipped")
+            job.add(job.previous[profile])
             continue
         if exported is None:
             clear_caches(model)   # the previous profile's quantized weights are not needed again
@@ -89,18 +64,13 @@ def run_eval(cfg: EvalConfig, argv: list[str] | None = None, log=print) -> dict:
         t0 = time.perf_counter()
         with tqdm(total=task.total(), desc=f"{cfg.task} {name}", unit=getattr(task, "unit", "tok"),
                   dynamic_ncols=True, leave=False) as bar:
-            metrics = task.evaluate(model, tok, profile, out, bar)
+            metrics = task.evaluate(model, tok, profile, job.out, bar)
         seconds = time.perf_counter() - t0
         record = {"profile": name, **metrics, "seconds": round(seconds, 3),
                   "avg_w_bits": round(acct["avg_w_bits"], 4), "weight_bytes": acct["weight_bytes"],
                   "adapter": adapter, "peak_rss_mb": round(peak_rss_mb(), 1)}
-        results["records"].append(record)
-        atomic_write_json(out / "results.json", results)
-        log(f"[{name}] " + ", ".join(f"{k}={v}" for k, v in record.items() if k in task.columns[1:3])
-            + f", peak_rss_mb={record['peak_rss_mb']}")
-    results["artifacts"] = task.finish(results["records"], out)
-    atomic_write_json(out / "results.json", results)
-    table = markdown_table(results["records"], task.columns)
-    atomic_write_text(out / "results.md", f"# {cfg.task} on {cfg.model}\n\n`{results['command']}`\n\n{table}\n")
-    results["table"] = table
-    return results
+        job.add(record, f"[{name}] " + ", ".join(f"{k}={v}" for k, v in record.items() if k in task.columns[1:3])
+                + f", peak_rss_mb={record['peak_rss_mb']}")
+    job.doc["artifacts"] = task.finish(job.doc["records"], job.out)
+    table = job.finish(task.columns, f"{cfg.task} on {cfg.model}")
+    return {**job.doc, "table": table}

@@ -1,0 +1,37 @@
+"""``bitswitch eval``: wikitext perplexity, SQuAD EM/F1/answer perplexity or lm-eval tasks, every profile."""
+
+from __future__ import annotations
+
+import sys
+
+from .args import add_run_args, config_from_args, print_results
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate profiles: wikitext perplexity, SQuAD EM/F1, lm-eval tasks")
+    add_run_args(p, "file, directory or hub name (wikitext, squad)")
+    p.add_argument("--task", required=True, help="wikitext | squad | lm-eval:TASK[,TASK...]")
+    p.add_argument("--profiles", nargs="+", default=None,
+                   help="profiles (names, rules or files); default fp, or an exported model's own profile")
+    p.add_argument("--out", required=True, help="output directory (results.json, results.md)")
+    p.add_argument("--max-tokens", type=int, default=None, help="wikitext: first N tokens only")
+    p.add_argument("--window", type=int, default=1024, help="wikitext: window length in tokens")
+    p.add_argument("--stride", type=int, default=None, help="wikitext: window stride (default: window)")
+    p.add_argument("--shots", type=int, default=0, help="squad: k-shot examples per prompt")
+    p.add_argument("--train-data", default=None,
+                   help="squad: SQuAD training file for k-shot examples and static calibration")
+    p.add_argument("--template", default=None, help="squad: prompt template with {context} and {question}")
+    p.add_argument("--chat", action="store_true", help="squad: wrap prompts in the chat template")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--calib-batches", type=int, default=4, help="batches for static activation ranges")
+    p.add_argument("--weight-cache", choices=["codes", "float"], default="codes",
+                   help="cache quantized weights as 1-byte codes (default, least memory) or as float "
+                        "(faster token-by-token decoding, as large as the float units); same results")
+
+
+def run(a, argv) -> int:
+    from ..evaluate.config import EvalConfig
+    from ..evaluate.runner import run_eval
+
+    print_results(run_eval(config_from_args(EvalConfig, a), argv, log=lambda m: print(m, file=sys.stderr)), a.out)
+    return 0

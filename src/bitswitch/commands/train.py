@@ -1,0 +1,61 @@
+"""``bitswitch train``: switchable-precision QAT of LoRA adapters (YAML config and/or flags)."""
+
+from __future__ import annotations
+
+import sys
+
+from ..errors import BitswitchError
+
+# flags that map 1:1 onto TrainConfig keys (None = not given, the config file decides)
+TRAIN_FLAGS = {
+    "--model": {}, "--data": {}, "--task": {}, "--profiles": {"nargs": "+"}, "--schedule": {},
+    "--keying": {}, "--steps": {"type": int}, "--batch-size": {"type": int}, "--lr": {"type": float},
+    "--seed": {"type": int}, "--save-every": {"type": int}, "--out": {}, "--device": {}, "--dtype": {},
+    "--max-batch-tokens": {"type": int}, "--limit": {"type": int},
+    "--checkpointing": {"action": "store_const", "const": True},
+    "--max-memory": {"help": "e.g. 16GiB: refuse at setup, with options that fit, if the estimate is larger"},
+}
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="switchable-precision QAT of LoRA adapters")
+    p.add_argument("--config", default=None, help="YAML file of TrainConfig keys")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (repeatable), e.g. --set distill=1.0")
+    p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its checkpoint")
+    for flag, kw in TRAIN_FLAGS.items():
+        p.add_argument(flag, default=None, **kw)
+
+
+def parse_set(item: str) -> dict:
+    import yaml
+
+    key, eq, value = item.partition("=")
+    if not eq or not key.strip():
+        raise BitswitchError(f"--set {item!r} must be key=value, e.g. --set steps=200")
+    return {key.strip(): yaml.safe_load(value) if value.strip() else None}
+
+
+def run(a, argv) -> int:
+    from pathlib import Path
+
+    from ..train.config import TrainConfig
+    from ..train.trainer import train
+
+    overrides = {}
+    for flag in TRAIN_FLAGS:
+        value = getattr(a, flag[2:].replace("-", "_"))
+        if value is not None:
+            overrides[flag[2:].replace("-", "_")] = value
+    config = a.config
+    if a.resume:
+        config = str(Path(a.resume) / "config.yaml")
+        if not Path(config).is_file():
+            raise BitswitchError(f"--resume {a.resume!r} has no config.yaml: pass the --out directory of a run")
+        overrides["out"] = a.resume
+    for item in a.overrides:   # --set wins over the flags
+        overrides.update(parse_set(item))
+    cfg = TrainConfig.load(config, overrides)
+    summary = train(cfg, argv, resume=bool(a.resume), log=lambda m: print(m, file=sys.stderr))
+    print(f"trained {summary['steps']} steps; adapters: {summary['adapters']}; metrics: {cfg.out}/metrics.jsonl")
+    return 0
