@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import write
+from common import rel, write
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV = ROOT.parent / "shared" / "data" / "squad-v1.1" / "dev-part1-v1.1.json"
@@ -57,7 +57,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--adapters", default=None)
-    ap.add_argument("--data", default=str(DEV))
+    ap.add_argument("--data", default=rel(DEV))
     ap.add_argument("--profiles", nargs="+", default=["w8a8", "w4a8"])
     ap.add_argument("--limit", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=16)

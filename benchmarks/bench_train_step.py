@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import write
+from common import rel, write
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "squad-v1.1" / "train-subset-v1.1.json"
@@ -115,7 +115,7 @@ def child(row: str, a) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--data", default=str(SHARED))
+    ap.add_argument("--data", default=rel(SHARED))
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=384)
