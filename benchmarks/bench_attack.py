@@ -1,4 +1,4 @@
-"""Adversarial robustness across precisions, and random precision inference (RPI) as a defence (issue 6).
+"""Adversarial robustness across precisions, and random precision inference (RPI) as a defence.
 
 On SmolLM2-135M with the switchable (shared) adapters: HotFlip and typo attacks crafted at each of
 ``--profiles`` and replayed at each (the transferability matrix), and RPI over ``--rpi`` with an

@@ -6,7 +6,7 @@ the decoding state, on the same questions. Rows: ``fp``; each quantized profile 
 ``codes`` cache (1 byte per weight + scales, dequantized at every forward); and with the ``float``
 cache (a fake-quantized float copy of every quantized weight).
 
-Goal (issue 9): evaluation peak at most 1.1x that of fp evaluation. The ``codes``/``float`` rows
+Goal: evaluation peak at most 1.1x that of fp evaluation. The ``codes``/``float`` rows
 also give the speed the compact cache costs in token-by-token decoding.
 
     python benchmarks/bench_eval_memory.py --adapters runs/demo/train/adapters --limit 32 \

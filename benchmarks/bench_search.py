@@ -1,4 +1,4 @@
-"""Sensitivity and mixed-precision search on SmolLM2-135M with switchable adapters (issue 5).
+"""Sensitivity and mixed-precision search on SmolLM2-135M with switchable adapters.
 
 The recipe behind docs/results.md, each step the library behind one command (printed as it runs):
 

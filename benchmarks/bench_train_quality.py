@@ -1,7 +1,7 @@
 """Quality of switchable QAT on real data: one ``random``-schedule run over the profiles against one
 ``fixed``-schedule (dedicated) run per profile, each evaluated on the same SQuAD dev questions.
 
-Goals (issue 4): w8a8 within 1 F1 of fp, w6a8 within 2, w4a8 (group-wise weights allowed) within 5;
+Goals: w8a8 within 1 F1 of fp, w6a8 within 2, w4a8 (group-wise weights allowed) within 5;
 the switchable model within 1 F1 of each dedicated model.
 
     python benchmarks/bench_train_quality.py --device cuda --steps 600 --dedicated-steps 150 \

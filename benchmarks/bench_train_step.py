@@ -10,8 +10,8 @@ batches of SQuAD training examples, for ``--steps`` steps after one warm-up step
 - ``bitswitch-random-distill``: the same with self-distillation from the fp pass;
 - ``bitswitch-random-ckpt``: ``random`` with activation checkpointing (``--checkpointing``).
 
-Goals: random QAT step at most 1.25x the fp LoRA step (issue 4); QAT peak memory at most 1.3x the
-fp LoRA peak, with distillation at most 1.6x (issue 9). With ``--fit-batch 4`` every row also runs at
+Goals: random QAT step at most 1.25x the fp LoRA step; QAT peak memory at most 1.3x the
+fp LoRA peak, with distillation at most 1.6x. With ``--fit-batch 4`` every row also runs at
 batch 4; peak memory is fitted as base + slope x padded tokens of the widest batch, which gives the
 largest batch of ``--max-length`` rows that fits ``--budget-gib`` (an extrapolation, stated as such).
 
