@@ -1,4 +1,4 @@
-"""Adversarial robustness across precisions, and random precision inference (RPI) as a defence (issue 6).
+"""Adversarial robustness across precisions, and random precision inference (RPI) as a defence.
 
 On SmolLM2-135M with the switchable (shared) adapters: HotFlip and typo attacks crafted at each of
 ``--profiles`` and replayed at each (the transferability matrix), and RPI over ``--rpi`` with an
@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import write
+from common import rel, write
 
 from bitswitch.robust.attack_runner import AttackConfig, run_attack
 
@@ -33,7 +33,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--adapters", default="runs/demo/train/adapters")
-    ap.add_argument("--data", default=str(SHARED / "dev-part1-v1.1.json"))
+    ap.add_argument("--data", default=rel(SHARED / "dev-part1-v1.1.json"))
     ap.add_argument("--limit", type=int, default=100)
     ap.add_argument("--attacks", nargs="+", default=["hotflip", "typo"])
     ap.add_argument("--profiles", nargs="+", default=["fp", "w8a8", "w6a8", "w4a8"])

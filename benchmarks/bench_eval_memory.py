@@ -6,7 +6,7 @@ the decoding state, on the same questions. Rows: ``fp``; each quantized profile 
 ``codes`` cache (1 byte per weight + scales, dequantized at every forward); and with the ``float``
 cache (a fake-quantized float copy of every quantized weight).
 
-Goal (issue 9): evaluation peak at most 1.1x that of fp evaluation. The ``codes``/``float`` rows
+Goal: evaluation peak at most 1.1x that of fp evaluation. The ``codes``/``float`` rows
 also give the speed the compact cache costs in token-by-token decoding.
 
     python benchmarks/bench_eval_memory.py --adapters runs/demo/train/adapters --limit 32 \
@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import write
+from common import rel, write
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV = ROOT.parent / "shared" / "data" / "squad-v1.1" / "dev-part1-v1.1.json"
@@ -57,7 +57,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--adapters", default=None)
-    ap.add_argument("--data", default=str(DEV))
+    ap.add_argument("--data", default=rel(DEV))
     ap.add_argument("--profiles", nargs="+", default=["w8a8", "w4a8"])
     ap.add_argument("--limit", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=16)

@@ -1,6 +1,6 @@
 """Export to packed low-bit weights: bytes on disk, and int8 weight-only inference against fp32.
 
-Goals (issue 7): each export's file within 3% of bits x params + scales (+ zero points) of the
+Goals: each export's file within 3% of bits x params + scales (+ zero points) of the
 quantized units plus the unquantized parameters at fp16 (``vs_theory``), and its tensor bytes equal
 to ``profile_report``'s accounting; int8 weight-only (``w8``: symmetric, per channel) inference
 compared with fp32 in tokens/s of one forward over a fixed batch and peak RSS. Each inference row

@@ -19,7 +19,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from common import write
+from common import rel, write
 
 from bitswitch.evaluate.config import EvalConfig
 from bitswitch.evaluate.runner import run_eval
@@ -49,8 +49,8 @@ def main(argv=None):
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--adapters", required=True)
     ap.add_argument("--profiles", nargs="+", default=["w8a8", "w4a8"])
-    ap.add_argument("--squad", default=str(DATA / "squad-v1.1" / "dev-part1-v1.1.json"))
-    ap.add_argument("--wikitext", default=str(DATA / "wikitext-2-raw" / "wiki.test.raw"))
+    ap.add_argument("--squad", default=rel(DATA / "squad-v1.1" / "dev-part1-v1.1.json"))
+    ap.add_argument("--wikitext", default=rel(DATA / "wikitext-2-raw" / "wiki.test.raw"))
     ap.add_argument("--limit", type=int, default=50)
     ap.add_argument("--max-tokens", type=int, default=8192)
     ap.add_argument("--batch-size", type=int, default=8)

@@ -1,4 +1,4 @@
-"""Sensitivity and mixed-precision search on SmolLM2-135M with switchable adapters (issue 5).
+"""Sensitivity and mixed-precision search on SmolLM2-135M with switchable adapters.
 
 The recipe behind docs/results.md, each step the library behind one command (printed as it runs):
 
@@ -28,7 +28,7 @@ import argparse
 import time
 from pathlib import Path
 
-from common import write
+from common import rel, write
 
 from bitswitch.profiles import QuantOptions
 from bitswitch.search.config import SearchConfig, SensitivityConfig
@@ -74,8 +74,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--adapters", required=True, help="switchable adapters (bitswitch train)")
-    ap.add_argument("--dev", default=str(DATA / "squad-v1.1" / "dev-part1-v1.1.json"))
-    ap.add_argument("--wikitext", default=str(DATA / "wikitext-2-raw" / "wiki.test.raw"))
+    ap.add_argument("--dev", default=rel(DATA / "squad-v1.1" / "dev-part1-v1.1.json"))
+    ap.add_argument("--wikitext", default=rel(DATA / "wikitext-2-raw" / "wiki.test.raw"))
     ap.add_argument("--rho-proxy", default="fisher-grad", help="proxy rank-correlated with the measured sweep")
     ap.add_argument("--sweep", default=None, help="measured sweep results.json on tokens 0..--tokens (else measured)")
     ap.add_argument("--held-out-sweep", default=None,
@@ -99,7 +99,7 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--runs", default="runs/bench_search")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "search_squad_v3.json"))
+    ap.add_argument("--out", default=rel(ROOT / "benchmarks" / "results" / "search_squad_v3.json"))
     a = ap.parse_args(argv)
     runs, t_start = Path(a.runs), time.perf_counter()
     model = dict(model=a.model, adapters=a.adapters, device=a.device, options=QuantOptions())

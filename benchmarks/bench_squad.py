@@ -16,7 +16,7 @@ import argparse
 import time
 from pathlib import Path
 
-from common import write
+from common import rel, write
 
 import torch
 
@@ -77,8 +77,8 @@ def scoring_speed(model, tok, prompts, answers, batch_size, max_new_tokens) -> l
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--dev", default=str(SHARED / "dev-part1-v1.1.json"))
-    ap.add_argument("--train", default=str(SHARED / "train-subset-v1.1.json"))
+    ap.add_argument("--dev", default=rel(SHARED / "dev-part1-v1.1.json"))
+    ap.add_argument("--train", default=rel(SHARED / "train-subset-v1.1.json"))
     ap.add_argument("--adapters", default=None)
     ap.add_argument("--speed-limit", type=int, default=64)
     ap.add_argument("--quality-limit", type=int, default=200)

@@ -1,6 +1,6 @@
 """Switching cost and fake-quantized forward time on a model of gpt2's shape (random weights).
 
-Goals (issue 2): switching between two already-used profiles under 5 ms; forward at w8a8 and
+Goals: switching between two already-used profiles under 5 ms; forward at w8a8 and
 w4a8 at most 1.3x the forward at fp, same batch, one run.
 
     python benchmarks/bench_switch.py [--batch 4 --seq 256 --repeat 5] --out benchmarks/results/switch.json

@@ -1,7 +1,7 @@
 """Quality of switchable QAT on real data: one ``random``-schedule run over the profiles against one
 ``fixed``-schedule (dedicated) run per profile, each evaluated on the same SQuAD dev questions.
 
-Goals (issue 4): w8a8 within 1 F1 of fp, w6a8 within 2, w4a8 (group-wise weights allowed) within 5;
+Goals: w8a8 within 1 F1 of fp, w6a8 within 2, w4a8 (group-wise weights allowed) within 5;
 the switchable model within 1 F1 of each dedicated model.
 
     python benchmarks/bench_train_quality.py --device cuda --steps 600 --dedicated-steps 150 \
@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from common import write
+from common import rel, write
 
 from bitswitch.evaluate.config import EvalConfig
 from bitswitch.evaluate.runner import run_eval
@@ -45,8 +45,8 @@ def run(name, a, profiles, schedule, steps, extra=None):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--train", default=str(SHARED / "train-subset-v1.1.json"))
-    ap.add_argument("--dev", default=str(SHARED / "dev-part1-v1.1.json"))
+    ap.add_argument("--train", default=rel(SHARED / "train-subset-v1.1.json"))
+    ap.add_argument("--dev", default=rel(SHARED / "dev-part1-v1.1.json"))
     ap.add_argument("--profiles", nargs="+", default=["fp", "w8a8", "w6a8", "w4a8", "w4g32a8"])
     ap.add_argument("--steps", type=int, default=600, help="steps of the switchable (random) run")
     ap.add_argument("--dedicated-steps", type=int, default=150, help="steps of each fixed run (0 = skip)")

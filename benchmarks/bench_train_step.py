@@ -10,8 +10,8 @@ batches of SQuAD training examples, for ``--steps`` steps after one warm-up step
 - ``bitswitch-random-distill``: the same with self-distillation from the fp pass;
 - ``bitswitch-random-ckpt``: ``random`` with activation checkpointing (``--checkpointing``).
 
-Goals: random QAT step at most 1.25x the fp LoRA step (issue 4); QAT peak memory at most 1.3x the
-fp LoRA peak, with distillation at most 1.6x (issue 9). With ``--fit-batch 4`` every row also runs at
+Goals: random QAT step at most 1.25x the fp LoRA step; QAT peak memory at most 1.3x the
+fp LoRA peak, with distillation at most 1.6x. With ``--fit-batch 4`` every row also runs at
 batch 4; peak memory is fitted as base + slope x padded tokens of the widest batch, which gives the
 largest batch of ``--max-length`` rows that fits ``--budget-gib`` (an extrapolation, stated as such).
 
@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import write
+from common import rel, write
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "squad-v1.1" / "train-subset-v1.1.json"
@@ -115,7 +115,7 @@ def child(row: str, a) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--data", default=str(SHARED))
+    ap.add_argument("--data", default=rel(SHARED))
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=384)

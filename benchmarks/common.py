@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -11,6 +12,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from bitswitch.io import atomic_write_json  # noqa: E402
 from bitswitch.results import markdown_table, run_metadata  # noqa: E402
+
+
+def rel(path) -> str:
+    """``path`` relative to the current directory: results files hold no machine-absolute paths."""
+    return os.path.relpath(path)
+
+
+# results files record the command line (``run_metadata`` reads ``sys.argv``): absolute paths in it,
+# the script's own included, are written relative to the current directory
+sys.argv[:] = [rel(x) if os.path.isabs(x) else x for x in sys.argv]
 
 
 def timeit(fn, repeat: int = 5, warmup: int = 1) -> float:

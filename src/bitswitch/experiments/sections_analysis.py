@@ -1,7 +1,7 @@
 """Report sections of the analysis commands, whose results.json carry a top-level ``"kind"``:
-``attack`` (issue 6: transferability heatmap, RPI), ``sensitivity`` (issue 5: heatmap, most and
-least sensitive, rank agreement between measures) and ``search`` (issue 5: searched profiles
-against uniform ones, Pareto front, exact bytes)."""
+``attack`` (transferability heatmap, RPI), ``sensitivity`` (heatmap, most and least sensitive,
+rank agreement between measures) and ``search`` (searched profiles against uniform ones, Pareto
+front, exact bytes)."""
 
 from __future__ import annotations
 
