@@ -4,13 +4,15 @@ The byte-level tokenizer makes one token per byte, so expected prompt lengths ar
 """
 
 import json
+import math
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from tokenizers import processors
 
-from bitswitch.data.squad import (DEFAULT_TEMPLATE, PromptConfig, SquadExample, draw_shots, encode_prompts,
-                                  load_squad, render_prompt)
+from bitswitch.data.squad import (DEFAULT_TEMPLATE, ORDERS, PromptConfig, SquadExample, draw_shots, encode_prompts,
+                                  load_squad, render_prompt, stratified_order)
 from bitswitch.errors import BitswitchError
 from bitswitch.models import byte_tokenizer
 
@@ -47,20 +49,21 @@ def example(qid="q", context="one two three four five", question="q?", answers=(
 # --- loading -------------------------------------------------------------------------------------
 
 def test_load_file_keeps_order_and_all_answers(tmp_path):
-    examples = load_squad(str(write(tmp_path / "s.json", squad_doc(ARTICLE_A, ARTICLE_B))))
+    examples = load_squad(str(write(tmp_path / "s.json", squad_doc(ARTICLE_A, ARTICLE_B))), order="file")
     assert [e.id for e in examples] == ["a1", "a2", "a3", "b1"]
     assert examples[0] == SquadExample("a1", "A", "Paris is the capital of France.", "Capital of France?",
                                        ("Paris", "Paris", "paris"))
     assert examples[3].answers == ("Germany", "in Germany")
-    assert [e.id for e in load_squad(str(tmp_path / "s.json"), limit=2)] == ["a1", "a2"]
+    assert [e.id for e in load_squad(str(tmp_path / "s.json"), limit=2, order="file")] == ["a1", "a2"]
 
 
 def test_offset_is_a_held_out_slice_and_skipping_everything_is_an_error(tmp_path):
     path = str(write(tmp_path / "s.json", squad_doc(ARTICLE_A, ARTICLE_B)))
-    assert [e.id for e in load_squad(path, offset=1, limit=2)] == ["a2", "a3"]
-    assert [e.id for e in load_squad(path, offset=3)] == ["b1"]
-    with pytest.raises(BitswitchError, match="--offset 4 skips every question"):
-        load_squad(path, offset=4)
+    assert [e.id for e in load_squad(path, offset=1, limit=2, order="file")] == ["a2", "a3"]
+    assert [e.id for e in load_squad(path, offset=3, order="file")] == ["b1"]
+    for order in ORDERS:
+        with pytest.raises(BitswitchError, match="--offset 4 skips every question"):
+            load_squad(path, offset=4, order=order)
     with pytest.raises(BitswitchError, match="--offset must be >= 0"):
         load_squad(path, offset=-1)
 
@@ -69,7 +72,112 @@ def test_load_directory_reads_json_files_in_name_order(tmp_path):
     write(tmp_path / "2.json", squad_doc(ARTICLE_A))
     write(tmp_path / "1.json", squad_doc(ARTICLE_B))
     (tmp_path / "notes.txt").write_text("not squad")
-    assert [e.id for e in load_squad(str(tmp_path))] == ["b1", "a1", "a2", "a3"]
+    assert [e.id for e in load_squad(str(tmp_path), order="file")] == ["b1", "a1", "a2", "a3"]
+
+
+# --- question order ------------------------------------------------------------------------------
+
+SIZES = {"Big": 10, "Mid": 5, "One": 1}
+
+
+def sized_doc(sizes=SIZES):
+    """One article per title with ``n`` questions in two paragraphs (ids ``<title>-<i>``)."""
+    def paragraphs(title, n):
+        half = (n + 1) // 2
+        return [{"context": f"{title} context {p}.", "qas": [qa(f"{title}-{i}", f"Q{i}?", "x") for i in ids]}
+                for p, ids in enumerate([range(half), range(half, n)]) if ids]
+    return squad_doc(*({"title": t, "paragraphs": paragraphs(t, n)} for t, n in sizes.items()))
+
+
+@pytest.fixture
+def sized(tmp_path):
+    return str(write(tmp_path / "sized.json", sized_doc()))
+
+
+def ids(examples):
+    return [e.id for e in examples]
+
+
+def test_file_order_is_the_old_slicing(sized):
+    every = ids(load_squad(sized, order="file"))
+    assert every == [f"{t}-{i}" for t, n in SIZES.items() for i in range(n)]
+    for offset, limit in [(0, 3), (2, 5), (9, None), (15, 4)]:
+        end = None if limit is None else offset + limit
+        assert ids(load_squad(sized, offset=offset, limit=limit, order="file")) == every[offset:end]
+
+
+def test_stratified_is_the_default_and_a_permutation(sized):
+    stratified = ids(load_squad(sized))
+    assert stratified == ids(load_squad(sized, order="stratified", sample_seed=0))
+    assert sorted(stratified) == sorted(ids(load_squad(sized, order="file")))
+    assert stratified != ids(load_squad(sized, order="file"))
+
+
+def test_stratified_offset_slices_are_disjoint_and_tile_the_prefix(sized):
+    every = ids(load_squad(sized))
+    first, second = ids(load_squad(sized, limit=6)), ids(load_squad(sized, offset=6, limit=7))
+    assert not set(first) & set(second)
+    assert first + second == every[:13]
+    assert ids(load_squad(sized, offset=13)) == every[13:]
+
+
+def test_every_stratified_prefix_is_within_quota(sized):
+    every = load_squad(sized, sample_seed=3)
+    total = len(every)
+    for n in range(1, total + 1):
+        counts = Counter(e.title for e in every[:n])
+        for title, size in SIZES.items():
+            assert math.floor(n * size / total) <= counts[title] <= math.ceil(n * size / total), (n, title)
+    # the prefix of 8 is half of every article (rounded): 5 of Big, 2 or 3 of Mid, 0 or 1 of One
+    counts = Counter(e.title for e in load_squad(sized, limit=8, sample_seed=3))
+    assert counts["Big"] == 5 and counts["Mid"] + counts["One"] == 3
+
+
+PINNED_SEED0_PREFIX = ["Big-3", "Big-7", "Mid-2", "Big-5", "Big-2", "Mid-1"]
+
+
+def test_stratified_order_is_seeded(sized):
+    assert ids(load_squad(sized, sample_seed=1)) == ids(load_squad(sized, sample_seed=1))
+    assert ids(load_squad(sized, sample_seed=1)) != ids(load_squad(sized, sample_seed=2))
+    # pinned: the order must not change across runs or Python versions (only random.random() is used)
+    assert ids(load_squad(sized, limit=6)) == PINNED_SEED0_PREFIX
+
+
+def test_unknown_order_and_bad_seed_are_one_line_errors(sized):
+    with pytest.raises(BitswitchError, match="squad order 'random' is unknown: use one of stratified, file") as err:
+        load_squad(sized, order="random")
+    assert "\n" not in str(err.value)
+    with pytest.raises(BitswitchError, match="sample seed must be an integer"):
+        load_squad(sized, sample_seed="0")
+
+
+def test_hub_rows_go_through_the_same_selection(monkeypatch, tmp_path):
+    import datasets
+
+    doc = sized_doc()
+    rows = [{"id": q["id"], "title": a["title"], "context": p["context"], "question": q["question"],
+             "answers": {"text": [x["text"] for x in q["answers"]], "answer_start": [0]}}
+            for a in doc["data"] for p in a["paragraphs"] for q in p["qas"]]
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, split: rows)
+    local = str(write(tmp_path / "same.json", doc))
+    for kwargs in [{}, {"limit": 5}, {"offset": 3, "limit": 4, "sample_seed": 7}, {"order": "file", "limit": 3}]:
+        assert load_squad("squad", **kwargs) == load_squad(local, **kwargs)
+
+
+def test_first_200_real_dev_questions_cover_the_articles():
+    if not SHARED_DEV.exists():
+        pytest.skip(f"{SHARED_DEV} is absent")
+    every = load_squad(str(SHARED_DEV), order="file")
+    sizes = Counter(e.title for e in every)
+    assert len(sizes) == 24 and sizes["Super_Bowl_50"] == 810
+    assert {e.title for e in every[:200]} == {"Super_Bowl_50"}  # why file order is a poor sample
+    first = load_squad(str(SHARED_DEV), limit=200)
+    counts = Counter(e.title for e in first)
+    assert len(counts) == 24   # the smallest article (96 questions) expects 3.9 of the 200
+    assert counts["Super_Bowl_50"] in (32, 33)   # 810 / 4961 * 200 = 32.7
+    for title, size in sizes.items():
+        assert math.floor(200 * size / 4961) <= counts[title] <= math.ceil(200 * size / 4961)
+    assert stratified_order(every) == load_squad(str(SHARED_DEV))
 
 
 @pytest.mark.parametrize("content, message", [

@@ -5,6 +5,11 @@ Sources: an official SQuAD v1.1 JSON file (``{"version": "1.1", "data": [article
 a directory of such ``*.json`` files (read in name order), or the hub name ``squad``
 (``datasets.load_dataset("squad")``, needs network).
 
+Question order: :func:`load_squad` slices ``offset .. offset + limit`` out of either the file order
+(``order="file"``) or, by default, a seeded order stratified over articles (``order="stratified"``,
+see :func:`stratified_order`), in which every prefix is a proportional sample of the articles and
+disjoint ``offset`` slices stay disjoint.
+
 Prompts are ``str.format`` templates with the fields ``{context}`` (exactly once), ``{question}`` and
 optionally ``{title}``. The default is::
 
@@ -20,18 +25,21 @@ Prompts too long for the model lose words from the end of the question's context
 from __future__ import annotations
 
 import bisect
+import heapq
 import json
 import random
 import re
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 from ..errors import BitswitchError
 
 DEFAULT_TEMPLATE = "Context: {context}\nQuestion: {question}\nAnswer:"
 HUB_NAMES = ("squad", "rajpurkar/squad")
+ORDERS = ("stratified", "file")
 TEMPLATE_FIELDS = {"context", "question", "title"}
 FORMAT_HINT = ('expected the official SQuAD v1.1 format {"version": "1.1", "data": [{"title", "paragraphs": '
                '[{"context", "qas": [{"id", "question", "answers": [{"text"}]}]}]}]}')
@@ -49,14 +57,21 @@ class SquadExample:
     answers: tuple[str, ...]
 
 
-def load_squad(source: str, split: str = "validation", limit: int | None = None,
-               offset: int = 0) -> list[SquadExample]:
-    """Load SQuAD v1.1 questions in file order: ``offset .. offset + limit`` (held-out slices).
+def load_squad(source: str, split: str = "validation", limit: int | None = None, offset: int = 0,
+               order: str = "stratified", sample_seed: int = 0) -> list[SquadExample]:
+    """Load SQuAD v1.1 questions ``offset .. offset + limit`` of ``order`` (held-out slices).
 
     ``source``: a JSON file, a directory of ``*.json`` files, or ``squad`` for the hub (``split``
-    only applies to the hub; a local file is its own split). Everything is validated before
-    anything is returned; a bad file raises :class:`BitswitchError` naming the first bad record.
+    only applies to the hub; a local file is its own split). ``order`` (one of :data:`ORDERS`):
+    ``"stratified"`` slices :func:`stratified_order` ``(examples, sample_seed)``, so any prefix is a
+    proportional sample over articles and disjoint ``offset`` slices never share a question;
+    ``"file"`` slices the file order. Everything is validated before anything is returned; a bad
+    file raises :class:`BitswitchError` naming the first bad record.
     """
+    if order not in ORDERS:
+        raise BitswitchError(f"squad order {order!r} is unknown: use one of {', '.join(ORDERS)}")
+    if not isinstance(sample_seed, int) or isinstance(sample_seed, bool):
+        raise BitswitchError(f"squad sample seed must be an integer, got {sample_seed!r}")
     if limit is not None and limit < 1:
         raise BitswitchError(f"squad limit must be a positive number of questions, got {limit}")
     if offset < 0:
@@ -78,7 +93,60 @@ def load_squad(source: str, split: str = "validation", limit: int | None = None,
                              "of them, or 'squad' for the Hugging Face hub")
     if offset and offset >= len(examples):
         raise BitswitchError(f"--offset {offset} skips every question of {source!r} ({len(examples)}): lower it")
+    if order == "stratified":
+        examples = stratified_order(examples, sample_seed)
     return examples[offset:None if limit is None else offset + limit]
+
+
+def stratified_order(examples: Sequence[SquadExample], seed: int = 0) -> list[SquadExample]:
+    """All of ``examples`` in a seeded order in which every prefix is a proportional sample of articles.
+
+    An article is a ``title`` (articles are numbered in order of first appearance; questions of one
+    title in several files count as one article). With ``rng = random.Random(seed)`` (only
+    ``rng.random()`` is used, whose sequence Python keeps the same across versions):
+
+    1. each question draws ``rng.random()``, in input order; an article's questions are taken in
+       increasing draw (a seeded shuffle);
+    2. then each article ``a`` draws a tie-break rank ``rng.random()``, in article order;
+    3. positions ``N = 1 .. total`` are filled one at a time (Balinski and Young's quota method):
+       with ``c_a`` questions of article ``a`` (``n_a`` questions) already placed, the candidates are
+       the articles with ``c_a < n_a`` and ``c_a * total < N * n_a`` (one more stays within the upper
+       quota ``ceil(N * n_a / total)``); position ``N`` gets the next question of the candidate with
+       the smallest ``(c_a + 1) / n_a`` (exact fractions), ties going to the smaller rank.
+
+    So the first ``N`` questions hold ``floor(N * n_a / total)`` or ``ceil(N * n_a / total)``
+    questions of every article ``a``, for every ``N``.
+    """
+    rng = random.Random(seed)
+    draws = [rng.random() for _ in examples]
+    groups: dict[str, list[int]] = {}
+    for i, ex in enumerate(examples):
+        groups.setdefault(ex.title, []).append(i)
+    articles = [[examples[i] for i in sorted(idx, key=lambda i: draws[i])] for idx in groups.values()]
+    rank = [rng.random() for _ in articles]
+    total = len(examples)
+    taken = [0] * len(articles)
+    ready = [(Fraction(1, len(qs)), rank[a], a) for a, qs in enumerate(articles)]
+    heapq.heapify(ready)
+    waiting: list[tuple[int, int]] = []   # (first position at which article a is a candidate again, a)
+    out: list[SquadExample] = []
+    for n in range(1, total + 1):
+        while waiting and waiting[0][0] <= n:
+            _, a = heapq.heappop(waiting)
+            heapq.heappush(ready, (Fraction(taken[a] + 1, len(articles[a])), rank[a], a))
+        while True:
+            if not ready:  # the quota method always has a candidate (Balinski and Young, 1975)
+                raise AssertionError(f"stratified_order found no candidate for position {n}")
+            _, _, a = heapq.heappop(ready)
+            size = len(articles[a])
+            if taken[a] * total < n * size:
+                break
+            heapq.heappush(waiting, (taken[a] * total // size + 1, a))
+        out.append(articles[a][taken[a]])
+        taken[a] += 1
+        if taken[a] < size:
+            heapq.heappush(ready, (Fraction(taken[a] + 1, size), rank[a], a))
+    return out
 
 
 def _read_file(path: Path, seen: dict[str, Path]) -> list[SquadExample]:

@@ -83,9 +83,9 @@ def prepare(model, tokenizer, metric: str, data: str | None, limit: int | None =
             window: int = 1024, stride: int | None = None) -> MetricData:
     """Load and tokenize the data a metric needs.
 
-    squad: questions ``offset .. offset + limit`` of ``data`` (file order), zero-shot prompts in
-    ``bitswitch eval``'s default template. wikitext: tokens ``offset .. offset + max_tokens`` of
-    ``data`` (a held-out text slice, as ``offset`` holds out questions).
+    squad: questions ``offset .. offset + limit`` of ``data`` (in ``load_squad``'s default order, stratified
+    over articles), zero-shot prompts in ``bitswitch eval``'s default template. wikitext: tokens
+    ``offset .. offset + max_tokens`` of ``data`` (a held-out text slice, as ``offset`` holds out questions).
     """
     from ..evaluate.tasks import _context_length
 
