@@ -35,8 +35,7 @@ class SquadTask:
     def setup(self, model, tokenizer) -> None:
         cfg = self.cfg
         self._tokenizer = tokenizer
-        self.examples = load_squad(cfg.data or "squad", split="validation", limit=cfg.limit,
-                                   offset=cfg.offset)
+        self.examples = load_squad(cfg.data or "squad", split="validation", **cfg.squad_selection())
         self.train = None
         if cfg.train_data or cfg.shots:
             if not cfg.train_data and cfg.data not in (None, "squad"):
