@@ -1,4 +1,5 @@
-"""Results records: run metadata, markdown tables, peak memory."""
+"""Results records: run metadata, markdown tables, peak memory; which way a metric improves, standard
+errors and rank correlations of results."""
 
 from __future__ import annotations
 
@@ -26,6 +27,24 @@ def run_metadata(argv: list[str] | None, seed: int, **extra) -> dict:
     cmd = "bitswitch " + shlex.join(argv) if argv is not None else shlex.join(sys.argv)
     return {"command": cmd, "seed": seed, "versions": versions(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(), **extra}
+
+
+HIGHER = {"em", "f1", "accuracy", "acc", "acc_norm", "exact_match", "score"}
+LOWER = {"ppl", "answer_ppl", "loss", "nll", "bytes", "weight_bytes", "asr", "drop"}
+
+
+def higher_is_better(metric: str, given: str | None = None) -> bool:
+    """Whether a larger ``metric`` is better (EM, F1, accuracies) or worse (perplexities, losses, bytes).
+
+    ``given`` (``"higher"`` / ``"lower"``) overrides; a metric of unknown direction counts as higher-is-better.
+    """
+    if given in ("higher", "lower"):
+        return given == "higher"
+    if metric in HIGHER or metric.endswith("_acc") or metric.endswith(",acc"):
+        return True
+    if metric in LOWER or metric.endswith("ppl"):
+        return False
+    return True
 
 
 def se_of_mean(values) -> float | None:

@@ -5,7 +5,7 @@ against uniform ones, Pareto front, exact bytes)."""
 
 from __future__ import annotations
 
-from ..results import markdown_table
+from ..results import higher_is_better, markdown_table
 from . import figures
 from .answers import fmt, signed
 from .sections import Context, Section, StepResult, register
@@ -179,7 +179,7 @@ def render_search(items: list[StepResult], ctx: Context) -> Section:
     for k, it in enumerate(items):
         d, recs = it.data, it.data.get("records", [])
         metric = d.get("metric") or "f1"
-        up = metric in ("f1", "em")
+        up = higher_is_better(metric)
         rows = [{**r, "weight_mib": (r.get("weight_bytes") or 0) / 2**20} for r in recs]
         parts.append(f"**{it.label}**: {d.get('method')} search over weight bits {d.get('candidates')} from "
                      f"{d.get('base')}, budgets {d.get('budgets')}, {metric} on {d.get('n')} "

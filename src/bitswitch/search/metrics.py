@@ -14,12 +14,12 @@ import math
 from dataclasses import dataclass, field
 
 from ..errors import BitswitchError
+from ..results import higher_is_better
 
 METRICS = ("f1", "em", "answer_ppl", "ppl")
 ALIASES = {"squad-f1": "f1", "squad-em": "em", "answer-ppl": "answer_ppl", "f1": "f1", "em": "em",
            "answer_ppl": "answer_ppl", "ppl": "ppl", "wikitext-ppl": "ppl"}
 TASK_OF = {"f1": "squad", "em": "squad", "answer_ppl": "squad", "ppl": "wikitext"}
-HIGHER_IS_BETTER = {"f1": True, "em": True, "answer_ppl": False, "ppl": False}
 
 
 def canonical_metric(name: str, task: str | None = None) -> str:
@@ -39,7 +39,7 @@ def damage(metric: str, value: float, base: float) -> float:
     F1/EM: points lost. Perplexities: ``ln(value / base)``, i.e. extra nats per scored token, which
     adds up over small independent perturbations (what the budget search assumes).
     """
-    if HIGHER_IS_BETTER[metric]:
+    if higher_is_better(metric):
         return base - value
     return math.log(value / base)
 
@@ -47,7 +47,7 @@ def damage(metric: str, value: float, base: float) -> float:
 def drop(metric: str, value: float, base: float) -> float:
     """The drop ``--max-drop`` is compared with: F1/EM points lost, or the relative perplexity
     increase (0.05 = 5% higher)."""
-    return base - value if HIGHER_IS_BETTER[metric] else value / base - 1.0
+    return base - value if higher_is_better(metric) else value / base - 1.0
 
 
 @dataclass
