@@ -15,10 +15,10 @@ from pathlib import Path
 from ..io import atomic_write_json, atomic_write_text
 from ..models import load_switchable
 from ..plots import sensitivity_bars, sensitivity_heatmap
-from ..results import higher_is_better, markdown_table, run_metadata
+from ..results import higher_is_better, markdown_table, run_metadata, spearman
 from . import metrics as M
 from .config import SensitivityConfig, previous_records, settings_hash
-from .proxies import proxy_scores, spearman
+from .proxies import proxy_scores
 from .sensitivity import check_probe, layer_role, measure_sensitivity, probe_groups
 from .table import load_sensitivity
 
