@@ -91,5 +91,6 @@ def load_text_ids(model, tokenizer, data: str | None, max_tokens: int | None, of
 
 
 def score_text(model, ids, window: int, stride: int | None = None, progress=None) -> dict:
-    """Sliding-window perplexity of ``ids`` (1, N): ``{"ppl", "nll", "tokens"}`` (see :func:`.perplexity.perplexity`)."""
+    """Sliding-window perplexity of ``ids`` (1, N): ``{"ppl", "nll", "tokens"}``
+    (:func:`.perplexity.perplexity`)."""
     return perplexity(model, ids, window, stride, progress)
