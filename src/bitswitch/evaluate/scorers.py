@@ -25,6 +25,7 @@ from .perplexity import perplexity
 from .squad_metrics import exact_match, f1
 
 TEXT_DEFAULT = "wikitext"
+FALLBACK_CONTEXT = 2048   # prompt budget for a model whose config names no context window
 
 
 def context_length(model, default: int | None = None) -> int | None:

@@ -17,7 +17,7 @@ from ..io import atomic_write_text
 from ..plots import metric_vs_bits
 from ..profiles import safe_key
 from .config import EvalConfig
-from .scorers import context_length, score_squad
+from .scorers import FALLBACK_CONTEXT, context_length, score_squad
 
 
 class SquadTask:
@@ -42,7 +42,7 @@ class SquadTask:
             self.train = load_squad(cfg.train_data or "squad", split="train")
         prompt_cfg = PromptConfig(template=cfg.template or DEFAULT_TEMPLATE, shots=cfg.shots,
                                   shot_source=self.train, seed=cfg.seed, chat=cfg.chat)
-        ctx = context_length(model, 2048)
+        ctx = context_length(model, FALLBACK_CONTEXT)
         self.prompts, self.truncated = encode_prompts(tokenizer, self.examples, prompt_cfg, ctx,
                                                       reserve=cfg.max_new_tokens)
         self.prompt_cfg = prompt_cfg

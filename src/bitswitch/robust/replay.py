@@ -10,7 +10,7 @@ a fixed profile or an RPI mode reseeded at ``seed`` before every replay (reprodu
 from __future__ import annotations
 
 from ..data.squad import PromptConfig, SquadExample, encode_prompts
-from ..evaluate.scorers import context_length, score_squad
+from ..evaluate.scorers import FALLBACK_CONTEXT, context_length, score_squad
 from .rpi import use_setting
 
 # a question counts as answered when its F1 reaches this; an attack succeeds on an answered question
@@ -25,7 +25,8 @@ def replay(model, tokenizer, examples: list[SquadExample], cfg: PromptConfig, se
     ``deltas``: per example ``(positions, delta)`` or None, for embedding attacks (then one question
     per batch, the perturbation added by an embedding hook).
     """
-    prompts, _ = encode_prompts(tokenizer, examples, cfg, context_length(model, 2048), reserve=max_new_tokens)
+    prompts, _ = encode_prompts(tokenizer, examples, cfg, context_length(model, FALLBACK_CONTEXT),
+                                reserve=max_new_tokens)
     per_question = None
     if deltas is not None:
         from .embed import perturbed

@@ -86,7 +86,7 @@ def prepare(model, tokenizer, metric: str, data: str | None, limit: int | None =
     ``bitswitch eval``'s default template. wikitext: tokens ``offset .. offset + max_tokens`` of
     ``data`` (a held-out text slice, as ``offset`` holds out questions).
     """
-    from ..evaluate.scorers import context_length, load_text_ids
+    from ..evaluate.scorers import FALLBACK_CONTEXT, context_length, load_text_ids
 
     metric = canonical_metric(metric)
     task = TASK_OF[metric]
@@ -99,7 +99,7 @@ def prepare(model, tokenizer, metric: str, data: str | None, limit: int | None =
         from ..data.squad import PromptConfig, encode_prompts, load_squad
 
         examples = load_squad(data or "squad", limit=limit, offset=offset)
-        prompts, _ = encode_prompts(tokenizer, examples, PromptConfig(), context_length(model, 2048),
+        prompts, _ = encode_prompts(tokenizer, examples, PromptConfig(), context_length(model, FALLBACK_CONTEXT),
                                     reserve=max_new_tokens)
         return MetricData(task, metric, str(data), batch_size, max_new_tokens, prompts,
                           [ex.answers[0] for ex in examples], examples, offset=offset)
