@@ -1,4 +1,9 @@
-"""Matplotlib figures shared by eval, analysis and reports (PNG, headless)."""
+"""Matplotlib figures shared by eval, analysis and reports (PNG, headless).
+
+The building blocks (:func:`save`, :func:`short`, :func:`bits_points`, :func:`line_vs_bits`,
+:func:`annotate_points`, :func:`annotate_cells`) are also what the report's figures
+(:mod:`bitswitch.experiments.figures`) are drawn with.
+"""
 
 from __future__ import annotations
 
@@ -10,25 +15,67 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def save(fig, path: str | Path) -> str:
+    """Lay ``fig`` out tightly, write it to ``path`` atomically (temporary file + rename) and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return str(path)
+
+
+def short(name, n: int = 18) -> str:
+    """``name`` cut to ``n`` characters (the last two ``..``) so point labels stay readable."""
+    name = str(name)
+    return name if len(name) <= n else name[:n - 2] + ".."
+
+
+def bits_points(records: list[dict], metric: str) -> list[tuple[float, float, str]]:
+    """``(avg_w_bits, metric, profile)`` of the records that have both, sorted by bits."""
+    return sorted((r["avg_w_bits"], r[metric], r["profile"]) for r in records
+                  if r.get(metric) is not None and r.get("avg_w_bits") is not None)
+
+
+def annotate_points(ax, pts, fontsize: float = 7) -> None:
+    """Name each ``(x, y, name)`` point just above and right of it."""
+    for x, y, name in pts:
+        ax.annotate(short(name), (x, y), fontsize=fontsize, textcoords="offset points", xytext=(3, 3))
+
+
+def line_vs_bits(ax, pts, label: str, annotate: bool = True, fontsize: float = 7) -> None:
+    """One line with markers through :func:`bits_points`, points named by profile when ``annotate``."""
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+    if annotate:
+        annotate_points(ax, pts, fontsize)
+
+
+def annotate_cells(ax, data, fmt: str = "{:.2g}", fontsize: float = 6, color="w") -> None:
+    """Write each finite cell of the 2-D array ``data`` on a heatmap; ``color``: a colour or ``value -> colour``."""
+    import numpy as np
+
+    for i in range(data.shape[0]):
+        for j in range(data.shape[1]):
+            if not np.isnan(data[i, j]):
+                ax.text(j, i, fmt.format(data[i, j]), ha="center", va="center", fontsize=fontsize,
+                        color=color(data[i, j]) if callable(color) else color)
+
+
 def metric_vs_bits(records: list[dict], metrics: list[str], path: str | Path, title: str = "") -> str:
-    """Scatter of each metric against ``avg_w_bits``, one point per profile, labelled by profile."""
+    """Each metric against ``avg_w_bits`` on one axis, one point per profile, labelled by profile."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for metric in metrics:
-        pts = [(r["avg_w_bits"], r[metric], r["profile"]) for r in records if r.get(metric) is not None]
-        if not pts:
-            continue
-        pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=metric.upper())
-        for x, y, name in pts:
-            ax.annotate(name if len(name) <= 18 else name[:16] + "..", (x, y), fontsize=7,
-                        textcoords="offset points", xytext=(3, 3))
+        pts = bits_points(records, metric)
+        if pts:
+            line_vs_bits(ax, pts, metric.upper())
     ax.set_xlabel("average weight bits")
     ax.set_ylabel(" / ".join(m.upper() for m in metrics))
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def transfer_heatmap(matrix: dict[str, dict[str, float]], path: str | Path, title: str = "",
@@ -46,26 +93,10 @@ def transfer_heatmap(matrix: dict[str, dict[str, float]], path: str | Path, titl
     ax.set_xlabel("evaluated at")
     ax.set_ylabel("crafted at")
     lo, hi = np.nanmin(data) if data.size else 0, np.nanmax(data) if data.size else 1
-    for i in range(len(rows)):
-        for j in range(len(cols)):
-            if not np.isnan(data[i, j]):
-                ax.text(j, i, f"{data[i, j]:.1f}", ha="center", va="center", fontsize=8,
-                        color="white" if data[i, j] < (lo + hi) / 2 else "black")
+    annotate_cells(ax, data, "{:.1f}", 8, lambda v: "white" if v < (lo + hi) / 2 else "black")
     fig.colorbar(im, ax=ax, label=label)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def _save(fig, path: str | Path) -> str:
-    """Write ``fig`` to ``path`` atomically (temporary file + rename) and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return str(path)
+    return save(fig, path)
 
 
 def sensitivity_heatmap(records: list[dict], path: str | Path, value: str = "damage", title: str = "",
@@ -90,8 +121,7 @@ def sensitivity_heatmap(records: list[dict], path: str | Path, value: str = "dam
     ax.set_ylabel("layer")
     fig.colorbar(im, ax=ax, label=label or value)
     ax.set_title(title + (f"\n({'; '.join(extra)})" if extra else ""), fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def sensitivity_bars(records: list[dict], path: str | Path, value: str = "damage", title: str = "",
@@ -104,8 +134,7 @@ def sensitivity_bars(records: list[dict], path: str | Path, value: str = "damage
     ax.set_ylabel(label or value)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def pareto_plot(records: list[dict], metric: str, path: str | Path, fronts: dict[str, list[int]] | None = None,
@@ -122,9 +151,8 @@ def pareto_plot(records: list[dict], metric: str, path: str | Path, fronts: dict
             pts = [r for r in records if r.get(group, "") == g and r.get(metric) is not None]
             ax.scatter([r[xkey] * scale for r in pts], [r[metric] for r in pts], marker=markers[gi % len(markers)],
                        label=str(g), zorder=3)
-            for r in pts:
-                ax.annotate(str(r.get("label", r["profile"]))[:18], (r[xkey] * scale, r[metric]), fontsize=6,
-                            textcoords="offset points", xytext=(3, 3))
+            annotate_points(ax, [(r[xkey] * scale, r[metric], str(r.get("label", r["profile"]))[:18])
+                                 for r in pts], 6)
         front = (fronts or {}).get(xkey)
         if front:
             fr = sorted((records[i] for i in front), key=lambda r: r[xkey])
@@ -137,5 +165,4 @@ def pareto_plot(records: list[dict], metric: str, path: str | Path, fronts: dict
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)

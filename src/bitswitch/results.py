@@ -1,4 +1,5 @@
-"""Results records: run metadata, markdown tables, peak memory."""
+"""Results records: run metadata, markdown tables, peak memory; which way a metric improves, standard
+errors and rank correlations of results."""
 
 from __future__ import annotations
 
@@ -28,6 +29,24 @@ def run_metadata(argv: list[str] | None, seed: int, **extra) -> dict:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(), **extra}
 
 
+HIGHER = {"em", "f1", "accuracy", "acc", "acc_norm", "exact_match", "score"}
+LOWER = {"ppl", "answer_ppl", "loss", "nll", "bytes", "weight_bytes", "asr", "drop"}
+
+
+def higher_is_better(metric: str, given: str | None = None) -> bool:
+    """Whether a larger ``metric`` is better (EM, F1, accuracies) or worse (perplexities, losses, bytes).
+
+    ``given`` (``"higher"`` / ``"lower"``) overrides; a metric of unknown direction counts as higher-is-better.
+    """
+    if given in ("higher", "lower"):
+        return given == "higher"
+    if metric in HIGHER or metric.endswith("_acc") or metric.endswith(",acc"):
+        return True
+    if metric in LOWER or metric.endswith("ppl"):
+        return False
+    return True
+
+
 def se_of_mean(values) -> float | None:
     """Standard error of the mean of ``values`` (sample standard deviation / sqrt(n)); None for fewer than two."""
     v = list(values)
@@ -35,6 +54,32 @@ def se_of_mean(values) -> float | None:
         return None
     mean = sum(v) / len(v)
     return math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1) / len(v))
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman rank correlation (average ranks for ties): Pearson correlation of the ranks."""
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError("spearman needs two equally long lists of at least 2 values")
+    ra, rb = _ranks(a), _ranks(b)
+    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    va = sum((x - ma) ** 2 for x in ra) ** 0.5
+    vb = sum((y - mb) ** 2 for y in rb) ** 0.5
+    return cov / (va * vb) if va > 0 and vb > 0 else float("nan")
+
+
+def _ranks(xs: list[float]) -> list[float]:
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    ranks = [0.0] * len(xs)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
 
 
 def bound_heap_retention(threshold: int = 1 << 20) -> bool:

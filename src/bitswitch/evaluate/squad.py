@@ -8,7 +8,6 @@ reports them; ``answer_ppl`` is the teacher-forced perplexity of the first gold 
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -18,9 +17,7 @@ from ..io import atomic_write_text
 from ..plots import metric_vs_bits
 from ..profiles import safe_key
 from .config import EvalConfig
-from .generate import generate_and_score
-from .squad_metrics import exact_match, f1
-from .tasks import _context_length
+from .scorers import FALLBACK_CONTEXT, context_length, score_squad
 
 
 class SquadTask:
@@ -44,7 +41,7 @@ class SquadTask:
             self.train = load_squad(cfg.train_data or "squad", split="train")
         prompt_cfg = PromptConfig(template=cfg.template or DEFAULT_TEMPLATE, shots=cfg.shots,
                                   shot_source=self.train, seed=cfg.seed, chat=cfg.chat)
-        ctx = _context_length(model) or 2048
+        ctx = context_length(model, FALLBACK_CONTEXT)
         self.prompts, self.truncated = encode_prompts(tokenizer, self.examples, prompt_cfg, ctx,
                                                       reserve=cfg.max_new_tokens)
         self.prompt_cfg = prompt_cfg
@@ -63,20 +60,17 @@ class SquadTask:
     def evaluate(self, model, tokenizer, profile: str, out_dir, progress=None) -> dict:
         cfg = self.cfg
         t0 = time.perf_counter()
-        preds, nll, ntok = generate_and_score(model, tokenizer, self.prompts, [ex.answers[0] for ex in self.examples],
-                                              cfg.max_new_tokens, cfg.batch_size, progress=progress)
+        scores = score_squad(model, tokenizer, self.prompts, self.examples, cfg.max_new_tokens, cfg.batch_size,
+                             progress=progress)
         seconds = time.perf_counter() - t0
-        rows = []
-        for ex, pred in zip(self.examples, preds):
-            rows.append({"id": ex.id, "question": ex.question, "prediction": pred, "answers": list(ex.answers),
-                         "em": exact_match(pred, ex.answers), "f1": f1(pred, ex.answers)})
+        rows = [{"id": r["id"], "question": ex.question, "prediction": r["prediction"], "answers": list(ex.answers),
+                 "em": r["em"], "f1": r["f1"]} for ex, r in zip(self.examples, scores["rows"])]
         name = model.bitswitch.profile.name if hasattr(model, "bitswitch") else profile
         atomic_write_text(Path(out_dir) / f"predictions-{safe_key(name)}.jsonl",
                           "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        n = len(rows)
-        return {"em": 100 * sum(r["em"] for r in rows) / n, "f1": 100 * sum(r["f1"] for r in rows) / n,
-                "answer_ppl": math.exp(nll / max(ntok, 1)), "n": n, "truncated": self.truncated,
-                "questions_per_s": n / seconds}
+        n = scores["n"]
+        return {"em": scores["em"], "f1": scores["f1"], "answer_ppl": scores["answer_ppl"], "n": n,
+                "truncated": self.truncated, "questions_per_s": n / seconds}
 
     def finish(self, records, out_dir) -> list[str]:
         return [metric_vs_bits(records, ["em", "f1"], Path(out_dir) / "squad.png",

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from ..errors import BitswitchError
 from .config import EvalConfig
-from .perplexity import perplexity
-
-WIKITEXT_DEFAULT = "wikitext"
+from .scorers import load_text_ids, score_text
 
 
 class WikitextTask:
@@ -24,15 +22,8 @@ class WikitextTask:
         self.ids = None
 
     def setup(self, model, tokenizer) -> None:
-        from ..data.text import load_text, tokenize_text
-
-        self.ids = tokenize_text(tokenizer, load_text(self.cfg.data or WIKITEXT_DEFAULT), self.cfg.max_tokens,
-                                 self.cfg.offset)
-        ctx = _context_length(model)
-        self.window = min(self.cfg.window, ctx) if ctx else self.cfg.window
-        if self.ids.shape[1] < 2:
-            raise BitswitchError(f"text data {self.cfg.data!r} gives fewer than 2 tokens after --offset "
-                                 f"{self.cfg.offset}: pass more text or a smaller offset")
+        self.ids, self.window = load_text_ids(model, tokenizer, self.cfg.data, self.cfg.max_tokens, self.cfg.offset,
+                                              self.cfg.window)
 
     def calibration_batches(self):
         n = self.cfg.calib_batches
@@ -43,15 +34,10 @@ class WikitextTask:
         return self.ids.shape[1]
 
     def evaluate(self, model, tokenizer, profile: str, out_dir, progress=None) -> dict:
-        return perplexity(model, self.ids, self.window, self.cfg.stride, progress)
+        return score_text(model, self.ids, self.window, self.cfg.stride, progress)
 
     def finish(self, records, out_dir) -> list[str]:
         return []
-
-
-def _context_length(model) -> int | None:
-    cfg = model.config
-    return getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
 
 
 def make_task(cfg: EvalConfig):

@@ -16,20 +16,7 @@ import json
 from pathlib import Path
 
 from ..errors import BitswitchError
-from ..results import se_of_mean
-
-HIGHER = {"em", "f1", "accuracy", "acc", "acc_norm", "exact_match", "score"}
-LOWER = {"ppl", "answer_ppl", "loss", "nll", "bytes", "weight_bytes", "asr", "drop"}
-
-
-def higher_is_better(metric: str, given: str | None = None) -> bool:
-    if given in ("higher", "lower"):
-        return given == "higher"
-    if metric in HIGHER or metric.endswith("_acc") or metric.endswith(",acc"):
-        return True
-    if metric in LOWER or metric.endswith("ppl"):
-        return False
-    return True
+from ..results import higher_is_better, se_of_mean
 
 
 def fmt(v) -> str:

@@ -1,30 +1,16 @@
 """PNG figures of the report (matplotlib, headless): metrics against bits, grouped bars, loss
-curves, heatmaps and Pareto fronts. Every function writes atomically and returns the path."""
+curves, heatmaps and Pareto fronts. Every function writes atomically and returns the path.
+
+Drawn with :mod:`bitswitch.plots`' building blocks (saving, point labels, lines against bits,
+heatmap cells), so report figures and the ``eval`` / ``search`` plots share one implementation.
+"""
 
 from __future__ import annotations
 
 import textwrap
 
-from pathlib import Path
-
-from .. import plots  # noqa: F401 - selects the headless Agg backend before pyplot is imported
-import matplotlib.pyplot as plt  # noqa: E402
-
-
-def _save(fig, path: str | Path) -> str:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.tight_layout()
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return str(path)
-
-
-def _short(name: str, n: int = 18) -> str:
-    name = str(name)
-    return name if len(name) <= n else name[:n - 2] + ".."
+from ..plots import annotate_cells, annotate_points, bits_points, line_vs_bits, save, short
+import matplotlib.pyplot as plt  # noqa: E402 - after bitswitch.plots, which selects the headless Agg backend
 
 
 def metrics_vs_bits(rows: list[dict], metrics: list[str], path, title: str = "", log_y: bool = False) -> str:
@@ -33,14 +19,9 @@ def metrics_vs_bits(rows: list[dict], metrics: list[str], path, title: str = "",
     labels = list(dict.fromkeys(r["label"] for r in rows))
     for ax, metric in zip(axes[0], metrics):
         for label in labels:
-            pts = sorted((r["avg_w_bits"], r[metric], r["profile"]) for r in rows
-                         if r["label"] == label and r.get(metric) is not None and r.get("avg_w_bits") is not None)
-            if not pts:
-                continue
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=_short(label, 28))
-            if len(labels) <= 2:   # with many lines the names would overlap
-                for x, y, name in pts:
-                    ax.annotate(_short(name), (x, y), fontsize=6, textcoords="offset points", xytext=(3, 3))
+            pts = bits_points([r for r in rows if r["label"] == label], metric)
+            if pts:   # points are named only for one or two lines: with more the names would overlap
+                line_vs_bits(ax, pts, short(label, 28), annotate=len(labels) <= 2, fontsize=6)
         ax.set_xlabel("average weight bits")
         ax.set_ylabel(metric)
         if log_y:
@@ -49,7 +30,7 @@ def metrics_vs_bits(rows: list[dict], metrics: list[str], path, title: str = "",
         ax.set_title(f"{title} {metric}".strip(), fontsize=9)
         if len(labels) > 1:
             ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def grouped_bars(rows: list[dict], metric: str, path, title: str = "") -> str:
@@ -63,14 +44,14 @@ def grouped_bars(rows: list[dict], metric: str, path, title: str = "") -> str:
         xs = [j + (i - (len(labels) - 1) / 2) * width for j in range(len(profiles))]
         ys = [value.get((label, p)) for p in profiles]
         ax.bar([x for x, y in zip(xs, ys) if y is not None], [y for y in ys if y is not None], width,
-               label=_short(label, 28))
+               label=short(label, 28))
     ax.set_xticks(range(len(profiles)))
-    ax.set_xticklabels([_short(p, 14) for p in profiles], fontsize=7, rotation=20)
+    ax.set_xticklabels([short(p, 14) for p in profiles], fontsize=7, rotation=20)
     ax.set_ylabel(metric)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def loss_curves(curves: dict[str, list[tuple[int, float]]], path, title: str = "training loss") -> str:
@@ -83,13 +64,13 @@ def loss_curves(curves: dict[str, list[tuple[int, float]]], path, title: str = "
         k = max(1, len(losses) // 10)
         smooth = [sum(losses[max(0, i - k + 1):i + 1]) / len(losses[max(0, i - k + 1):i + 1])
                   for i in range(len(losses))]
-        ax.plot(steps, smooth, label=_short(label, 28))
+        ax.plot(steps, smooth, label=short(label, 28))
     ax.set_xlabel("step")
     ax.set_ylabel("loss (moving average)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def heatmap(matrix: list[list[float | None]], rows: list[str], cols: list[str], path, title: str = "",
@@ -102,17 +83,14 @@ def heatmap(matrix: list[list[float | None]], rows: list[str], cols: list[str], 
                            dpi=110)
     im = ax.imshow(data, aspect="auto", cmap="viridis")
     ax.set_xticks(range(len(cols)))
-    ax.set_xticklabels([_short(c, 14) for c in cols], fontsize=7, rotation=30, ha="right")
+    ax.set_xticklabels([short(c, 14) for c in cols], fontsize=7, rotation=30, ha="right")
     ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([_short(r, 20) for r in rows], fontsize=6 if len(rows) > 20 else 8)
+    ax.set_yticklabels([short(r, 20) for r in rows], fontsize=6 if len(rows) > 20 else 8)
     if data.size <= 120:
-        for i in range(data.shape[0]):
-            for j in range(data.shape[1]):
-                if not np.isnan(data[i, j]):
-                    ax.text(j, i, fmt.format(data[i, j]), ha="center", va="center", fontsize=6, color="w")
+        annotate_cells(ax, data, fmt, 6, "w")
     fig.colorbar(im, ax=ax, label=cbar)
     ax.set_title(textwrap.fill(title, 70), fontsize=9)   # long titles wrap instead of running off the figure
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def pareto(points: list[dict], x: str, y: str, path, title: str = "", front_key: str = "pareto",
@@ -123,12 +101,10 @@ def pareto(points: list[dict], x: str, y: str, path, title: str = "", front_key:
     front = sorted((p for p in points if p.get(front_key)), key=lambda p: p[x])
     if front:
         ax.plot([p[x] for p in front], [p[y] for p in front], marker="o", color="C3", label="Pareto front")
-        for p in front:
-            if p.get("name"):
-                ax.annotate(_short(p["name"]), (p[x], p[y]), fontsize=6, textcoords="offset points", xytext=(3, 3))
+        annotate_points(ax, [(p[x], p[y], p["name"]) for p in front if p.get("name")], 6)
     ax.set_xlabel(x)
     ax.set_ylabel(f"{y} ({'higher' if higher_is_better else 'lower'} is better)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save(fig, path)

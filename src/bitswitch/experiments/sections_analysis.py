@@ -5,7 +5,9 @@ front, exact bytes)."""
 
 from __future__ import annotations
 
-from ..results import markdown_table
+import math
+
+from ..results import higher_is_better, markdown_table, spearman
 from . import figures
 from .answers import fmt, signed
 from .sections import Context, Section, StepResult, register
@@ -141,29 +143,15 @@ def render_sensitivity(items: list[StepResult], ctx: Context) -> Section:
 
 
 def _spearman(ra: list[dict], rb: list[dict]) -> float | None:
+    """Rank correlation of two sensitivity runs' damages over the units both measured; None for fewer
+    than 3 shared units or a constant side."""
     a = {r["name"]: r["damage"] for r in ra if r.get("damage") is not None}
     b = {r["name"]: r["damage"] for r in rb if r.get("damage") is not None}
     names = [n for n in a if n in b]
     if len(names) < 3:
         return None
-
-    def ranks(v):
-        order = sorted(range(len(v)), key=v.__getitem__)
-        out = [0.0] * len(v)
-        i = 0
-        while i < len(order):   # average ranks over ties
-            j = i
-            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
-                j += 1
-            for t in range(i, j + 1):
-                out[order[t]] = (i + j) / 2
-            i = j + 1
-        return out
-    x, y = ranks([a[n] for n in names]), ranks([b[n] for n in names])
-    mx, my = sum(x) / len(x), sum(y) / len(y)
-    cov = sum((p - mx) * (q - my) for p, q in zip(x, y))
-    sx, sy = sum((p - mx) ** 2 for p in x) ** 0.5, sum((q - my) ** 2 for q in y) ** 0.5
-    return cov / (sx * sy) if sx and sy else None
+    rho = spearman([a[n] for n in names], [b[n] for n in names])
+    return None if math.isnan(rho) else rho
 
 
 # -- search: searched profiles, Pareto front, exact bytes -------------------------------------------
@@ -179,7 +167,7 @@ def render_search(items: list[StepResult], ctx: Context) -> Section:
     for k, it in enumerate(items):
         d, recs = it.data, it.data.get("records", [])
         metric = d.get("metric") or "f1"
-        up = metric in ("f1", "em")
+        up = higher_is_better(metric)
         rows = [{**r, "weight_mib": (r.get("weight_bytes") or 0) / 2**20} for r in recs]
         parts.append(f"**{it.label}**: {d.get('method')} search over weight bits {d.get('candidates')} from "
                      f"{d.get('base')}, budgets {d.get('budgets')}, {metric} on {d.get('n')} "

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from ..data.squad import DEFAULT_TEMPLATE, PromptConfig, load_squad
 from ..errors import BitswitchError
+from ..evaluate.scorers import FALLBACK_CONTEXT, context_length
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..models import load_switchable
 from ..profiles import QuantOptions, safe_key
@@ -35,7 +36,7 @@ from .embed import NORMS, embed_attack
 from .examples import read_adv_jsonl, write_adv_jsonl
 from .hotflip import hotflip
 from .loss import frozen
-from .replay import context_length, replay
+from .replay import replay
 from .rpi import GRANULARITIES, DrawSampler, RPIConfig
 from .transfer import cell_key, transfer_matrix
 from .typo import typo
@@ -147,7 +148,7 @@ def craft_examples(model, tok, examples, prompt_cfg, attack: str, setting, param
         for ex in bar:
             if attack == "typo":
                 adv = typo(model, tok, ex, prompt_cfg, sampler, params["budget"], params["candidates"],
-                           params["context"], cfg.seed, context_length(model), craft=name)
+                           params["context"], cfg.seed, context_length(model, FALLBACK_CONTEXT), craft=name)
             elif attack == "hotflip":
                 adv = hotflip(model, tok, ex, prompt_cfg, sampler, params["budget"], params["candidates"],
                               params["context"], craft=name)

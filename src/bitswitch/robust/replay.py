@@ -2,28 +2,20 @@
 
 One function serves the clean baseline, the direct attack result and every cell of the
 transferability matrix, so a matrix cell crafted and evaluated at the same setting *is* the direct
-result. Predictions and likelihoods come from :func:`~bitswitch.evaluate.generate.generate_and_score`
-(what ``bitswitch eval`` runs), scores from the official SQuAD metrics; a setting is
+result. Scores come from :func:`~bitswitch.evaluate.scorers.score_squad` (what ``bitswitch eval``
+and the search run); a setting is
 a fixed profile or an RPI mode reseeded at ``seed`` before every replay (reproducible draws).
 """
 
 from __future__ import annotations
 
-import math
-
 from ..data.squad import PromptConfig, SquadExample, encode_prompts
-from ..evaluate.generate import generate_and_score
-from ..evaluate.squad_metrics import exact_match, f1
+from ..evaluate.scorers import FALLBACK_CONTEXT, context_length, score_squad
 from .rpi import use_setting
 
 # a question counts as answered when its F1 reaches this; an attack succeeds on an answered question
 # when the adversarial F1 falls below it
 ANSWERED_F1 = 0.5
-
-
-def context_length(model) -> int:
-    cfg = model.config
-    return getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None) or 2048
 
 
 def replay(model, tokenizer, examples: list[SquadExample], cfg: PromptConfig, setting, max_new_tokens: int = 16,
@@ -33,27 +25,17 @@ def replay(model, tokenizer, examples: list[SquadExample], cfg: PromptConfig, se
     ``deltas``: per example ``(positions, delta)`` or None, for embedding attacks (then one question
     per batch, the perturbation added by an embedding hook).
     """
-    prompts, _ = encode_prompts(tokenizer, examples, cfg, context_length(model), reserve=max_new_tokens)
-    golds = [ex.answers[0] for ex in examples]
-    with use_setting(model, setting, seed):
-        if deltas is None:
-            preds, nll, count = generate_and_score(model, tokenizer, prompts, golds, max_new_tokens, batch_size,
-                                                   progress=progress)
-        else:
-            from .embed import perturbed
+    prompts, _ = encode_prompts(tokenizer, examples, cfg, context_length(model, FALLBACK_CONTEXT),
+                                reserve=max_new_tokens)
+    per_question = None
+    if deltas is not None:
+        from .embed import perturbed
 
-            preds, nll, count = [], 0.0, 0
-            for prompt, gold, d in zip(prompts, golds, deltas):
-                with perturbed(model, *(d if d is not None else ([], None)), len(prompt)):
-                    pred, a, b = generate_and_score(model, tokenizer, [prompt], [gold], max_new_tokens, 1,
-                                                    progress=progress)
-                    preds += pred
-                nll, count = nll + a, count + b
-    rows = [{"id": ex.id, "prediction": p, "em": exact_match(p, ex.answers), "f1": f1(p, ex.answers)}
-            for ex, p in zip(examples, preds)]
-    n = len(rows)
-    return {"em": 100 * sum(r["em"] for r in rows) / n, "f1": 100 * sum(r["f1"] for r in rows) / n,
-            "answer_ppl": math.exp(nll / max(count, 1)), "n": n, "rows": rows}
+        def per_question(i):
+            return perturbed(model, *(deltas[i] if deltas[i] is not None else ([], None)), len(prompts[i]))
+    with use_setting(model, setting, seed):
+        return score_squad(model, tokenizer, prompts, examples, max_new_tokens, batch_size, progress=progress,
+                           per_question=per_question)
 
 
 def success_rate(clean_rows: list[dict], adv_rows: list[dict]) -> float | None:

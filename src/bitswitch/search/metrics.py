@@ -1,8 +1,7 @@
 """One measurement: a metric of the model at a profile on data prepared once.
 
-Every search and sensitivity step calls :func:`measure`; the maths live in ``evaluate/``
-(:func:`~bitswitch.evaluate.generate.generate_and_score`, :func:`~bitswitch.evaluate.generate.answer_nll`,
-:mod:`~bitswitch.evaluate.squad_metrics`, :func:`~bitswitch.evaluate.perplexity.perplexity`), so a
+Every search and sensitivity step calls :func:`measure`; the scoring is
+:mod:`bitswitch.evaluate.scorers`' (what ``bitswitch eval`` and the robustness replays run), so a
 searched profile scores exactly what ``bitswitch eval`` would give it on the same questions.
 
 Metrics: ``f1`` / ``em`` (SQuAD, greedy decoding, percent), ``answer_ppl`` (SQuAD, teacher-forced
@@ -15,12 +14,12 @@ import math
 from dataclasses import dataclass, field
 
 from ..errors import BitswitchError
+from ..results import higher_is_better
 
 METRICS = ("f1", "em", "answer_ppl", "ppl")
 ALIASES = {"squad-f1": "f1", "squad-em": "em", "answer-ppl": "answer_ppl", "f1": "f1", "em": "em",
            "answer_ppl": "answer_ppl", "ppl": "ppl", "wikitext-ppl": "ppl"}
 TASK_OF = {"f1": "squad", "em": "squad", "answer_ppl": "squad", "ppl": "wikitext"}
-HIGHER_IS_BETTER = {"f1": True, "em": True, "answer_ppl": False, "ppl": False}
 
 
 def canonical_metric(name: str, task: str | None = None) -> str:
@@ -40,7 +39,7 @@ def damage(metric: str, value: float, base: float) -> float:
     F1/EM: points lost. Perplexities: ``ln(value / base)``, i.e. extra nats per scored token, which
     adds up over small independent perturbations (what the budget search assumes).
     """
-    if HIGHER_IS_BETTER[metric]:
+    if higher_is_better(metric):
         return base - value
     return math.log(value / base)
 
@@ -48,7 +47,7 @@ def damage(metric: str, value: float, base: float) -> float:
 def drop(metric: str, value: float, base: float) -> float:
     """The drop ``--max-drop`` is compared with: F1/EM points lost, or the relative perplexity
     increase (0.05 = 5% higher)."""
-    return base - value if HIGHER_IS_BETTER[metric] else value / base - 1.0
+    return base - value if higher_is_better(metric) else value / base - 1.0
 
 
 @dataclass
@@ -87,7 +86,7 @@ def prepare(model, tokenizer, metric: str, data: str | None, limit: int | None =
     over articles), zero-shot prompts in ``bitswitch eval``'s default template. wikitext: tokens
     ``offset .. offset + max_tokens`` of ``data`` (a held-out text slice, as ``offset`` holds out questions).
     """
-    from ..evaluate.tasks import _context_length
+    from ..evaluate.scorers import FALLBACK_CONTEXT, context_length, load_text_ids
 
     metric = canonical_metric(metric)
     task = TASK_OF[metric]
@@ -96,21 +95,15 @@ def prepare(model, tokenizer, metric: str, data: str | None, limit: int | None =
             raise BitswitchError(f"--{name} must be at least 1, got {v}")
     if batch_size < 1 or max_new_tokens < 1:
         raise BitswitchError("--batch-size and --max-new-tokens must be at least 1")
-    ctx = _context_length(model)
     if task == "squad":
         from ..data.squad import PromptConfig, encode_prompts, load_squad
 
         examples = load_squad(data or "squad", limit=limit, offset=offset)
-        prompts, _ = encode_prompts(tokenizer, examples, PromptConfig(), ctx or 2048, reserve=max_new_tokens)
+        prompts, _ = encode_prompts(tokenizer, examples, PromptConfig(), context_length(model, FALLBACK_CONTEXT),
+                                    reserve=max_new_tokens)
         return MetricData(task, metric, str(data), batch_size, max_new_tokens, prompts,
                           [ex.answers[0] for ex in examples], examples, offset=offset)
-    from ..data.text import load_text, tokenize_text
-
-    ids = tokenize_text(tokenizer, load_text(data or "wikitext"), max_tokens, offset)
-    if ids.shape[1] < 2:
-        raise BitswitchError(f"text data {data!r} gives fewer than 2 tokens after --offset {offset}: "
-                             "pass more text or a smaller offset")
-    window = min(window, ctx) if ctx else window
+    ids, window = load_text_ids(model, tokenizer, data, max_tokens, offset, window)
     return MetricData(task, metric, str(data), batch_size, max_new_tokens, ids=ids, window=window,
                       stride=stride, offset=offset)
 
@@ -121,26 +114,19 @@ def measure(model, tokenizer, md: MetricData, metric: str | None = None, progres
     ``metric`` (default ``md.metric``) decides the work: ``answer_ppl`` runs teacher forcing only;
     ``f1``/``em`` decode greedily and add ``answer_ppl`` too; ``ppl`` returns ``{"ppl", "tokens"}``.
     """
-    from ..evaluate.generate import answer_nll, generate_and_score
-    from ..evaluate.perplexity import perplexity
-    from ..evaluate.squad_metrics import exact_match, f1
+    from ..evaluate.scorers import score_answer_ppl, score_squad, score_text
 
     metric = canonical_metric(metric or md.metric)
     if md.task == "wikitext":
-        out = perplexity(model, md.ids, md.window, md.stride, progress)
+        out = score_text(model, md.ids, md.window, md.stride, progress)
         return {"ppl": out["ppl"], "tokens": out["tokens"]}
-    result = {"n": len(md.prompts)}
     if metric in ("f1", "em"):
-        preds, nll, ntok = generate_and_score(model, tokenizer, md.prompts, md.answers, md.max_new_tokens,
-                                              md.batch_size, progress=progress)
-        result["em"] = 100 * sum(exact_match(p, ex.answers) for p, ex in zip(preds, md.examples)) / len(preds)
-        result["f1"] = 100 * sum(f1(p, ex.answers) for p, ex in zip(preds, md.examples)) / len(preds)
-    else:
-        nll, ntok = answer_nll(model, tokenizer, md.prompts, md.answers, md.batch_size)
-    result["answer_ppl"] = math.exp(nll / max(ntok, 1))
-    if metric == "answer_ppl" and progress is not None:
-        progress.update(len(md.prompts))
-    return result
+        out = score_squad(model, tokenizer, md.prompts, md.examples, md.max_new_tokens, md.batch_size,
+                          progress=progress)
+        return {"n": out["n"], "em": out["em"], "f1": out["f1"], "answer_ppl": out["answer_ppl"]}
+    out = score_answer_ppl(model, tokenizer, md.prompts, md.answers, md.batch_size,
+                           progress=progress if metric == "answer_ppl" else None)
+    return {"n": out["n"], "answer_ppl": out["answer_ppl"]}
 
 
 def fast_weight_cache(model) -> None:

@@ -233,29 +233,3 @@ def _noise(mod, base_quant, bits: int | None, options) -> torch.Tensor:
         return fake_quantize_weight(w, base_quant) - w if base_quant is not None else torch.zeros_like(w)
     template = base_quant or options.precision(bits, None, None).weight
     return fake_quantize_weight(w, dataclasses.replace(template, bits=bits)) - w
-
-
-def spearman(a: list[float], b: list[float]) -> float:
-    """Spearman rank correlation (average ranks for ties): Pearson correlation of the ranks."""
-    if len(a) != len(b) or len(a) < 2:
-        raise ValueError("spearman needs two equally long lists of at least 2 values")
-    ra, rb = _ranks(a), _ranks(b)
-    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
-    va = sum((x - ma) ** 2 for x in ra) ** 0.5
-    vb = sum((y - mb) ** 2 for y in rb) ** 0.5
-    return cov / (va * vb) if va > 0 and vb > 0 else float("nan")
-
-
-def _ranks(xs: list[float]) -> list[float]:
-    order = sorted(range(len(xs)), key=lambda i: xs[i])
-    ranks = [0.0] * len(xs)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks

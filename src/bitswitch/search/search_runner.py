@@ -27,7 +27,7 @@ from ..io import atomic_write_json, atomic_write_text
 from ..models import load_switchable
 from ..plots import pareto_plot
 from ..quant.config import WEIGHT_BITS
-from ..results import markdown_table, run_metadata
+from ..results import higher_is_better, markdown_table, run_metadata
 from ..switching import set_profile
 from . import metrics as M
 from .budget import InfeasibleBudget, solve_budget
@@ -268,7 +268,7 @@ def run_search(cfg: SearchConfig, argv: list[str] | None = None, log=print) -> d
             if v != value:
                 pool += [(_label(k, v), *sol) for sol in solutions(k, v)
                          if sum(costs[u][b] for u, b in sol[2].items()) <= cap]
-        better, trials, best = M.HIGHER_IS_BETTER[cfg.sens_metric], [], None
+        better, trials, best = higher_is_better(cfg.sens_metric), [], None
         seen = {r["profile"]: r[cfg.sens_metric] for r in results["calibration"]}   # this run's and a resumed one's
         for origin, key, f, assign, extra in pool:
             profile = space.profile(assign)
@@ -316,7 +316,7 @@ def run_search(cfg: SearchConfig, argv: list[str] | None = None, log=print) -> d
             if any(r["profile"] == profile for r in results["records"]):
                 continue  # e.g. the base profile itself
             add(measure(profile, f"uniform-w{b}", "uniform"))
-        recs, better = results["records"], M.HIGHER_IS_BETTER[cfg.metric]
+        recs, better = results["records"], higher_is_better(cfg.metric)
         fronts = {x: pareto_front(recs, x, cfg.metric, better) for x in ("avg_w_bits", "weight_bytes")}
         results["pareto"] = {x: [recs[i]["label"] for i in f] for x, f in fronts.items()}
         title = f"{cfg.metric} vs size ({cfg.model}, {md.size} {'questions' if md.task == 'squad' else 'tokens'})"

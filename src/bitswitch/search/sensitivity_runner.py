@@ -15,10 +15,10 @@ from pathlib import Path
 from ..io import atomic_write_json, atomic_write_text
 from ..models import load_switchable
 from ..plots import sensitivity_bars, sensitivity_heatmap
-from ..results import markdown_table, run_metadata
+from ..results import higher_is_better, markdown_table, run_metadata, spearman
 from . import metrics as M
 from .config import SensitivityConfig, previous_records, settings_hash
-from .proxies import proxy_scores, spearman
+from .proxies import proxy_scores
 from .sensitivity import check_probe, layer_role, measure_sensitivity, probe_groups
 from .table import load_sensitivity
 
@@ -80,7 +80,7 @@ def run_sensitivity(cfg: SensitivityConfig, argv: list[str] | None = None, log=p
         base_record, records = measure_sensitivity(model, tok, md, cfg.base, cfg.probe, cfg.granularity,
                                                    done=done, on_record=save, prefix=cfg.prefix)
         results["base_record"], results["records"] = base_record, records
-        columns, label = MEASURED_COLUMNS, f"damage ({'points lost' if M.HIGHER_IS_BETTER[cfg.metric] else 'ln ratio'})"
+        columns, label = MEASURED_COLUMNS, f"damage ({'points lost' if higher_is_better(cfg.metric) else 'ln ratio'})"
     else:
         bits = sorted({probe_bits, *cfg.proxy_bits})
         scored = proxy_scores(model, tok, md, cfg.base, bits, cfg.proxy, cfg.proxy_batches, cfg.batch_size,
