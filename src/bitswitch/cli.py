@@ -198,7 +198,8 @@ def _cmd_demo(a, argv) -> int:
 
 
 def _cmd_export(a, argv) -> int:
-    from .export import export_model, prepare_for_export
+    from .export import export_model
+    from .export.prepare import prepare_for_export
     from .results import markdown_table, run_metadata
 
     model, tok = prepare_for_export(a.model, a.adapters, a.profile, _options(a), a.device, a.dtype, a.seed,
@@ -215,11 +216,11 @@ def _cmd_export(a, argv) -> int:
 
 def _cmd_profiles(a, argv) -> int:
     from .accounting import profile_report
-    from .models import load_model
+    from .loading import load
     from .results import markdown_table
     from .switching import make_switchable
 
-    model, _ = load_model(a.model, device=a.device, dtype=a.dtype, seed=a.seed)
+    model, _ = load(a.model, device=a.device, dtype=a.dtype, seed=a.seed)
     make_switchable(model, _options(a))
     rep = profile_report(model, a.profile)
     if a.json:

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..accounting import profile_report
 from ..io import atomic_write_json, atomic_write_text
-from ..models import load_switchable
+from ..loading import is_exported, load_switchable
 from ..results import markdown_table, peak_rss_mb, run_metadata
 from ..errors import BitswitchError
 from ..switching import (calibrate, clear_caches, needs_calibration, set_profile, set_weight_cache,
@@ -38,7 +38,7 @@ def _settings_hash(cfg: EvalConfig) -> str:
 
 def prepare_model(cfg: EvalConfig):
     model, tok = load_switchable(cfg.model, cfg.adapters, cfg.options, cfg.device, cfg.dtype, cfg.seed, cfg.keying)
-    if hasattr(model, "bitswitch_export"):
+    if is_exported(model):
         if cfg.adapters:
             raise BitswitchError(f"{cfg.model!r} is an export: its adapters are already in it; drop --adapters")
     else:
@@ -60,7 +60,7 @@ def run_eval(cfg: EvalConfig, argv: list[str] | None = None, log=print) -> dict:
         except (json.JSONDecodeError, KeyError):
             previous = {}
     model, tok = prepare_model(cfg)
-    exported = getattr(model, "bitswitch_export", None)
+    exported = model.bitswitch_export if is_exported(model) else None
     profiles = cfg.profiles or ["fp"]
     if exported is not None:
         if cfg.profiles and cfg.profiles != [exported["profile"]]:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ..data.squad import DEFAULT_TEMPLATE, PromptConfig, load_squad
 from ..errors import BitswitchError
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from ..models import load_switchable
+from ..loading import load_switchable
 from ..profiles import QuantOptions, safe_key
 from ..results import markdown_table, run_metadata, se_of_mean
 from ..switching import resolve_profile, use_profile

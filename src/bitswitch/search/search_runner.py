@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ..accounting import profile_report
 from ..errors import BitswitchError
 from ..io import atomic_write_json, atomic_write_text
-from ..models import load_switchable
+from ..loading import is_exported, load_switchable
 from ..plots import pareto_plot
 from ..quant.config import WEIGHT_BITS
 from ..results import markdown_table, run_metadata
@@ -144,7 +144,7 @@ def run_search(cfg: SearchConfig, argv: list[str] | None = None, log=print) -> d
     cache = {r["profile"]: r for r in previous_records(out / "results.json", "search", settings)}
     calib_done = previous_records(out / "results.json", "search", settings, key="calibration")
     model, tok = load_switchable(cfg.model, cfg.adapters, cfg.options, cfg.device, cfg.dtype, cfg.seed, cfg.keying)
-    if hasattr(model, "bitswitch_export"):
+    if is_exported(model):
         raise BitswitchError(f"{cfg.model!r} is an export fixed at one profile: search the source model")
     space = build_space(model, cfg.base, cfg.candidates)
     for kind, value in cfg.budgets:  # an impossible budget fails before any measuring
