@@ -8,7 +8,7 @@ from __future__ import annotations
 from ..results import markdown_table
 from . import figures
 from .answers import fmt, signed
-from .sections import Context, Section, StepResult, register
+from .registry import Context, Section, StepResult, register
 
 
 # -- attack: transferability and RPI --------------------------------------------------------------
