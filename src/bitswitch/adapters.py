@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save
 
 from .errors import BitswitchError
 from .io import atomic_write_bytes, atomic_write_json
-from .switching import adapter_key, resolve_profile, state, unit_modules
+from .switching import adapter_key, refresh, resolve_profile, state, unit_modules
 from .units import ROLES
 
 ADAPTER_FILE = "adapters.safetensors"
@@ -69,7 +69,7 @@ def add_adapters(model, profiles, cfg: AdapterConfig = AdapterConfig()) -> list[
             gen = torch.Generator().manual_seed(cfg.seed + zlib.crc32(f"{name}/{key}".encode()))
             mod.add_adapter(key, cfg.r, cfg.alpha, cfg.dropout, gen)
             created.add(key)
-    st.profile = None  # the next set_profile picks the new adapters up
+    refresh(model)  # where the current state uses one of the new adapters, it is active now
     return sorted(created)
 
 
@@ -166,5 +166,5 @@ def load_adapters(model, directory: str | Path) -> dict:
     cfg = AdapterConfig(**meta["adapter"])
     st.adapter_config = cfg
     load_adapter_state_dict(model, load_file(str(Path(directory) / ADAPTER_FILE)), cfg)
-    st.profile = None
+    refresh(model)
     return meta
