@@ -23,7 +23,8 @@ from common import rel, write
 
 from bitswitch.evaluate.config import EvalConfig
 from bitswitch.evaluate.runner import run_eval
-from bitswitch.export import export_model, prepare_for_export
+from bitswitch.export import export_model
+from bitswitch.export.prepare import prepare_for_export
 from bitswitch.profiles import QuantOptions, safe_key
 
 ROOT = Path(__file__).resolve().parents[1]

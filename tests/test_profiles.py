@@ -3,7 +3,7 @@ import json
 import pytest
 
 from bitswitch import BitswitchError, QuantOptions, parse_profile, resolve
-from bitswitch.profiles import quantized_tensor_bytes, safe_key, table_to_string
+from bitswitch.profiles import profile_to_mapping, quantized_tensor_bytes, safe_key, table_to_string
 from bitswitch.quant import WeightQuant
 
 UNITS = [f"L{i}.{r}" for i in range(12) for r in ("attn_in", "attn_out", "mlp_in", "mlp_out")] + ["head"]
@@ -82,3 +82,22 @@ def test_tensor_bytes_hand_count():
     assert quantized_tensor_bytes(12, 64, WeightQuant(3, group_size=16)) == {"codes": 288, "scales": 96, "zeros": 0}
     # 16-bit keeps fp32 scales
     assert quantized_tensor_bytes(2, 8, WeightQuant(16)) == {"codes": 32, "scales": 8, "zeros": 0}
+
+
+@pytest.mark.parametrize("text", ["w8a8", "fp", "w8a8;L3.mlp_out=w4a8;head=w8",
+                                  "w8a8;L*.mlp_*=w4a8;L1.mlp_in=w6a8;L*.mlp_*=w5a8",  # a selector twice
+                                  "w4a8;w6g32a8;L0.*=fp"])                             # default twice
+def test_profile_to_mapping_reads_back_as_the_same_profile(text, tmp_path):
+    mapping = profile_to_mapping(text)
+    assert profile_to_mapping(parse_profile(text)) == mapping
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(mapping))
+    assert resolve(parse_profile(str(path)), UNITS) == resolve(text, UNITS)
+    assert profile_to_mapping(str(path)) == mapping
+
+
+def test_profile_to_mapping_of_the_search_form_and_errors():
+    assert profile_to_mapping("w8a8; L3.mlp_out = w4a8") == {"default": "w8a8", "L3.mlp_out": "w4a8"}
+    with pytest.raises(BitswitchError, match="w9"):
+        profile_to_mapping("w8a8;L0.*=w9")
+

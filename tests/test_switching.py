@@ -161,3 +161,53 @@ def test_weight_cache_modes_give_bitwise_identical_logits(tiny, ids):
     assert torch.equal(out["auto"], out["codes"]) and torch.equal(out["auto"], out["float"])
     with pytest.raises(bs.BitswitchError, match="unknown weight cache"):
         bs.set_weight_cache(model, "int4")
+
+
+def test_only_switching_writes_unit_precision():
+    """``switching.set_unit_profiles`` is the one writer of a QuantLinear's precision (its own
+    ``__init__`` aside): no other module assigns ``.precision`` or setattr's it."""
+    import ast
+    from pathlib import Path
+
+    root = Path(bs.__file__).parent
+    writers = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.Assign):
+                targets = node.targets
+            elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+                targets = [node.target]
+            flat = [t for tgt in targets for t in (tgt.elts if isinstance(tgt, (ast.Tuple, ast.List)) else [tgt])]
+            for t in flat:
+                if isinstance(t, ast.Attribute) and t.attr == "precision":
+                    own_init = rel == "quant/linear.py" and isinstance(t.value, ast.Name) and t.value.id == "self"
+                    if not own_init:
+                        writers.append(f"{rel}:{node.lineno}")
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "setattr"
+                    and len(node.args) > 1 and isinstance(node.args[1], ast.Constant) and node.args[1].value == "precision"):
+                writers.append(f"{rel}:{node.lineno}")
+    assert writers and all(w.startswith("switching.py:") for w in writers), writers
+
+
+def test_set_unit_profiles_records_a_mix_and_use_profile_restores_it(ids):
+    model, _ = bs.load_model("tiny-llama", device="cpu")
+    bs.make_switchable(model)
+    bs.add_adapters(model, ["w8a8", "w4a8"])
+    units = list(model.bitswitch.units)
+    mix = {u: ("w4a8" if u.startswith("L0.") else "w8a8") for u in units}
+    prof = bs.switching.set_unit_profiles(model, mix)
+    st = model.bitswitch
+    assert prof is st.profile and bs.resolve(prof, units, st.options) == st.table
+    assert st.table["L0.attn_in"].spec == "w4a8" and st.table["L1.attn_in"].spec == "w8a8"
+    assert st.table["head"].is_fp
+    active = {u: m.active_adapter for u, _, m in bs.switching.unit_modules(model)}
+    assert active["L0.mlp_in"] == "w4a8" and active["L1.mlp_in"] == "w8a8"
+    with torch.no_grad():
+        mixed = model(ids).logits
+        with bs.use_profile(model, "fp"):
+            pass
+        assert torch.equal(model(ids).logits, mixed)       # adapters per unit restored, not re-keyed
+    with pytest.raises(bs.BitswitchError, match="every unit"):
+        bs.switching.set_unit_profiles(model, {"L0.attn_in": "w8a8"})

@@ -17,7 +17,8 @@ from safetensors.torch import load_file, save
 
 from .errors import BitswitchError
 from .io import atomic_write_bytes, atomic_write_json
-from .switching import adapter_key, resolve_profile, state, unit_modules
+from .profiles import QuantOptions
+from .switching import adapter_key, refresh, resolve_profile, state, unit_modules
 from .units import ROLES
 
 ADAPTER_FILE = "adapters.safetensors"
@@ -69,7 +70,7 @@ def add_adapters(model, profiles, cfg: AdapterConfig = AdapterConfig()) -> list[
             gen = torch.Generator().manual_seed(cfg.seed + zlib.crc32(f"{name}/{key}".encode()))
             mod.add_adapter(key, cfg.r, cfg.alpha, cfg.dropout, gen)
             created.add(key)
-    st.profile = None  # the next set_profile picks the new adapters up
+    refresh(model)  # where the current state uses one of the new adapters, it is active now
     return sorted(created)
 
 
@@ -156,15 +157,44 @@ def load_adapter_state_dict(model, tensors: dict[str, torch.Tensor], cfg: Adapte
         getattr(mod.adapters[key], part).data.copy_(tensor)
 
 
+def saved_options(meta: dict, directory: str | Path = "") -> QuantOptions | None:
+    """The quantizer options an adapter config was saved with (None in a config without them)."""
+    saved = meta.get("options")
+    if saved is None:
+        return None
+    try:
+        return QuantOptions(**saved)
+    except TypeError as exc:
+        raise BitswitchError(f"quantizer options {saved} in {str(directory)!r} are not this bitswitch's "
+                             f"({exc}): re-save the adapters") from exc
+
+
 def load_adapters(model, directory: str | Path) -> dict:
-    """Recreate and load the adapters (and observers) saved by :func:`save_adapters`; returns the config."""
+    """Recreate and load the adapters (and observers) saved by :func:`save_adapters`; returns the config.
+
+    Quantizer options (group size, symmetry, activation mode, method) are part of what adapters were
+    trained at, and :func:`save_adapters` stores them. The rule on loading: a model made switchable
+    with the default :class:`~bitswitch.profiles.QuantOptions` takes the saved options (its
+    profiles are resolved anew with them); a model with the saved options loads as it is; a model
+    with other non-default options is refused with a one-line error naming each difference. (Options
+    equal to the defaults cannot be told from "not chosen", so they always yield to the saved ones.)
+    """
     meta = read_adapter_config(directory)
     st = state(model)
     if meta["keying"] != st.keying:
         raise BitswitchError(f"adapters in {str(directory)!r} are keyed by {meta['keying']!r} but the model by "
                              f"{st.keying!r}: make the model switchable with keying={meta['keying']!r}")
+    saved = saved_options(meta, directory)
+    if saved is not None and saved != st.options:
+        if st.options != QuantOptions():
+            diff = ", ".join(f"{k} {v!r} (saved) vs {getattr(st.options, k)!r} (model)"
+                             for k, v in asdict(saved).items() if getattr(st.options, k) != v)
+            raise BitswitchError(f"adapters in {str(directory)!r} were trained with other quantizer options: "
+                                 f"{diff}; drop the options to use the saved ones, or pass them as saved")
+        st.options = saved
+        st._resolved.clear()   # profiles resolve anew with the saved options (refresh below re-applies)
     cfg = AdapterConfig(**meta["adapter"])
     st.adapter_config = cfg
     load_adapter_state_dict(model, load_file(str(Path(directory) / ADAPTER_FILE)), cfg)
-    st.profile = None
+    refresh(model)
     return meta

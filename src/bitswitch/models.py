@@ -140,7 +140,8 @@ def load_model(spec: str, device: str | torch.device = "auto", dtype: str | torc
     """Load ``(model, tokenizer)`` in eval mode on ``device`` with weights in ``dtype``.
 
     The model is the plain Hugging Face model; :func:`bitswitch.make_switchable` wraps its units.
-    A directory written by ``bitswitch export`` is loaded by :mod:`bitswitch.export` instead.
+    Directories written by ``bitswitch export`` are opened by :mod:`bitswitch.loading` (which
+    ``bitswitch.load_model`` is), not here.
     """
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     if spec in TINY_SPECS:
@@ -148,10 +149,6 @@ def load_model(spec: str, device: str | torch.device = "auto", dtype: str | torc
         model = model.to(dt)
     elif spec == "smollm2-135m":
         model, tok = _smollm2(dt)
-    elif (Path(spec).expanduser() / "quant_map.json").is_file():  # written by bitswitch export
-        from .export import load_exported
-
-        return load_exported(Path(spec).expanduser(), dev, dt)
     else:
         local = Path(spec).expanduser()
         if local.exists() and not (local / "config.json").exists():
@@ -174,21 +171,3 @@ def load_model(spec: str, device: str | torch.device = "auto", dtype: str | torc
     check_supported(model)
     return model.to(dev).eval(), tok
 
-
-def load_switchable(spec: str, adapters: str | None = None, options=None, device="auto", dtype="fp32",
-                    seed: int = 0, keying: str = "profile"):
-    """``load_model`` + ``make_switchable`` + (optionally) ``load_adapters``: the first step of eval,
-    export, search and attack. The keying comes from the adapter directory when one is given."""
-    from .adapters import load_adapters, read_adapter_config
-    from .profiles import QuantOptions
-    from .switching import make_switchable
-
-    if adapters:
-        keying = read_adapter_config(adapters)["keying"]
-    model, tok = load_model(spec, device=device, dtype=dtype, seed=seed)
-    if hasattr(model, "bitswitch_export"):
-        return model, tok
-    make_switchable(model, options or QuantOptions(), keying)
-    if adapters:
-        load_adapters(model, adapters)
-    return model, tok

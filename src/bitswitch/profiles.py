@@ -146,6 +146,20 @@ def _parse_file(path: Path) -> Profile:
     return Profile(path.stem, rules)
 
 
+def profile_to_mapping(profile: Profile | str) -> dict[str, str]:
+    """The JSON form of a profile, ``{"default": spec, selector: spec, ...}`` (what a profile file
+    holds: ``'w8a8;L3.mlp_out=w4a8'`` -> ``{"default": "w8a8", "L3.mlp_out": "w4a8"}``), parsed
+    with :func:`parse_profile`, so it reads back as the same profile. A selector given twice keeps
+    its last spec, at its last position (the earlier rule was overridden wholly)."""
+    prof = parse_profile(profile) if isinstance(profile, str) else profile
+    mapping: dict[str, str] = {}
+    for rule in prof.rules:
+        key = "default" if rule.selector is None else rule.selector
+        mapping.pop(key, None)
+        mapping[key] = rule.text
+    return mapping
+
+
 def resolve(profile: Profile | str, unit_names, options: QuantOptions = QuantOptions()) -> dict[str, UnitPrecision]:
     """Per-unit table ``{unit: UnitPrecision}`` for every name in ``unit_names`` (fp where no rule applies)."""
     if isinstance(profile, str):

@@ -2,8 +2,10 @@
 
 ``make_switchable`` wraps every unit's modules in :class:`~bitswitch.quant.QuantLinear` and attaches
 a :class:`SwitchState` to the model; ``set_profile`` / ``use_profile`` set every wrapper's precision,
-active adapter and observer key from a resolved profile table. RPI, schedules and search all go
-through ``set_profile``.
+active adapter and observer key from a resolved profile table. :func:`set_unit_profiles` (which
+``set_profile`` calls) is the only code that writes a unit's precision, and it records every write
+in the :class:`SwitchState`, so the state always names what the units run at. RPI (whole-model and
+per-unit draws), schedules and search all go through it.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from .errors import BitswitchError
-from .profiles import Profile, QuantOptions, parse_profile, resolve, safe_key
+from .profiles import Profile, QuantOptions, parse_profile, resolve, safe_key, table_to_string
 from .quant import QuantLinear, UnitPrecision
 from .units import find_units
 
@@ -27,13 +30,20 @@ KEYINGS = ("profile", "shared", "unit-bits")
 
 @dataclass
 class SwitchState:
-    """What bitswitch keeps on a switchable model (``model.bitswitch``)."""
+    """What bitswitch keeps on a switchable model (``model.bitswitch``), rewritten by every switch.
+
+    ``unit_profiles``: the profile each unit runs under (its precision, adapter and observer come
+    from it); empty until the first switch (every unit at fp). ``profile``: that profile when all
+    units share one, else a profile spelling the per-unit mix (:func:`~bitswitch.profiles.table_to_string`).
+    ``table``: each unit's precision as it runs.
+    """
 
     units: "OrderedDict[str, list[str]]"
     options: QuantOptions
     keying: str = "profile"
     profile: Profile | None = None
     table: dict[str, UnitPrecision] = field(default_factory=dict)
+    unit_profiles: dict[str, Profile] = field(default_factory=dict)
     adapters_on: bool = True
     adapter_config: object = None   # adapters.AdapterConfig once adapters exist
     _resolved: dict[str, dict[str, UnitPrecision]] = field(default_factory=dict)
@@ -98,17 +108,32 @@ def adapter_key(keying: str, profile: Profile, precision: UnitPrecision) -> str:
     return profile.key
 
 
-def set_profile(model: nn.Module, profile: str | Profile, adapters: bool = True) -> Profile:
-    """Switch every unit to ``profile`` and activate its adapters (when ``adapters`` and they exist).
+def set_unit_profiles(model: nn.Module, profiles: Mapping[str, str | Profile], adapters: bool = True) -> Profile:
+    """Switch each unit to what it runs at under its own profile (``{unit: profile}``, every unit
+    named): its precision, its adapter (when ``adapters`` and it exists) and its observer key. The one
+    function that writes unit precision; it records the result in ``model.bitswitch`` (``profile``,
+    ``table``, ``unit_profiles``, ``adapters_on``) and returns the recorded profile.
 
     Costs a dictionary walk: fake-quantized weights are cached per quantizer, so switching to a
-    profile already used re-quantizes nothing.
+    precision already used re-quantizes nothing.
     """
     st = state(model)
-    prof, table = resolve_profile(model, profile)
+    if set(profiles) != set(st.units):
+        wrong = sorted(set(profiles) ^ set(st.units))
+        raise BitswitchError(f"unit profiles must name every unit of the model once; {wrong[0]!r} is "
+                             f"{'not a unit' if wrong[0] in profiles else 'missing'}")
+    resolved: dict[str, tuple[Profile, dict[str, UnitPrecision]]] = {}
+    for p in profiles.values():
+        name = p.name if isinstance(p, Profile) else p
+        if name not in resolved:
+            resolved[name] = resolve_profile(model, p)
+    unit_profiles, table = {}, {}
     missing = 0
     for unit, _, mod in unit_modules(model):
-        prec = table[unit]
+        p = profiles[unit]
+        prof, prof_table = resolved[p.name if isinstance(p, Profile) else p]
+        prec = prof_table[unit]
+        unit_profiles[unit], table[unit] = prof, prec
         mod.precision = None if prec.is_fp else prec
         mod.observer_key = prof.key
         key = adapter_key(st.keying, prof, prec) if adapters else None
@@ -116,22 +141,54 @@ def set_profile(model: nn.Module, profile: str | Profile, adapters: bool = True)
             missing += bool(len(mod.adapters))
             key = None
         mod.active_adapter = key
+    if len(resolved) == 1:
+        (recorded, _), = resolved.values()
+    else:
+        recorded = parse_profile(table_to_string(table))
     if missing:
         log.warning("profile %r: %d wrapped modules have adapters but none for this profile; they run "
-                    "without one", prof.name, missing)
-    st.profile, st.table, st.adapters_on = prof, table, adapters
-    return prof
+                    "without one", recorded.name, missing)
+    st.profile, st.table, st.unit_profiles, st.adapters_on = recorded, table, unit_profiles, adapters
+    return recorded
+
+
+def set_profile(model: nn.Module, profile: str | Profile, adapters: bool = True) -> Profile:
+    """Switch every unit to ``profile`` and activate its adapters (when ``adapters`` and they exist)."""
+    prof, _ = resolve_profile(model, profile)
+    return set_unit_profiles(model, dict.fromkeys(state(model).units, prof), adapters)
+
+
+def snapshot(model: nn.Module) -> tuple[dict[str, Profile], bool]:
+    """What :func:`restore` needs to put the model back as it is now (a per-unit mix included)."""
+    st = state(model)
+    return dict(st.unit_profiles), st.adapters_on
+
+
+def restore(model: nn.Module, saved: tuple[dict[str, Profile], bool]) -> None:
+    """Put the model back in a state saved by :func:`snapshot` (``fp`` if it was never switched)."""
+    unit_profiles, adapters = saved
+    if unit_profiles:
+        set_unit_profiles(model, unit_profiles, adapters)
+    else:
+        set_profile(model, "fp", adapters)
+
+
+def refresh(model: nn.Module) -> None:
+    """Write the recorded state again: after adapters were added or loaded (they become active where
+    the state says so) or the quantizer options changed (profiles are resolved anew)."""
+    st = state(model)
+    if st.unit_profiles:
+        restore(model, snapshot(model))
 
 
 @contextlib.contextmanager
 def use_profile(model: nn.Module, profile: str | Profile, adapters: bool = True):
-    """``with use_profile(model, 'w4a8'):`` ... restores the previous profile on exit."""
-    st = state(model)
-    previous, prev_adapters = st.profile, st.adapters_on
+    """``with use_profile(model, 'w4a8'):`` ... restores the previous state on exit."""
+    saved = snapshot(model)
     try:
         yield set_profile(model, profile, adapters)
     finally:
-        set_profile(model, previous if previous is not None else "fp", prev_adapters)
+        restore(model, saved)
 
 
 @torch.no_grad()

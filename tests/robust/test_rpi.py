@@ -104,3 +104,57 @@ def test_draw_sampler_is_seeded_and_respects_p0():
     assert DrawSampler(model, "w4a8", eot=6).sample() == [("profile", "w4a8")]
     with use_setting(model, cfg) as h:
         assert h is not None and h.current == "w8a8"
+
+
+def _runs_at(model) -> dict:
+    """What every unit actually runs at: (spec, adapter, observer key) of its modules."""
+    out = {}
+    for u, _, m in unit_modules(model):
+        out.setdefault(u, set()).add(("fp" if m.precision is None else m.precision.spec, m.active_adapter,
+                                      m.observer_key))
+    return out
+
+
+def _recorded(model) -> dict:
+    """What the switch state says every unit runs at (the head has no adapter: roles exclude it)."""
+    st = model.bitswitch
+    out = {}
+    for u, _, m in unit_modules(model):
+        key = st.unit_profiles[u].key
+        out.setdefault(u, set()).add((st.table[u].spec, key if key in m.adapters else None, key))
+    return out
+
+
+@pytest.mark.parametrize("granularity", ["forward", "unit"])
+def test_switch_state_names_what_the_units_run_at_after_every_draw(ids, granularity):
+    model, _ = _model()
+    bs.set_profile(model, "w8a8")
+    mixes = set()
+    with torch.no_grad(), bs.rpi(model, PROFILES, p=1.0, granularity=granularity, seed=0) as h:
+        for _ in range(5):
+            model(ids)
+            st = model.bitswitch
+            assert _runs_at(model) == _recorded(model)
+            assert bs.resolve(st.profile, st.units, st.options) == st.table   # the recorded profile spells it
+            if granularity == "forward":
+                assert st.profile.name == h.current
+            mixes.add(len({p.name for p in st.unit_profiles.values()}))
+        sampler = DrawSampler(model, RPIConfig(tuple(PROFILES), 0.5, granularity), eot=1, seed=4)
+        with h.paused():
+            sampler.apply(sampler.sample()[0])
+            assert _runs_at(model) == _recorded(model)
+    if granularity == "unit":
+        assert max(mixes) > 1          # a real per-unit mix was drawn and recorded
+    assert model.bitswitch.profile.name == "w8a8" and _runs_at(model) == _recorded(model)
+
+
+def test_use_setting_restores_a_per_unit_mix_exactly():
+    model, _ = _model()
+    h = bs.rpi(model, PROFILES, p=1.0, granularity="unit", seed=0)
+    with torch.no_grad():
+        model(torch.tensor([[1, 2, 3]]))
+    h._hook.remove()                  # keep the mix, stop drawing
+    before = _runs_at(model)
+    with use_setting(model, "w4a8") as none:
+        assert none is None and model.bitswitch.profile.name == "w4a8"
+    assert _runs_at(model) == before == _recorded(model)

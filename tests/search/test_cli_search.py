@@ -6,7 +6,7 @@ import pytest
 
 import bitswitch as bs
 from bitswitch.cli import main
-from bitswitch.models import load_switchable
+from bitswitch.loading import load_switchable
 from bitswitch.switching import state
 
 

@@ -20,7 +20,8 @@ def add_parser(sub) -> None:
 
 
 def run(a, argv) -> int:
-    from ..export import export_model, prepare_for_export
+    from ..export import export_model
+    from ..export.prepare import prepare_for_export
     from ..jobs import check_output_dir
     from ..results import markdown_table, run_metadata
 

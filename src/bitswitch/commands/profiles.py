@@ -17,11 +17,11 @@ def add_parser(sub) -> None:
 
 def run(a, argv) -> int:
     from ..accounting import profile_report
-    from ..models import load_model
+    from ..loading import load
     from ..results import markdown_table
     from ..switching import make_switchable
 
-    model, _ = load_model(a.model, device=a.device, dtype=a.dtype, seed=a.seed)
+    model, _ = load(a.model, device=a.device, dtype=a.dtype, seed=a.seed)
     make_switchable(model, quant_options(a))
     rep = profile_report(model, a.profile)
     if a.json:

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from ..accounting import profile_report
 from ..errors import BitswitchError
 from ..jobs import Job
-from ..models import load_switchable
+from ..loading import is_exported, load_switchable
 from ..results import peak_rss_mb
 from ..switching import (calibrate, clear_caches, needs_calibration, set_profile, set_weight_cache,
                          unit_modules)
@@ -24,7 +24,7 @@ from .tasks import make_task
 
 def prepare_model(cfg: EvalConfig):
     model, tok = load_switchable(cfg.model, cfg.adapters, cfg.options, cfg.device, cfg.dtype, cfg.seed, cfg.keying)
-    if hasattr(model, "bitswitch_export"):
+    if is_exported(model):
         if cfg.adapters:
             raise BitswitchError(f"{cfg.model!r} is an export: its adapters are already in it; drop --adapters")
     else:
@@ -38,7 +38,7 @@ def run_eval(cfg: EvalConfig, argv: list[str] | None = None, log=print) -> dict:
     kind = "eval-lm-eval" if cfg.task.startswith("lm-eval:") else f"eval-{cfg.task}"   # the report's section
     job = Job(cfg, kind, argv, key="profile", log=log)
     model, tok = prepare_model(cfg)
-    exported = getattr(model, "bitswitch_export", None)
+    exported = model.bitswitch_export if is_exported(model) else None
     profiles = cfg.profiles or ["fp"]
     if exported is not None:
         if cfg.profiles and cfg.profiles != [exported["profile"]]:

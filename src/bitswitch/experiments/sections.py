@@ -5,7 +5,8 @@ top-level ``"kind"`` (sensitivity, search, attack, ...) names it; ``eval`` gives
 ``eval-<task>`` (``eval-squad``, ``eval-wikitext``, ``eval-lm-eval``); ``train`` and ``export``
 are read from their own files. A renderer gets every step of its kind in one run (so rows of
 several steps, e.g. the switchable model and the dedicated ones, share one table and one plot)
-and returns a :class:`Section`. ``rows`` turns results into the flat rows that answer rules
+and returns a :class:`Section` (the registry and its types are in :mod:`.registry`, re-exported
+here). ``rows`` turns results into the flat rows that answer rules
 (:mod:`.answers`) compare. Register a new kind with::
 
     @register("sensitivity", title="Sensitivity", order=30, rows=my_rows)
@@ -15,7 +16,6 @@ and returns a :class:`Section`. ``rows`` turns results into the flat rows that a
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -23,63 +23,9 @@ import yaml
 from ..profiles import safe_key
 from ..results import markdown_table
 from . import figures
+from . import sections_analysis  # noqa: F401 - the analysis commands' renderers register on import
 from .answers import drop, fmt, mean_se
-
-
-@dataclass
-class StepResult:
-    """One finished step: its run.json entry, its kind and its loaded results."""
-    run: dict
-    step: dict
-    kind: str
-    data: dict
-    dir: Path
-
-    @property
-    def label(self) -> str:
-        return str(self.step.get("label") or self.step["id"])
-
-
-@dataclass
-class Section:
-    title: str
-    body: str
-    answers: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Context:
-    """Where a section puts its figures and how the report links them."""
-    plot_dir: Path
-    rel: str                 # the plot folder relative to the report file
-    prefix: str              # file-name prefix unique to the run
-    ruled: set = field(default_factory=set)   # kinds the experiment's answer rules already cover
-
-    def figure(self, name: str) -> Path:
-        return self.plot_dir / f"{self.prefix}-{name}.png"
-
-    def image(self, path: str, alt: str) -> str:
-        return f"![{alt}]({self.rel}/{Path(path).name})"
-
-
-@dataclass
-class Renderer:
-    kind: str
-    title: str
-    order: int
-    render: object
-    rows: object = None
-
-
-RENDERERS: dict[str, Renderer] = {}
-
-
-def register(kind: str, title: str | None = None, order: int = 50, rows=None):
-    """Decorator: ``render(items, ctx) -> Section`` for ``kind``; ``rows(items) -> [row]`` for answers."""
-    def deco(fn):
-        RENDERERS[kind] = Renderer(kind, title or kind, order, fn, rows)
-        return fn
-    return deco
+from .registry import RENDERERS, Context, Renderer, Section, StepResult, register
 
 
 def renderer(kind: str) -> Renderer:
@@ -299,7 +245,3 @@ def render_generic(items: list[StepResult], ctx: Context) -> Section:
     kind = items[0].kind
     return Section("", body + f"\n\n(No renderer is registered for kind `{kind}` yet: the raw numbers are shown.)",
                    [])
-
-
-# renderers of the analysis commands register themselves on import (after the registry exists)
-from . import sections_analysis  # noqa: E402,F401

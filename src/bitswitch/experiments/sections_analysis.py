@@ -10,7 +10,7 @@ import math
 from ..results import higher_is_better, markdown_table, spearman
 from . import figures
 from .answers import fmt, signed
-from .sections import Context, Section, StepResult, register
+from .registry import Context, Section, StepResult, register
 
 
 # -- attack: transferability and RPI --------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..data.squad import calibration_batches, load_squad
 from ..errors import BitswitchError
-from ..models import load_switchable
+from ..loading import is_exported, load_switchable
 from ..switching import calibrate, needs_calibration, set_profile
 
 
@@ -12,7 +12,7 @@ def prepare_for_export(spec: str, adapters: str | None, profile: str, options, d
                        seed: int = 0, calib_data: str | None = None, calib_examples: int = 32):
     """``(model, tokenizer)`` switched to ``profile`` (its adapter active), calibrated when it needs it."""
     model, tok = load_switchable(spec, adapters, options, device, dtype, seed)
-    if hasattr(model, "bitswitch_export"):
+    if is_exported(model):
         raise BitswitchError(f"{spec!r} is already an export: export from the original model")
     set_profile(model, profile)
     if needs_calibration(model, profile):

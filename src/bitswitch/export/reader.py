@@ -19,6 +19,17 @@ from ..quant.exported import ExportedLinear, int8_kernel_works
 from .format import FIX, MAP_FILE, act_quant, read_quant_map, read_tensors, weight_quant
 
 
+def is_export_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a directory written by ``bitswitch export`` (it holds the quant map)."""
+    return (Path(path).expanduser() / MAP_FILE).is_file()
+
+
+def is_exported(model: nn.Module) -> bool:
+    """Whether ``model`` was opened from an export (:func:`load_exported`): fixed at the profile it was
+    exported at, its adapters in it, not switchable. Its ``bitswitch_export`` dict describes it."""
+    return getattr(model, "bitswitch_export", None) is not None
+
+
 def exported_profile(path: str | Path) -> str:
     """The profile an export was written at (its name, e.g. ``w4a8;L0.*=fp``)."""
     return read_quant_map(path)["profile"]

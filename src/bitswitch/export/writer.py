@@ -162,7 +162,7 @@ def _compute_dtype(model: nn.Module) -> torch.dtype:
 def _versions() -> dict:
     import transformers
 
-    from .. import __version__
+    from .._version import __version__
 
     return {"bitswitch": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
 

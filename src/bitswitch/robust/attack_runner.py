@@ -28,7 +28,7 @@ from ..data.squad import DEFAULT_TEMPLATE, PromptConfig, load_squad
 from ..errors import BitswitchError
 from ..evaluate.scorers import FALLBACK_CONTEXT, context_length
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from ..models import load_switchable
+from ..loading import load_switchable
 from ..profiles import QuantOptions, safe_key
 from ..results import markdown_table, run_metadata, se_of_mean
 from ..switching import resolve_profile, use_profile

@@ -1,8 +1,9 @@
 """Random precision inference (RPI): at inference the precision is drawn at random from a set of profiles.
 
 RPI is a *mode* of a switchable model, not a forward argument: :func:`rpi` installs a forward
-pre-hook on the top model that, before a forward pass, may re-draw the precision and writes it as
-module state (``set_profile`` for whole-model draws, each unit's precision/adapter for per-unit draws).
+pre-hook on the top model that, before a forward pass, may re-draw the precision and switches to it
+through :mod:`bitswitch.switching` (``set_profile`` for whole-model draws, ``set_unit_profiles`` for
+per-unit draws), so ``model.bitswitch`` always names what the units run at.
 Everything that calls the model (greedy decoding, answer likelihood, attacks) therefore runs under
 RPI without knowing about it.
 
@@ -33,7 +34,7 @@ import torch
 from torch import nn
 
 from ..errors import BitswitchError
-from ..switching import adapter_key, resolve_profile, set_profile, state, unit_modules
+from ..switching import resolve_profile, restore, set_profile, set_unit_profiles, snapshot, state, use_profile
 
 GRANULARITIES = ("batch", "forward", "unit")
 
@@ -64,33 +65,18 @@ class RPIConfig:
 
 
 class _UnitTable:
-    """Per-unit module state of every profile of the set, precomputed so a per-unit draw is a list walk.
-
-    ``entries[u][k]`` is ``(precision or None, adapter key or None, observer key)`` of every wrapped
-    module of unit ``u`` under profile ``k``, exactly what ``set_profile`` would write.
-    """
+    """The units and the resolved profiles of the set, so a per-unit draw (profile index per unit)
+    becomes one :func:`~bitswitch.switching.set_unit_profiles` call."""
 
     def __init__(self, model: nn.Module, profiles: tuple[str, ...]):
-        st = state(model)
-        self.units = list(st.units)
-        self.modules = {u: [m for _, _, m in unit_modules(model, u)] for u in self.units}
-        self.entries: dict[str, list[tuple]] = {u: [] for u in self.units}
-        for name in profiles:
-            prof, table = resolve_profile(model, name)
-            for u in self.units:
-                prec = table[u]
-                key = adapter_key(st.keying, prof, prec) if st.adapters_on else None
-                mods = self.modules[u]
-                if key is not None and mods and key not in mods[0].adapters:
-                    key = None
-                self.entries[u].append((None if prec.is_fp else prec, key, prof.key))
+        self.model = model
+        self.units = list(state(model).units)
+        self.profiles = [resolve_profile(model, name)[0] for name in profiles]
 
     def apply(self, choice: list[int]) -> None:
-        """Write unit ``units[i]``'s state for profile index ``choice[i]``."""
-        for u, k in zip(self.units, choice):
-            prec, key, obs = self.entries[u][k]
-            for m in self.modules[u]:
-                m.precision, m.active_adapter, m.observer_key = prec, key, obs
+        """Switch unit ``units[i]`` to profile index ``choice[i]``."""
+        set_unit_profiles(self.model, {u: self.profiles[k] for u, k in zip(self.units, choice)},
+                          state(self.model).adapters_on)
 
 
 class RPI:
@@ -101,7 +87,7 @@ class RPI:
     def __init__(self, model: nn.Module, config: RPIConfig):
         self.model, self.config = model, config
         st = state(model)
-        self._previous, self._prev_adapters = st.profile, st.adapters_on
+        self._previous = snapshot(model)
         for name in config.profiles:  # validate every profile now, not at the first forward
             resolve_profile(model, name)
         set_profile(model, config.profiles[0], st.adapters_on)
@@ -152,7 +138,7 @@ class RPI:
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
-            set_profile(self.model, self._previous if self._previous is not None else "fp", self._prev_adapters)
+            restore(self.model, self._previous)
 
     @contextlib.contextmanager
     def paused(self):
@@ -245,13 +231,8 @@ class DrawSampler:
 def use_setting(model: nn.Module, setting, seed: int | None = None):
     """Run at a *setting*: a fixed profile (``use_profile``) or an :class:`RPIConfig` (a seeded RPI mode)."""
     if isinstance(setting, str):
-        st = state(model)
-        previous, prev_adapters = st.profile, st.adapters_on
-        set_profile(model, setting, prev_adapters)
-        try:
+        with use_profile(model, setting, state(model).adapters_on):
             yield None
-        finally:
-            set_profile(model, previous if previous is not None else "fp", prev_adapters)
     else:
         cfg = setting if seed is None else RPIConfig(setting.profiles, setting.p, setting.granularity, seed,
                                                      setting.name)

@@ -24,8 +24,9 @@ from tqdm.auto import tqdm
 from ..accounting import profile_report
 from ..errors import BitswitchError
 from ..io import atomic_write_json, atomic_write_text
-from ..models import load_switchable
+from ..loading import is_exported, load_switchable
 from ..plots import pareto_plot
+from ..profiles import profile_to_mapping
 from ..quant.config import WEIGHT_BITS
 from ..results import higher_is_better, markdown_table, run_metadata
 from ..switching import set_profile
@@ -40,20 +41,10 @@ from .space import SearchSpace, build_space, noise_energy
 from .table import damage_table, known_from_records, load_sensitivity, penalize, predicted
 
 
-def profile_mapping(profile: str) -> dict[str, str]:
-    """``'w8a8;L3.mlp_out=w4a8'`` -> ``{"default": "w8a8", "L3.mlp_out": "w4a8"}`` (the JSON form
-    ``bitswitch eval --profiles FILE`` reads; ``default`` covers the block units)."""
-    mapping = {}
-    for rule in profile.split(";"):
-        sel, eq, spec = rule.rpartition("=")
-        mapping[sel if eq else "default"] = spec
-    return mapping
-
-
 def write_profile_file(path: Path, record: dict) -> str:
     keys = ("label", "avg_w_bits", "weight_bytes", "fp16_weight_bytes", "fp32_weight_bytes", "f1", "em",
             "answer_ppl", "ppl", "predicted_damage", "bits")
-    atomic_write_json(path, {"profile": profile_mapping(record["profile"]), "profile_string": record["profile"],
+    atomic_write_json(path, {"profile": profile_to_mapping(record["profile"]), "profile_string": record["profile"],
                              **{k: record[k] for k in keys if k in record}})
     return str(path)
 
@@ -144,7 +135,7 @@ def run_search(cfg: SearchConfig, argv: list[str] | None = None, log=print) -> d
     cache = {r["profile"]: r for r in previous_records(out / "results.json", "search", settings)}
     calib_done = previous_records(out / "results.json", "search", settings, key="calibration")
     model, tok = load_switchable(cfg.model, cfg.adapters, cfg.options, cfg.device, cfg.dtype, cfg.seed, cfg.keying)
-    if hasattr(model, "bitswitch_export"):
+    if is_exported(model):
         raise BitswitchError(f"{cfg.model!r} is an export fixed at one profile: search the source model")
     space = build_space(model, cfg.base, cfg.candidates)
     for kind, value in cfg.budgets:  # an impossible budget fails before any measuring

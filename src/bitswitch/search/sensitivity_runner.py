@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ..io import atomic_write_json, atomic_write_text
-from ..models import load_switchable
+from ..loading import load_switchable
 from ..plots import sensitivity_bars, sensitivity_heatmap
 from ..results import higher_is_better, markdown_table, run_metadata, spearman
 from . import metrics as M

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from ..adapters import AdapterConfig, add_adapters, adapter_parameters, freeze_base, save_adapters
 from ..errors import BitswitchError
 from ..io import append_jsonl, atomic_write_json
-from ..models import load_model
+from ..loading import is_exported, load
 from ..profiles import QuantOptions
 from ..results import peak_rss_mb, run_metadata
 from ..switching import make_switchable, resolve_profile, set_profile, use_profile
@@ -67,7 +67,9 @@ class Trainer:
     def setup(self) -> None:
         cfg, acc = self.cfg, self.acc
         torch.manual_seed(cfg.seed)
-        model, tok = load_model(cfg.model, device=acc.device, dtype=cfg.dtype, seed=cfg.seed)
+        model, tok = load(cfg.model, device=acc.device, dtype=cfg.dtype, seed=cfg.seed)
+        if is_exported(model):
+            raise BitswitchError(f"{cfg.model!r} is an export fixed at one profile: train the source model")
         opts = QuantOptions(weight_symmetric=cfg.weight_symmetric, group_size=cfg.group_size)
         make_switchable(model, opts, cfg.keying)
         blocks = [u for u in model.bitswitch.units if u != "head"]

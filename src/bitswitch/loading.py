@@ -1,0 +1,48 @@
+"""Open a model spec, whatever it names: the one loader above :mod:`.models` and :mod:`.export`.
+
+A spec is anything :func:`bitswitch.models.load_model` takes (a hub id, a local Hugging Face
+directory, ``smollm2-135m``, ``tiny-gpt2`` / ``tiny-llama``) or a directory written by
+``bitswitch export``, which :func:`bitswitch.export.load_exported` opens. An exported model comes
+back as it is (:func:`is_exported`): fixed at its profile, its adapters already in it, not switchable.
+
+    model, tok = load("out/w4")                                   # = bitswitch.load_model
+    model, tok = load_switchable("smollm2-135m", adapters="runs/a")  # eval, export, search, attack
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .adapters import load_adapters, read_adapter_config
+from .export.reader import is_export_dir, is_exported, load_exported
+from .models import load_model
+from .profiles import QuantOptions
+from .switching import make_switchable
+
+__all__ = ["is_export_dir", "is_exported", "load", "load_switchable"]
+
+
+def load(spec: str, device="auto", dtype="fp32", seed: int = 0):
+    """``(model, tokenizer)`` in eval mode on ``device``: an export directory through
+    :func:`~bitswitch.export.load_exported` (``dtype`` is its compute dtype), anything else through
+    :func:`~bitswitch.models.load_model` (the plain Hugging Face model; ``make_switchable`` wraps it)."""
+    if is_export_dir(spec):
+        return load_exported(Path(spec).expanduser(), device, dtype)
+    return load_model(spec, device=device, dtype=dtype, seed=seed)
+
+
+def load_switchable(spec: str, adapters: str | None = None, options: QuantOptions | None = None, device="auto",
+                    dtype="fp32", seed: int = 0, keying: str = "profile"):
+    """``load`` + ``make_switchable`` + (optionally) ``load_adapters``: the first step of eval,
+    export, search and attack. The keying comes from the adapter directory when one is given, and
+    so do the quantizer options when ``options`` are left at the defaults (see
+    :func:`~bitswitch.adapters.load_adapters`). An export is returned as loaded (:func:`is_exported`)."""
+    if adapters:
+        keying = read_adapter_config(adapters)["keying"]
+    model, tok = load(spec, device=device, dtype=dtype, seed=seed)
+    if is_exported(model):
+        return model, tok
+    make_switchable(model, options or QuantOptions(), keying)
+    if adapters:
+        load_adapters(model, adapters)
+    return model, tok
