@@ -19,7 +19,6 @@ import dataclasses
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -28,98 +27,18 @@ from ..data.squad import DEFAULT_TEMPLATE, PromptConfig, load_squad
 from ..errors import BitswitchError
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..models import load_switchable
-from ..profiles import QuantOptions, safe_key
+from ..profiles import safe_key
 from ..results import markdown_table, run_metadata, se_of_mean
 from ..switching import resolve_profile, use_profile
-from .embed import NORMS, embed_attack
+from .config import AttackConfig
+from .embed import embed_attack
 from .examples import read_adv_jsonl, write_adv_jsonl
 from .hotflip import hotflip
 from .loss import frozen
 from .replay import context_length, replay
-from .rpi import GRANULARITIES, DrawSampler, RPIConfig
+from .rpi import DrawSampler
 from .transfer import cell_key, transfer_matrix
 from .typo import typo
-
-ATTACKS = ("typo", "hotflip", "embed-pgd", "embed-fgsm")
-DEFAULT_BUDGET = {"typo": 4, "hotflip": 3}
-DEFAULT_CANDIDATES = {"typo": 12, "hotflip": 8}
-
-
-@dataclass
-class AttackConfig:
-    model: str
-    data: str
-    out: str
-    attacks: list[str] = field(default_factory=lambda: ["typo"])
-    craft: list[str] = field(default_factory=lambda: ["fp"])
-    eval: list[str] | None = None          # default: the craft profiles
-    adapters: str | None = None
-    rpi: list[str] | None = None           # RPI profile set; adds the setting "rpi" to rows and columns
-    rpi_p: float = 0.5
-    rpi_granularity: str = "forward"
-    eot: int = 4                            # precision draws the attacker averages over against RPI
-    rpi_matrix: str = "full"                # full | diagonal: the rpi row/column only at (rpi, rpi)
-    limit: int | None = None
-    budget: int | None = None               # edits (typo) / flips (hotflip); default 4 / 3
-    candidates: int | None = None           # candidates scored per step; default 12 / 8
-    context: bool = False                   # also edit the context outside answer spans
-    eps: float = 0.5                        # embed attacks, relative to the embedding scale
-    norm: str = "linf"
-    steps: int = 5
-    max_new_tokens: int = 16
-    batch_size: int = 16
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "fp32"
-    template: str | None = None
-    chat: bool = False
-    options: QuantOptions = field(default_factory=QuantOptions)
-
-    def __post_init__(self):
-        self.eval = list(self.eval or self.craft)
-        bad = [a for a in self.attacks if a not in ATTACKS]
-        if bad or not self.attacks:
-            raise BitswitchError(f"unknown attack {bad[0] if bad else None!r}: use one of {', '.join(ATTACKS)}")
-        for name, values in (("--craft-profile", self.craft), ("--eval-profiles", self.eval),
-                             ("--attack", self.attacks)):
-            if not values or len(set(values)) != len(values):
-                raise BitswitchError(f"{name} must list at least one entry, each once (got {values})")
-            if "rpi" in values:
-                raise BitswitchError(f"{name} may not name 'rpi': pass the RPI profile set with --rpi P1 P2 ...")
-        if self.rpi is not None:
-            RPIConfig(tuple(self.rpi), self.rpi_p, self.rpi_granularity, self.seed)  # validates
-        if self.rpi_granularity not in GRANULARITIES:
-            raise BitswitchError(f"unknown --rpi-granularity {self.rpi_granularity!r}: use {', '.join(GRANULARITIES)}")
-        if self.rpi_matrix not in ("full", "diagonal"):
-            raise BitswitchError(f"--rpi-matrix must be full or diagonal, got {self.rpi_matrix!r}")
-        for name in ("eot", "steps", "max_new_tokens", "batch_size"):
-            if getattr(self, name) < 1:
-                raise BitswitchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("limit", "budget", "candidates"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                raise BitswitchError(f"--{name} must be at least 1, got {v}")
-        if self.eps <= 0 or self.norm not in NORMS:
-            raise BitswitchError(f"--eps must be > 0 and --norm one of {', '.join(NORMS)} (got {self.eps}, {self.norm!r})")
-
-    def rpi_config(self) -> RPIConfig | None:
-        return None if self.rpi is None else RPIConfig(tuple(self.rpi), self.rpi_p, self.rpi_granularity,
-                                                       self.seed, "rpi")
-
-    def craft_settings(self) -> dict:
-        s = {p: p for p in self.craft}
-        return {**s, "rpi": self.rpi_config()} if self.rpi else s
-
-    def eval_settings(self) -> dict:
-        s = {p: p for p in self.eval}
-        return {**s, "rpi": self.rpi_config()} if self.rpi else s
-
-    def attack_params(self, attack: str) -> dict:
-        if attack.startswith("embed"):
-            return {"eps": self.eps, "norm": self.norm, "steps": self.steps, "context": self.context}
-        return {"budget": self.budget or DEFAULT_BUDGET[attack],
-                "candidates": self.candidates or DEFAULT_CANDIDATES[attack], "context": self.context}
-
 
 def _hash(obj) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
