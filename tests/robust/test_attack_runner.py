@@ -27,3 +27,25 @@ def test_rpi_summary_pairs_questions_for_its_standard_errors():
     # without per-question rows (an old results file) the errors are unknown, not zero
     bare = {k: {"f1": v["f1"]} for k, v in clean.items()}
     assert rpi_summary(bare, matrix, cfg)["clean_cost_se"] is None
+
+
+def test_config_defaults_and_what_the_adversarial_files_depend_on():
+    from bitswitch.cli import build_parser
+    from bitswitch.commands.args import config_from_args
+    from bitswitch.errors import BitswitchError
+
+    a = build_parser().parse_args(["attack", "--model", "m", "--attack", "hotflip", "--data", "d", "--out", "o",
+                                   "--attack-context", "--eval-profiles", "fp", "w4a8"])
+    cfg = config_from_args(AttackConfig, a)
+    assert (cfg.batch_size, cfg.attacks, cfg.craft, cfg.context) == (16, ["hotflip"], ["fp"], True)
+    assert cfg.eval == ["fp", "w4a8"]
+    assert AttackConfig(model="m", data="d", out="o").eval == ["fp"]
+    with pytest.raises(BitswitchError, match="--data"):
+        AttackConfig(model="m", out="o")
+    # the attack's own knobs and the replay batch size enter the file and cell hashes where they
+    # matter, not the shared part: another column list or batch size reuses the crafted files
+    base = AttackConfig(model="m", data="d", out="o").question_settings()
+    assert AttackConfig(model="m", data="d", out="o2", eval=["w4a8"], batch_size=2, device="cpu",
+                        budget=2).question_settings() == base
+    assert "template" in base and "options" in base and "attacks" not in base
+    assert AttackConfig(model="m", data="d", out="o", limit=3).question_settings() != base

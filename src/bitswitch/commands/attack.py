@@ -8,19 +8,19 @@
 
 from __future__ import annotations
 
-from .args import add_model_args, add_quant_args, quant_options
-
 import sys
+
+from .args import add_run_args, config_from_args, print_results
 
 
 def add_parser(sub) -> None:
-    from ..robust.attack_runner import ATTACKS
+    from ..robust.config import ATTACKS
     from ..robust.rpi import GRANULARITIES
 
     p = sub.add_parser("attack", help="text / embedding attacks on SQuAD, RPI defence, transferability matrix")
-    add_model_args(p)
-    p.add_argument("--adapters", default=None, help="adapter directory written by bitswitch train")
-    p.add_argument("--attack", nargs="+", required=True, metavar="ATTACK",
+    add_run_args(p, "SQuAD v1.1 JSON file, directory or 'squad' (required)")
+    p.set_defaults(batch_size=16)
+    p.add_argument("--attack", dest="attacks", nargs="+", required=True, metavar="ATTACK",
                    help=f"one or more of {', '.join(ATTACKS)}")
     p.add_argument("--craft-profile", "--craft-profiles", dest="craft", nargs="+", default=["fp"],
                    help="profile(s) the attacker crafts against (rows of the matrix)")
@@ -34,33 +34,22 @@ def add_parser(sub) -> None:
     p.add_argument("--eot", type=int, default=4, help="precision draws the attacker averages over against RPI")
     p.add_argument("--rpi-matrix", choices=["full", "diagonal"], default="full",
                    help="diagonal: evaluate the rpi row only at the rpi column (saves replays)")
-    p.add_argument("--data", required=True, help="SQuAD v1.1 JSON file, directory or 'squad'")
-    p.add_argument("--limit", type=int, default=None, help="first N questions")
     p.add_argument("--budget", type=int, default=None, help="character edits (typo, 4) / token flips (hotflip, 3)")
     p.add_argument("--candidates", type=int, default=None, help="candidates scored per step (typo 12, hotflip 8)")
-    p.add_argument("--attack-context", action="store_true",
+    p.add_argument("--attack-context", dest="context", action="store_true",
                    help="also edit the context (never the gold answer spans)")
     p.add_argument("--eps", type=float, default=0.5, help="embed attacks: radius relative to the embedding scale")
     p.add_argument("--norm", choices=["linf", "l2"], default="linf")
     p.add_argument("--steps", type=int, default=5, help="embed-pgd steps")
     p.add_argument("--max-new-tokens", type=int, default=16)
-    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--template", default=None, help="prompt template with {context} and {question}")
     p.add_argument("--chat", action="store_true")
     p.add_argument("--out", required=True, help="output directory")
-    add_quant_args(p)
 
 
 def run(a, argv) -> int:
-    from ..robust.attack_runner import AttackConfig, run_attack
+    from ..robust.attack_runner import run_attack
+    from ..robust.config import AttackConfig
 
-    cfg = AttackConfig(model=a.model, data=a.data, out=a.out, attacks=a.attack, craft=a.craft, eval=a.eval,
-                       adapters=a.adapters, rpi=a.rpi, rpi_p=a.rpi_p, rpi_granularity=a.rpi_granularity,
-                       eot=a.eot, rpi_matrix=a.rpi_matrix, limit=a.limit, budget=a.budget, candidates=a.candidates,
-                       context=a.attack_context, eps=a.eps, norm=a.norm, steps=a.steps,
-                       max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, seed=a.seed, device=a.device,
-                       dtype=a.dtype, template=a.template, chat=a.chat, options=quant_options(a))
-    res = run_attack(cfg, argv, log=lambda m: print(m, file=sys.stderr))
-    print(res["table"])
-    print(f"results: {a.out}/results.json" + "".join(f"\nplot: {p}" for p in res["artifacts"]))
+    print_results(run_attack(config_from_args(AttackConfig, a), argv, log=lambda m: print(m, file=sys.stderr)), a.out)
     return 0

@@ -8,18 +8,20 @@ an attacker that knows it. Evaluation at ``rpi`` uses a seeded draw sequence.
 
 Outputs under ``OUT``: ``adv-<attack>-<setting>.jsonl`` (one header line, then one replayable
 example per line; embedding attacks add ``.safetensors`` with the deltas), ``cells/<key>.json``
-(per-question predictions of every replay), ``results.json`` (``"kind": "attack"``), ``results.md``
-and ``transfer-<attack>.png``. Everything is written atomically as it is made; a rerun with the same
-settings reuses finished adversarial files and cells (an interrupted run resumes).
+(per-question predictions of every replay), ``results.json`` (``"kind": "attack"``, kept by a
+:class:`~bitswitch.jobs.Job`: one record per attack, row and column), ``results.md`` and
+``transfer-<attack>.png``. Everything is written atomically as it is made; a rerun with the same
+settings reuses finished adversarial files and cells (an interrupted run resumes). The files and
+cells hash only what they depend on (:meth:`AttackConfig.question_settings`, the questions, and
+their own attack, setting and replay knobs), so a run with another column list or batch size still
+reuses the crafted files. :class:`AttackRun` holds one run's state; the config is in :mod:`.config`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -28,109 +30,26 @@ from ..data.squad import DEFAULT_TEMPLATE, PromptConfig, load_squad
 from ..errors import BitswitchError
 from ..evaluate.scorers import FALLBACK_CONTEXT, context_length
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..jobs import Job
 from ..loading import load_switchable
-from ..profiles import QuantOptions, safe_key
-from ..results import markdown_table, run_metadata, se_of_mean
+from ..profiles import safe_key
+from ..results import markdown_table, se_of_mean
 from ..switching import resolve_profile, use_profile
-from .embed import NORMS, embed_attack
+from .config import AttackConfig
+from .embed import embed_attack
 from .examples import read_adv_jsonl, write_adv_jsonl
 from .hotflip import hotflip
 from .loss import frozen
 from .replay import replay
-from .rpi import GRANULARITIES, DrawSampler, RPIConfig
+from .rpi import DrawSampler
 from .transfer import cell_key, transfer_matrix
 from .typo import typo
 
-ATTACKS = ("typo", "hotflip", "embed-pgd", "embed-fgsm")
-DEFAULT_BUDGET = {"typo": 4, "hotflip": 3}
-DEFAULT_CANDIDATES = {"typo": 12, "hotflip": 8}
-
-
-@dataclass
-class AttackConfig:
-    model: str
-    data: str
-    out: str
-    attacks: list[str] = field(default_factory=lambda: ["typo"])
-    craft: list[str] = field(default_factory=lambda: ["fp"])
-    eval: list[str] | None = None          # default: the craft profiles
-    adapters: str | None = None
-    rpi: list[str] | None = None           # RPI profile set; adds the setting "rpi" to rows and columns
-    rpi_p: float = 0.5
-    rpi_granularity: str = "forward"
-    eot: int = 4                            # precision draws the attacker averages over against RPI
-    rpi_matrix: str = "full"                # full | diagonal: the rpi row/column only at (rpi, rpi)
-    limit: int | None = None
-    budget: int | None = None               # edits (typo) / flips (hotflip); default 4 / 3
-    candidates: int | None = None           # candidates scored per step; default 12 / 8
-    context: bool = False                   # also edit the context outside answer spans
-    eps: float = 0.5                        # embed attacks, relative to the embedding scale
-    norm: str = "linf"
-    steps: int = 5
-    max_new_tokens: int = 16
-    batch_size: int = 16
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "fp32"
-    template: str | None = None
-    chat: bool = False
-    options: QuantOptions = field(default_factory=QuantOptions)
-
-    def __post_init__(self):
-        self.eval = list(self.eval or self.craft)
-        bad = [a for a in self.attacks if a not in ATTACKS]
-        if bad or not self.attacks:
-            raise BitswitchError(f"unknown attack {bad[0] if bad else None!r}: use one of {', '.join(ATTACKS)}")
-        for name, values in (("--craft-profile", self.craft), ("--eval-profiles", self.eval),
-                             ("--attack", self.attacks)):
-            if not values or len(set(values)) != len(values):
-                raise BitswitchError(f"{name} must list at least one entry, each once (got {values})")
-            if "rpi" in values:
-                raise BitswitchError(f"{name} may not name 'rpi': pass the RPI profile set with --rpi P1 P2 ...")
-        if self.rpi is not None:
-            RPIConfig(tuple(self.rpi), self.rpi_p, self.rpi_granularity, self.seed)  # validates
-        if self.rpi_granularity not in GRANULARITIES:
-            raise BitswitchError(f"unknown --rpi-granularity {self.rpi_granularity!r}: use {', '.join(GRANULARITIES)}")
-        if self.rpi_matrix not in ("full", "diagonal"):
-            raise BitswitchError(f"--rpi-matrix must be full or diagonal, got {self.rpi_matrix!r}")
-        for name in ("eot", "steps", "max_new_tokens", "batch_size"):
-            if getattr(self, name) < 1:
-                raise BitswitchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("limit", "budget", "candidates"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                raise BitswitchError(f"--{name} must be at least 1, got {v}")
-        if self.eps <= 0 or self.norm not in NORMS:
-            raise BitswitchError(f"--eps must be > 0 and --norm one of {', '.join(NORMS)} (got {self.eps}, {self.norm!r})")
-
-    def rpi_config(self) -> RPIConfig | None:
-        return None if self.rpi is None else RPIConfig(tuple(self.rpi), self.rpi_p, self.rpi_granularity,
-                                                       self.seed, "rpi")
-
-    def craft_settings(self) -> dict:
-        s = {p: p for p in self.craft}
-        return {**s, "rpi": self.rpi_config()} if self.rpi else s
-
-    def eval_settings(self) -> dict:
-        s = {p: p for p in self.eval}
-        return {**s, "rpi": self.rpi_config()} if self.rpi else s
-
-    def attack_params(self, attack: str) -> dict:
-        if attack.startswith("embed"):
-            return {"eps": self.eps, "norm": self.norm, "steps": self.steps, "context": self.context}
-        return {"budget": self.budget or DEFAULT_BUDGET[attack],
-                "candidates": self.candidates or DEFAULT_CANDIDATES[attack], "context": self.context}
+__all__ = ["AttackConfig", "AttackRun", "craft_examples", "render_markdown", "rpi_summary", "run_attack"]
 
 
 def _hash(obj) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def _base_settings(cfg: AttackConfig) -> dict:
-    """What every adversarial file and cell depends on (model, data, prompts, quantizers, seed)."""
-    return {"model": cfg.model, "adapters": cfg.adapters, "data": cfg.data, "limit": cfg.limit,
-            "template": cfg.template, "chat": cfg.chat, "seed": cfg.seed, "dtype": cfg.dtype,
-            "options": dataclasses.asdict(cfg.options)}
 
 
 def _describe(setting) -> str:
@@ -158,36 +77,6 @@ def craft_examples(model, tok, examples, prompt_cfg, attack: str, setting, param
                 deltas.append((adv.extra["positions"], delta))
             advs.append(adv)
     return advs, (deltas if attack.startswith("embed") else None)
-
-
-def _load_or_craft(out: Path, model, tok, examples, prompt_cfg, attack, name, setting, cfg, log):
-    params = cfg.attack_params(attack)
-    header = {"attack": attack, "craft": name, "setting": _describe(setting), "params": params,
-              "eot": cfg.eot if not isinstance(setting, str) else 1,
-              "settings": _hash([_base_settings(cfg), attack, _describe(setting), params, cfg.eot])}
-    path = out / f"adv-{attack}-{safe_key(name)}.jsonl"
-    dpath = path.with_suffix(".safetensors")
-    if path.is_file():
-        old_header, advs = read_adv_jsonl(path)
-        if old_header.get("settings") == header["settings"] and [a.id for a in advs] == [e.id for e in examples]:
-            log(f"[{attack}] reusing {path}")
-            deltas = None
-            if attack.startswith("embed"):
-                from safetensors.torch import load_file
-
-                tensors = load_file(str(dpath))
-                deltas = [(a.extra["positions"], tensors[a.id]) for a in advs]
-            return advs, deltas, path
-    t0 = time.perf_counter()
-    advs, deltas = craft_examples(model, tok, examples, prompt_cfg, attack, setting, params, cfg, name, log)
-    header["seconds"] = round(time.perf_counter() - t0, 2)
-    if deltas is not None:
-        from safetensors.torch import save
-
-        atomic_write_bytes(dpath, save({a.id: d.contiguous() for a, (_, d) in zip(advs, deltas)}))
-    write_adv_jsonl(path, header, advs)
-    log(f"[{attack}] crafted at {name} in {header['seconds']} s: {path}")
-    return advs, deltas, path
 
 
 def _strip(res: dict) -> dict:
@@ -236,104 +125,159 @@ def rpi_summary(clean: dict, matrix: dict, cfg: AttackConfig) -> dict | None:
             "recovered_transfer_se": _paired_se(transfers, attacked) if transfers else None}
 
 
-def run_attack(cfg: AttackConfig, argv: list[str] | None = None, log=print) -> dict:
-    """Run every attack of ``cfg``; returns the dict written to ``OUT/results.json``."""
-    out = Path(cfg.out)
-    examples = load_squad(cfg.data, split="validation", limit=cfg.limit)
-    prompt_cfg = PromptConfig(template=cfg.template or DEFAULT_TEMPLATE, seed=cfg.seed, chat=cfg.chat)
-    model, tok = load_switchable(cfg.model, cfg.adapters, cfg.options, cfg.device, cfg.dtype, cfg.seed)
-    if not hasattr(model, "bitswitch"):
-        raise BitswitchError(f"{cfg.model!r} is an export fixed at one profile: attack the source model with "
-                             "--adapters instead")
-    for p in {*cfg.craft, *cfg.eval, *(cfg.rpi or [])}:
-        resolve_profile(model, p)  # a bad profile fails now, in one line
-    base = _hash(_base_settings(cfg))
-    results_path = out / "results.json"
-    results = {"kind": "attack", "model": cfg.model, "adapters": cfg.adapters, "data": cfg.data,
-               **run_metadata(argv, cfg.seed, device=str(next(model.parameters()).device), dtype=cfg.dtype),
-               "config": dataclasses.asdict(cfg), "n": len(examples), "attacks": cfg.attacks,
-               "craft": list(cfg.craft_settings()), "eval": list(cfg.eval_settings()),
-               "rpi": None if cfg.rpi is None else {"profiles": cfg.rpi, "p": cfg.rpi_p,
-                                                    "granularity": cfg.rpi_granularity, "eot": cfg.eot},
-               "clean": {}, "results": {}, "records": [], "artifacts": []}
-    cells_dir = out / "cells"
-    adv_hashes: dict = {}  # (attack, row) -> hash of its adversarial examples: a cell depends on them
+class AttackRun:
+    """One run over loaded questions and model: crafts (or reuses) the adversarial files, replays
+    them in cells (each reused when its settings hash matches) and adds the results to ``job``."""
 
-    def cell_path(key: str) -> Path:
-        return cells_dir / f"{safe_key(key.replace('|', '__'))}.json"
+    def __init__(self, cfg: AttackConfig, job: Job, model, tok, examples, log=print):
+        self.cfg, self.job, self.model, self.tok, self.examples, self.log = cfg, job, model, tok, examples, log
+        self.prompt_cfg = PromptConfig(template=cfg.template or DEFAULT_TEMPLATE, seed=cfg.seed, chat=cfg.chat)
+        # what every adversarial file and cell depends on, down to the questions loaded
+        self.base = _hash({**cfg.question_settings(), "questions": [ex.id for ex in examples]})
+        self.named = {**cfg.craft_settings(), **cfg.eval_settings()}
+        self.adv_hashes: dict = {}   # (attack, row) -> hash of its adversarial examples: a cell depends on them
+        self.clean: dict = {}        # column -> clean replay (with rows)
 
-    def cell_hash(key: str) -> str:
-        named = {**cfg.craft_settings(), **cfg.eval_settings()}
+    # -- cells: one replay each, under OUT/cells ---------------------------------------------------
+    def cell_path(self, key: str) -> Path:
+        return self.job.out / "cells" / f"{safe_key(key.replace('|', '__'))}.json"
+
+    def cell_hash(self, key: str) -> str:
         attack, row, _ = key.split("|")
-        return _hash([base, key, cfg.max_new_tokens, cfg.batch_size, adv_hashes.get((attack, row)),
-                      [_describe(named[n]) for n in key.split("|")[1:] if n in named]])
+        return _hash([self.base, key, self.cfg.max_new_tokens, self.cfg.batch_size, self.adv_hashes.get((attack, row)),
+                      [_describe(self.named[n]) for n in key.split("|")[1:] if n in self.named]])
 
-    def load_cell(key: str):
+    def load_cell(self, key: str) -> dict | None:
         """A finished replay (with rows) whose settings match, or None."""
-        path = cell_path(key)
+        path = self.cell_path(key)
         if path.is_file():
             old = json.loads(path.read_text())
-            if old.get("settings") == cell_hash(key):
+            if old.get("settings") == self.cell_hash(key):
                 return old["result"]
         return None
 
-    def save_cell(key: str, res: dict) -> None:
-        atomic_write_json(cell_path(key), {"settings": cell_hash(key), "result": res})
+    def save_cell(self, key: str, res: dict) -> None:
+        atomic_write_json(self.cell_path(key), {"settings": self.cell_hash(key), "result": res})
 
-    clean = {}
-    for col, setting in cfg.eval_settings().items():
-        def compute(setting=setting, col=col):
-            with tqdm(total=len(examples), desc=f"clean @ {col}", unit="q", dynamic_ncols=True, leave=False) as bar:
-                return replay(model, tok, examples, prompt_cfg, setting, cfg.max_new_tokens, cfg.batch_size,
-                              cfg.seed, progress=bar)
-        key = cell_key("clean", "-", col)
-        clean[col] = load_cell(key)
-        if clean[col] is None:
-            clean[col] = compute()
-            save_cell(key, clean[col])
-        results["clean"][col] = _strip(clean[col])
-        log(f"[clean] {col}: EM {clean[col]['em']:.2f} F1 {clean[col]['f1']:.2f}")
-        atomic_write_json(results_path, results)
+    # -- the run -----------------------------------------------------------------------------------
+    def replay_clean(self) -> None:
+        """The unattacked questions at every evaluation setting (the columns' baselines)."""
+        cfg = self.cfg
+        for col, setting in cfg.eval_settings().items():
+            key = cell_key("clean", "-", col)
+            res = self.load_cell(key)
+            if res is None:
+                with tqdm(total=len(self.examples), desc=f"clean @ {col}", unit="q", dynamic_ncols=True,
+                          leave=False) as bar:
+                    res = replay(self.model, self.tok, self.examples, self.prompt_cfg, setting, cfg.max_new_tokens,
+                                 cfg.batch_size, cfg.seed, progress=bar)
+                self.save_cell(key, res)
+            self.clean[col] = res
+            self.job.doc["clean"][col] = _strip(res)
+            self.log(f"[clean] {col}: EM {res['em']:.2f} F1 {res['f1']:.2f}")
+            self.job.save()
 
-    for attack in cfg.attacks:
+    def adversarial(self, attack: str, name: str, setting):
+        """``(examples, deltas or None, path)`` of ``attack`` crafted at ``setting``: the file of an
+        earlier run with the same settings and questions, or crafted now and written."""
+        cfg = self.cfg
+        params = cfg.attack_params(attack)
+        header = {"attack": attack, "craft": name, "setting": _describe(setting), "params": params,
+                  "eot": cfg.eot if not isinstance(setting, str) else 1,
+                  "settings": _hash([self.base, attack, _describe(setting), params, cfg.eot])}
+        path = self.job.out / f"adv-{attack}-{safe_key(name)}.jsonl"
+        dpath = path.with_suffix(".safetensors")
+        if path.is_file():
+            old_header, advs = read_adv_jsonl(path)
+            same = [a.id for a in advs] == [e.id for e in self.examples]
+            if old_header.get("settings") == header["settings"] and same:
+                self.log(f"[{attack}] reusing {path}")
+                deltas = None
+                if attack.startswith("embed"):
+                    from safetensors.torch import load_file
+
+                    tensors = load_file(str(dpath))
+                    deltas = [(a.extra["positions"], tensors[a.id]) for a in advs]
+                return advs, deltas, path
+        t0 = time.perf_counter()
+        advs, deltas = craft_examples(self.model, self.tok, self.examples, self.prompt_cfg, attack, setting, params,
+                                      cfg, name, self.log)
+        header["seconds"] = round(time.perf_counter() - t0, 2)
+        if deltas is not None:
+            from safetensors.torch import save
+
+            atomic_write_bytes(dpath, save({a.id: d.contiguous() for a, (_, d) in zip(advs, deltas)}))
+        write_adv_jsonl(path, header, advs)
+        self.log(f"[{attack}] crafted at {name} in {header['seconds']} s: {path}")
+        return advs, deltas, path
+
+    def attack(self, attack: str) -> None:
+        """Craft ``attack`` at every row, replay at every column, record the matrix and its heatmap."""
+        cfg, clean = self.cfg, self.clean
         adversarial, deltas, files, craft_stats = {}, {}, {}, {}
         for row, setting in cfg.craft_settings().items():
-            advs, d, path = _load_or_craft(out, model, tok, examples, prompt_cfg, attack, row, setting, cfg, log)
+            advs, d, path = self.adversarial(attack, row, setting)
             adversarial[row], deltas[row], files[row] = advs, d, str(path)
-            adv_hashes[(attack, row)] = _hash([(a.id, a.adv_question, a.adv_context, a.extra.get("eps_abs"),
-                                                a.loss_adv) for a in advs])
+            self.adv_hashes[(attack, row)] = _hash([(a.id, a.adv_question, a.adv_context, a.extra.get("eps_abs"),
+                                                     a.loss_adv) for a in advs])
             craft_stats[row] = {"mean_edits": sum(a.n_edits for a in advs) / len(advs),
                                 "max_edits": max(a.n_edits for a in advs),
                                 "changed": sum(a.n_edits > 0 for a in advs),
                                 "mean_loss_clean": _mean([a.loss_clean for a in advs]),
                                 "mean_loss_adv": _mean([a.loss_adv for a in advs])}
-        done = {cell_key(attack, r, c): load_cell(cell_key(attack, r, c))
+        done = {cell_key(attack, r, c): self.load_cell(cell_key(attack, r, c))
                 for r in adversarial for c in cfg.eval_settings()}
         matrix = transfer_matrix(
-            model, tok, examples, attack, adversarial, cfg.eval_settings(), prompt_cfg, clean,
+            self.model, self.tok, self.examples, attack, adversarial, cfg.eval_settings(), self.prompt_cfg, clean,
             {r: d for r, d in deltas.items() if d is not None} or None, cfg.max_new_tokens, cfg.batch_size,
             cfg.seed, done={k: v for k, v in done.items() if v is not None},
-            on_cell=save_cell, log=log,
+            on_cell=self.save_cell, log=self.log,
             skip=(lambda r, c: (r == "rpi") != (c == "rpi")) if cfg.rpi_matrix == "diagonal" else None)
         direct = {row: _strip(matrix[row][row]) for row in matrix if row in matrix[row]}
         summary = {r: {c: _strip(v) for c, v in cols.items()} for r, cols in matrix.items()}
-        results["results"][attack] = {"params": cfg.attack_params(attack), "adversarial": files,
-                                      "craft_stats": craft_stats, "direct": direct, "matrix": summary,
-                                      "rpi_summary": rpi_summary(clean, matrix, cfg)}
+        self.job.doc["results"][attack] = {"params": cfg.attack_params(attack), "adversarial": files,
+                                           "craft_stats": craft_stats, "direct": direct, "matrix": summary,
+                                           "rpi_summary": rpi_summary(clean, matrix, cfg)}
         for row, cols in summary.items():
             for col, res in cols.items():
-                results["records"].append({"attack": attack, "craft": row, "eval": col, **res,
-                                           "clean_f1": clean[col]["f1"]})
+                self.job.add({"attack": attack, "craft": row, "eval": col, **res, "clean_f1": clean[col]["f1"]})
         from ..plots import transfer_heatmap
 
-        results["artifacts"].append(transfer_heatmap(
+        self.job.doc["artifacts"].append(transfer_heatmap(
             {r: {c: v["f1"] for c, v in cols.items()} for r, cols in summary.items()},
-            out / f"transfer-{attack}.png", f"{attack}: F1 under attack ({len(examples)} questions)"))
-        atomic_write_json(results_path, results)
-    table = render_markdown(results)
-    atomic_write_text(out / "results.md", table)
-    results["table"] = table
-    return results
+            self.job.out / f"transfer-{attack}.png", f"{attack}: F1 under attack ({len(self.examples)} questions)"))
+        self.job.save()
+
+
+def load_attacked_model(cfg: AttackConfig):
+    """The switchable model and tokenizer; every profile of ``cfg`` resolved (a bad one fails now)."""
+    model, tok = load_switchable(cfg.model, cfg.adapters, cfg.options, cfg.device, cfg.dtype, cfg.seed, cfg.keying)
+    if not hasattr(model, "bitswitch"):
+        raise BitswitchError(f"{cfg.model!r} is an export fixed at one profile: attack the source model with "
+                             "--adapters instead")
+    for p in {*cfg.craft, *cfg.eval, *(cfg.rpi or [])}:
+        resolve_profile(model, p)  # a bad profile fails now, in one line
+    return model, tok
+
+
+def run_attack(cfg: AttackConfig, argv: list[str] | None = None, log=print) -> dict:
+    """Run every attack of ``cfg``; returns the dict written to ``OUT/results.json`` (plus ``table``)."""
+    examples = load_squad(cfg.data, split="validation", **cfg.squad_selection())
+    job = Job(cfg, "attack", argv, key=lambda r: cell_key(r["attack"], r["craft"], r["eval"]), log=log)
+    model, tok = load_attacked_model(cfg)
+    job.describe(model, model=cfg.model, adapters=cfg.adapters, data=cfg.data, n=len(examples),
+                 attacks=cfg.attacks, craft=list(cfg.craft_settings()), eval=list(cfg.eval_settings()),
+                 rpi=None if cfg.rpi is None else {"profiles": cfg.rpi, "p": cfg.rpi_p,
+                                                   "granularity": cfg.rpi_granularity, "eot": cfg.eot},
+                 clean={}, results={}, artifacts=[])
+    run = AttackRun(cfg, job, model, tok, examples, log)
+    run.replay_clean()
+    for attack in cfg.attacks:
+        run.attack(attack)
+    job.save()
+    table = render_markdown(job.doc)
+    atomic_write_text(job.out / "results.md", table)
+    return {**job.doc, "table": table}
 
 
 def _mean(xs):
