@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     bound_heap_retention()
     try:
         args = build_parser().parse_args(argv)
+        args.command_line = (build_parser, main)   # for commands that run other commands (bitswitch run)
         return _command(args.command).run(args, argv)
     except BitswitchError as exc:
         print(f"bitswitch: error: {exc}", file=sys.stderr)

@@ -46,8 +46,9 @@ def scored_file(tmp_path, llama):
     path = _squad_file(tmp_path / "probe.json", [[f"item {i}"] for i in range(N)])
     bs.set_profile(model, "fp")
     first = replay(model, tok, load_squad(str(path)), PromptConfig(), "fp", MAX_NEW, BATCH)
+    preds = {r["id"]: r["prediction"] for r in first["rows"]}   # rows come in the sampled order
     golds = [[[p, p + " zz", "zz yy " + p, "nothing"][i % 4], "item"]
-             for i, p in enumerate(r["prediction"] for r in first["rows"])]
+             for i, p in enumerate(preds[f"q{i}"] for i in range(N))]
     return _squad_file(tmp_path / "dev.json", golds)
 
 

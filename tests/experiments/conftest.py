@@ -100,9 +100,10 @@ SEARCH = """
 
 
 def has_command(name: str) -> bool:
+    from bitswitch.cli import build_parser
     from bitswitch.experiments.spec import known_commands
 
-    return name in known_commands()
+    return name in known_commands(build_parser())
 
 
 @pytest.fixture

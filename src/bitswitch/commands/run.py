@@ -25,7 +25,8 @@ def run(args, argv) -> int:
     from ..experiments.runner import default_dirs, run_experiment
     from ..experiments.spec import load_experiment
 
-    exp = load_experiment(args.experiment, args.size, args.sets)
+    build_parser, main = args.command_line   # handed in by the CLI: a step is a CLI command run in-process
+    exp = load_experiment(args.experiment, args.size, args.sets, parser=build_parser())
     run_dir, cache = default_dirs(exp, args.out, args.cache)
     return run_experiment(exp, run_dir, cache, dry_run=args.dry_run, isolate=args.isolate, only=args.only,
-                          log=lambda m: print(m, file=sys.stderr))
+                          execute=main, log=lambda m: print(m, file=sys.stderr))

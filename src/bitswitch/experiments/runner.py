@@ -64,9 +64,11 @@ def resume_argv(step: Step) -> list[str] | None:
 
 
 def run_experiment(exp: Experiment, run_dir: Path, cache: Path, *, dry_run: bool = False, isolate: bool = False,
-                   only: list[str] | None = None, log=print) -> int:
+                   only: list[str] | None = None, execute=None, log=print) -> int:
     """Run (or skip) every step (or those named in ``only``: ids or foreach groups); returns 0, or
-    the exit code of the step that failed."""
+    the exit code of the step that failed. ``execute(argv) -> exit code`` runs one step in this
+    process (the CLI hands in its own ``main``; experiments import nothing of the CLI); ``isolate``
+    runs each in a fresh ``python -m bitswitch.cli`` instead."""
     steps = resolve_steps(exp, cache)
     if only:
         unknown = [o for o in only if not any(o in (s.id, s.group) for s in steps)]
@@ -103,7 +105,7 @@ def run_experiment(exp: Experiment, run_dir: Path, cache: Path, *, dry_run: bool
             log(f"{head}: {'resuming' if rec['resumed'] else 'running'} -> {step.out}")
             t0 = time.perf_counter()
             try:
-                code = _execute(argv, isolate)
+                code = _execute(argv, isolate, execute)
             except KeyboardInterrupt:
                 code = 130
             seconds = round(time.perf_counter() - t0, 1)
@@ -133,14 +135,12 @@ def run_experiment(exp: Experiment, run_dir: Path, cache: Path, *, dry_run: bool
     return 0
 
 
-def _execute(argv: list[str], isolate: bool) -> int:
+def _execute(argv: list[str], isolate: bool, execute) -> int:
     """Run one bitswitch command: in this process (the CLI's own code path) or in a fresh one."""
     if isolate:   # a fresh process: its own peak memory, nothing left behind between steps
         return subprocess.call([sys.executable, "-m", "bitswitch.cli", *argv])
-    from ..cli import main   # the same entry point as the console script
-
     try:
-        return main(argv)
+        return execute(argv)
     finally:
         gc.collect()   # the step's model is garbage now; free it before the next one loads
         torch = sys.modules.get("torch")

@@ -91,6 +91,7 @@ class Experiment:
     answers: list = field(default_factory=list)
     notes: str = ""
     text: str = ""          # the YAML as read, kept with the run for provenance
+    commands: dict = field(default_factory=dict, repr=False)   # step command -> its parser (flag checks)
 
     @property
     def command(self) -> str:
@@ -119,8 +120,13 @@ class Step:
         return [*self.argv, "--out", str(self.out)]
 
 
-def load_experiment(path: str | Path, size: str | None = None, sets: list[str] | None = None) -> Experiment:
-    """Read and validate ``path``; pick ``size`` (default: the first one listed) and apply ``--set``."""
+def load_experiment(path: str | Path, size: str | None = None, sets: list[str] | None = None, *,
+                    parser: argparse.ArgumentParser) -> Experiment:
+    """Read and validate ``path``; pick ``size`` (default: the first one listed) and apply ``--set``.
+
+    ``parser`` is the CLI's parser (the CLI hands it in: its subcommands are what steps may run, and
+    experiments import nothing of the CLI)."""
+    commands = known_commands(parser)
     p = Path(path)
     where = str(path)
     if not p.is_file():
@@ -163,21 +169,20 @@ def load_experiment(path: str | Path, size: str | None = None, sets: list[str] |
                                  f"{', '.join(sorted(variables)) or '(none)'}")
         variables[key] = yaml.safe_load(value) if value.strip() else None
     variables = _resolve_vars(variables, where)
-    steps = _parse_steps(doc["steps"], where)
+    steps = _parse_steps(doc["steps"], where, commands)
     answers = doc.get("answers") or []
     if not isinstance(answers, list):
         raise BitswitchError(f"{where}: answers must be a list of rules, e.g. - compare: {{metric: f1, ...}}")
     exp = Experiment(path=where, name=name, question=" ".join(str(doc["question"]).split()), size=size,
                      sizes=size_names, vars=variables, sets=list(sets or []), steps=steps, answers=answers,
-                     notes=str(doc.get("notes") or ""), text=text)
+                     notes=str(doc.get("notes") or ""), text=text, commands=commands)
     resolve_steps(exp, Path("cache"))   # validates every reference and flag now, before anything runs
     return exp
 
 
-def _parse_steps(raw, where: str) -> list[StepSpec]:
+def _parse_steps(raw, where: str, known: dict) -> list[StepSpec]:
     if not isinstance(raw, list):
         raise BitswitchError(f"{where}: steps must be a list of {{id, command, args}}")
-    known = known_commands()
     steps, seen = [], set()
     for i, s in enumerate(raw):
         if not isinstance(s, dict) or "id" not in s or "command" not in s:
@@ -284,10 +289,10 @@ def resolve_steps(exp: Experiment, cache: Path) -> list[Step]:
                 raise BitswitchError(f"{where}: foreach gives {item!r} twice")
             args = substitute(spec.args, lambda n: _step_lookup(exp, resolved, item, n, where, False), where)
             symbolic = substitute(spec.args, lambda n: _step_lookup(exp, resolved, item, n, where, True), where)
-            argv = to_argv(spec.command, args, where)
+            argv = to_argv(exp.commands, spec.command, args, where)
             # flags sorted for the hash: the same configuration written in another order is the same step
             digest = hashlib.sha256(json.dumps({"command": spec.command, "argv": to_argv(
-                spec.command, dict(sorted(symbolic.items(), key=lambda kv: str(kv[0]))), where)}).encode())
+                exp.commands, spec.command, dict(sorted(symbolic.items(), key=lambda kv: str(kv[0]))), where)}).encode())
             h = digest.hexdigest()[:12]
             label = spec.label if spec.label is not None else spec.id
             label = str(substitute(label, lambda n: _step_lookup(exp, resolved, item, n, where, False), where))
@@ -317,28 +322,15 @@ def _step_lookup(exp: Experiment, resolved: dict, item, name: str, where: str, s
     return exp.vars[name]
 
 
-def known_commands() -> dict[str, argparse.ArgumentParser]:
-    """The CLI's subcommands a step may run, with their parsers (for flag checks)."""
-    from ..cli import build_parser   # the steps are CLI commands: the CLI's parser is the source of truth
-
-    parser = build_parser()
+def known_commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The subcommands of the CLI's ``parser`` a step may run, with their parsers (for flag checks)."""
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return {name: p for name, p in sub.choices.items() if name not in NOT_STEPS}
 
 
-_PARSERS: dict[str, dict] = {}
-
-
-def _flags(command: str) -> dict[str, argparse.Action]:
-    if command not in _PARSERS:
-        p = known_commands()[command]
-        _PARSERS[command] = {o: a for a in p._actions for o in a.option_strings}
-    return _PARSERS[command]
-
-
-def to_argv(command: str, args: dict, where: str) -> list[str]:
+def to_argv(commands: dict, command: str, args: dict, where: str) -> list[str]:
     """Turn ``{flag: value}`` into argv for ``command``, checking each flag against its parser."""
-    flags = _flags(command)
+    flags = {o: a for a in commands[command]._actions for o in a.option_strings}
     if "--out" not in flags:
         raise BitswitchError(f"{where}: command {command!r} has no --out, so the runner cannot place its results")
     argv = [command]
