@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from .args import add_model_args, add_quant_args, quant_options
-
 import argparse
 import sys
+
+from .args import config_from_args, print_results
+from .sensitivity import add_measure_args
 
 DESCRIPTION = """\
 Per-unit bits from --candidates (weights only; activations stay at the base profile's), chosen
@@ -33,17 +34,10 @@ measures the uniform profiles, marks the Pareto front and plots OUT/pareto.png."
 
 
 def add_parser(sub) -> None:
-
     p = sub.add_parser("search", help="mixed-precision search (budget knapsack or greedy), Pareto front",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_args(p)
-    p.add_argument("--adapters", default=None, help="adapter directory written by bitswitch train")
+    add_measure_args(p, "SQuAD v1.1 file/dir or 'squad'; text file or 'wikitext'")
     p.add_argument("--task", default="squad", help="squad (default) or wikitext")
-    p.add_argument("--data", default=None, help="SQuAD v1.1 file/dir or 'squad'; text file or 'wikitext'")
-    p.add_argument("--limit", type=int, default=None, help="squad: N evaluation questions (from --offset)")
-    p.add_argument("--offset", type=int, default=0, help="skip the first N questions (squad) or tokens (wikitext)")
-    p.add_argument("--max-tokens", type=int, default=None, help="wikitext: first N tokens")
-    p.add_argument("--window", type=int, default=1024, help="wikitext: window length")
     p.add_argument("--metric", default=None, help="squad-f1 (squad default) | squad-em | answer-ppl | ppl")
     p.add_argument("--candidates", default="4,6,8", help="weight bit-widths to choose from (default 4,6,8)")
     p.add_argument("--avg-bits", type=float, nargs="+", default=[], metavar="B")
@@ -70,34 +64,19 @@ def add_parser(sub) -> None:
                         "data (--sens-metric), keep the best (needs --calib-offset/--calib-limit)")
     p.add_argument("--calib-offset", type=int, default=None, help="first question (squad) or token (wikitext) of the calibration slice")
     p.add_argument("--calib-limit", type=int, default=None, help="squad: questions in the calibration slice")
-    p.add_argument("--proxy-batches", type=int, default=4)
     p.add_argument("--pareto", action="store_true", help="also measure uniform profiles; Pareto front + plot")
     p.add_argument("--chunk", type=int, default=1, help="greedy --max-drop: moves tried per measurement")
     p.add_argument("--max-states", type=int, default=200_000,
                    help="budget: largest knapsack table before costs are discretised (gap reported)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--out", required=True, help="output directory")
-    add_quant_args(p)
 
 
 def run(a, argv) -> int:
     from ..search.config import SearchConfig
     from ..search.search_runner import run_search
 
-    cfg = SearchConfig(model=a.model, out=a.out, task=a.task, data=a.data, adapters=a.adapters, metric=a.metric,
-                       limit=a.limit, offset=a.offset, max_tokens=a.max_tokens, window=a.window,
-                       candidates=a.candidates, avg_bits=a.avg_bits, max_bytes=a.max_bytes, max_drop=a.max_drop,
-                       method=a.method, base=a.base, sensitivity=a.sensitivity, alt_sensitivity=a.alt_sensitivity,
-                       sens_metric=a.sens_metric,
-                       damage_fit=a.damage_fit, below_penalty=a.below_penalty, calib_offset=a.calib_offset, calib_limit=a.calib_limit,
-                       proxy_batches=a.proxy_batches, pareto=a.pareto, chunk=a.chunk, max_states=a.max_states,
-                       device=a.device, dtype=a.dtype, seed=a.seed, options=quant_options(a),
-                       batch_size=a.batch_size, max_new_tokens=a.max_new_tokens)
-    results = run_search(cfg, argv, log=lambda m: print(m, file=sys.stderr))
-    print(results["table"])
+    results = run_search(config_from_args(SearchConfig, a), argv, log=lambda m: print(m, file=sys.stderr))
+    print_results(results, a.out)
     for r in results["records"]:
         if r["kind"] == "searched":
             print(f"\n{r['label']}: {r['file']}\n  {r['profile']}")
-    print(f"\nresults: {a.out}/results.json" + "".join(f"\nplot: {p}" for p in results.get("artifacts", [])))
     return 0

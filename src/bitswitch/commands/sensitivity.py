@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from .args import add_model_args, add_quant_args, quant_options
-
 import argparse
 import sys
+
+from .args import add_run_args, config_from_args, print_results
 
 DESCRIPTION = """\
 Measured: from --base, move one unit (--granularity unit: L{i}.{role} and head) or one block
@@ -24,47 +24,38 @@ Writes OUT/results.json ("kind": "sensitivity"), OUT/results.md and OUT/sensitiv
 (layers x roles heatmap, or a bar chart per layer)."""
 
 
-def add_parser(sub) -> None:
+def add_measure_args(p, data_help: str) -> None:
+    """The flags sensitivity and search share (``bitswitch.search.config.MetricConfig``)."""
+    add_run_args(p, data_help)
+    p.add_argument("--max-tokens", type=int, default=None, help="ppl: first N tokens (from --offset)")
+    p.add_argument("--window", type=int, default=1024, help="ppl: window length")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--proxy-batches", type=int, default=4, help="proxy: batches of --batch-size (default 4)")
+    p.add_argument("--out", required=True, help="output directory")
 
+
+def add_parser(sub) -> None:
     p = sub.add_parser("sensitivity", help="per-unit / per-layer sensitivity heatmaps, measured or Fisher proxy",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_args(p)
-    p.add_argument("--adapters", default=None, help="adapter directory written by bitswitch train")
+    add_measure_args(p, "SQuAD v1.1 file/dir or 'squad'; text file or 'wikitext' for ppl")
     p.add_argument("--base", default="w8a8", help="the profile everything else stays at (default w8a8)")
     p.add_argument("--probe", default="w4a8", help="the spec a probed unit moves to (default w4a8)")
     p.add_argument("--granularity", default="unit", help="unit (L{i}.{role}, head) or layer (all units of L{i})")
     p.add_argument("--metric", default="answer-ppl", help="squad-f1 | squad-em | answer-ppl (default) | ppl")
-    p.add_argument("--data", default=None, help="SQuAD v1.1 file/dir or 'squad'; text file or 'wikitext' for ppl")
-    p.add_argument("--limit", type=int, default=None, help="squad: N questions (from --offset)")
-    p.add_argument("--offset", type=int, default=0, help="skip the first N questions (squad) or tokens (ppl): held-out slices")
-    p.add_argument("--max-tokens", type=int, default=None, help="ppl: first N tokens")
-    p.add_argument("--window", type=int, default=1024, help="ppl: window length")
     p.add_argument("--proxy", default=None, help="fisher | fisher-grad | taylor | hutchinson: a gradient proxy instead of measuring")
     p.add_argument("--proxy-bits", default="", help="proxy: more weight bit-widths to score, e.g. 3,4,6")
-    p.add_argument("--proxy-batches", type=int, default=4, help="proxy: batches of --batch-size (default 4)")
     p.add_argument("--against", default=None, help="a sensitivity results.json to rank-correlate with (Spearman)")
-    p.add_argument("--no-prefix", action="store_true",
+    p.add_argument("--no-prefix", dest="prefix", action="store_false",
                    help="run every block for every probe (default: replay unchanged blocks; same numbers)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--out", required=True, help="output directory")
-    add_quant_args(p)
 
 
 def run(a, argv) -> int:
     from ..search.config import SensitivityConfig
     from ..search.sensitivity_runner import run_sensitivity
 
-    cfg = SensitivityConfig(model=a.model, out=a.out, base=a.base, probe=a.probe, granularity=a.granularity,
-                            metric=a.metric, data=a.data, adapters=a.adapters, limit=a.limit, offset=a.offset,
-                            max_tokens=a.max_tokens, window=a.window, proxy=a.proxy, proxy_bits=a.proxy_bits,
-                            proxy_batches=a.proxy_batches, against=a.against, prefix=not a.no_prefix,
-                            device=a.device, dtype=a.dtype, seed=a.seed, options=quant_options(a),
-                            batch_size=a.batch_size, max_new_tokens=a.max_new_tokens)
-    results = run_sensitivity(cfg, argv, log=lambda m: print(m, file=sys.stderr))
-    print(results["table"])
+    results = run_sensitivity(config_from_args(SensitivityConfig, a), argv, log=lambda m: print(m, file=sys.stderr))
+    print_results(results, a.out)
     rho = results.get("spearman")
     if rho and rho["rho"] is not None:
         print(f"\nSpearman rank correlation with {rho['against']}: {rho['rho']:.3f} over {rho['n']} records")
-    print(f"\nresults: {a.out}/results.json" + "".join(f"\nplot: {p}" for p in results.get("artifacts", [])))
     return 0

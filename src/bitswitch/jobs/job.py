@@ -6,7 +6,8 @@ the same settings reuses the records already there (an interrupted run resumes) 
 it does not measure again (another profile list adds to the file, it does not replace it). A rerun
 with other settings keeps the old file beside the new one as ``results-<settings>.json`` and says
 which settings differ; nothing is silently replaced. Two runs writing one directory at once merge
-their records under a lock. ``OUT/results.md`` is the markdown table.
+their records under a lock. ``OUT/results.md`` is the markdown table. A job may keep another file
+of the directory the same way (``name``: e.g. a search's own ``sensitivity.json``).
 """
 
 from __future__ import annotations
@@ -84,15 +85,16 @@ class Job:
 
     ``key(record)`` identifies a record (a profile, a unit, a label): a record added under a key
     the file already holds replaces it. ``previous`` maps keys to the records an earlier run with
-    the same settings left (reuse them instead of measuring again).
+    the same settings left (reuse them instead of measuring again). ``name`` is the file in ``OUT``
+    (``results.json``; another name keeps its old versions as ``<stem>-<settings>.json``).
     """
 
     def __init__(self, cfg, kind: str, argv: list[str] | None = None, key: Callable[[dict], str] | str = "profile",
-                 log=print):
+                 log=print, name: str = "results.json"):
         self.cfg, self.kind, self.log = cfg, kind, log
         self.key = (lambda r, k=key: r[k]) if isinstance(key, str) else key
         self.out = check_output_dir(cfg.out)
-        self.path = self.out / "results.json"
+        self.path = self.out / name
         self.settings = cfg.settings_hash()
         self.doc = {"kind": kind, "settings": self.settings, **run_metadata(argv, cfg.seed),
                     "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)), "records": []}
@@ -108,12 +110,12 @@ class Job:
                                  f"{self.kind!r}): choose another --out")
         if old.get("settings") == self.settings:
             return old
-        keep = self.out / f"results-{old.get('settings') or 'old'}.json"
+        keep = self.path.with_name(f"{self.path.stem}-{old.get('settings') or 'old'}{self.path.suffix}")
         os.replace(self.path, keep)
         diff = _differences(old.get("config") or {}, self.doc["config"])
         diff = [d for d in diff if d.split(":")[0].split(".")[0] not in type(self.cfg).UNHASHED]
         self.log(f"note: {self.path} was measured with other settings ({'; '.join(diff[:4]) or 'older format'}"
-                 f"{'; ...' if len(diff) > 4 else ''}): kept as {keep.name}, starting a new results.json")
+                 f"{'; ...' if len(diff) > 4 else ''}): kept as {keep.name}, starting a new {self.path.name}")
         return {}
 
     def describe(self, loaded=None, **fields) -> None:
@@ -144,9 +146,9 @@ class Job:
         return record
 
     def save(self) -> None:
-        """Write ``results.json`` atomically, merging the records another run with the same settings
-        wrote meanwhile (and the ones an earlier run left that this one did not measure again)."""
-        with _locked(self.out / ".results.lock"):
+        """Write the file (``results.json``) atomically, merging the records another run with the same
+        settings wrote meanwhile (and the ones an earlier run left that this one did not measure again)."""
+        with _locked(self.path.with_name(f".{self.path.stem}.lock")):
             on_disk = _read_json(self.path) or {}
             theirs = on_disk.get("records", []) if on_disk.get("settings") == self.settings else []
             mine = {self.key(r) for r in self.doc["records"]}

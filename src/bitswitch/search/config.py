@@ -1,16 +1,15 @@
-"""Validated configurations of ``bitswitch sensitivity`` and ``bitswitch search``, and the settings
-hash that decides whether records of an earlier run can be reused (resume)."""
+"""Validated configurations of ``bitswitch sensitivity`` and ``bitswitch search``: ``RunConfig``
+subclasses (``bitswitch.jobs``), whose settings hash decides whether an earlier run's records are
+reused (resume)."""
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from ..errors import BitswitchError
-from ..profiles import QuantOptions
+from ..jobs import RunConfig
 from .metrics import canonical_metric
 from .proxies import PROXIES
 from .sensitivity import GRANULARITIES, check_probe
@@ -20,34 +19,39 @@ from .table import FITS
 METHODS = ("budget", "greedy")
 
 
-@dataclass
-class SensitivityConfig:
-    model: str
-    out: str
+@dataclass(kw_only=True)
+class MetricConfig(RunConfig):
+    """What sensitivity and search measure with besides the run settings (``metrics.prepare``)."""
+
+    max_tokens: int | None = None       # wikitext: first N tokens (from --offset)
+    window: int = 1024
+    max_new_tokens: int = 32
+    proxy_batches: int = 4
+
+    def validate(self) -> None:
+        super().validate()
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise BitswitchError(f"--max-tokens must be at least 1, got {self.max_tokens}")
+        for name in ("max_new_tokens", "window", "proxy_batches"):
+            if getattr(self, name) < 1:
+                raise BitswitchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass(kw_only=True)
+class SensitivityConfig(MetricConfig):
     base: str = "w8a8"
     probe: str = "w4a8"
     granularity: str = "unit"
     metric: str = "answer-ppl"
-    data: str | None = None
-    adapters: str | None = None
-    limit: int | None = None
-    offset: int = 0
-    max_tokens: int | None = None
-    window: int = 1024
     proxy: str | None = None            # None: measure; fisher | fisher-grad | taylor | hutchinson: a proxy instead
     proxy_bits: tuple[int, ...] = ()    # extra bit-widths a proxy scores besides the probe's
-    proxy_batches: int = 4
     against: str | None = None          # a sensitivity results.json to rank-correlate with
     prefix: bool = True                 # replay unchanged blocks (teacher-forced metrics)
-    device: str = "auto"
-    dtype: str = "fp32"
-    seed: int = 0
-    keying: str = "profile"
-    options: QuantOptions = field(default_factory=QuantOptions)
-    batch_size: int = 8
-    max_new_tokens: int = 32
 
-    def __post_init__(self):
+    UNHASHED: ClassVar[tuple[str, ...]] = (*RunConfig.UNHASHED, "against", "prefix")
+
+    def validate(self) -> None:
+        super().validate()
         self.metric = canonical_metric(self.metric)
         if self.granularity not in GRANULARITIES:
             raise BitswitchError(f"--granularity {self.granularity!r}: use unit or layer")
@@ -59,21 +63,12 @@ class SensitivityConfig:
                 raise BitswitchError(f"--probe {self.probe!r} leaves weights in fp: a proxy scores weight "
                                      "quantization noise, so give weight bits, e.g. --probe w4a8")
         self.proxy_bits = parse_candidates(self.proxy_bits) if self.proxy_bits else ()
-        _check_common(self)
 
 
-@dataclass
-class SearchConfig:
-    model: str
-    out: str
+@dataclass(kw_only=True)
+class SearchConfig(MetricConfig):
     task: str = "squad"
-    data: str | None = None
-    adapters: str | None = None
     metric: str | None = None            # default: f1 (squad) or ppl (wikitext)
-    limit: int | None = None
-    offset: int = 0
-    max_tokens: int | None = None
-    window: int = 1024
     candidates: tuple[int, ...] = (4, 6, 8)
     avg_bits: list[float] = field(default_factory=list)
     max_bytes: list[int] = field(default_factory=list)
@@ -87,19 +82,14 @@ class SearchConfig:
     below_penalty: tuple[float, ...] = (1.0,)  # factor(s) below the budget's uniform bits; several: calibration picks
     calib_offset: int | None = None      # questions/tokens the sensitivities are computed on
     calib_limit: int | None = None
-    proxy_batches: int = 4
     pareto: bool = False
     chunk: int = 1
     max_states: int = 200_000
-    device: str = "auto"
-    dtype: str = "fp32"
-    seed: int = 0
-    keying: str = "profile"
-    options: QuantOptions = field(default_factory=QuantOptions)
-    batch_size: int = 8
-    max_new_tokens: int = 32
 
-    def __post_init__(self):
+    UNHASHED: ClassVar[tuple[str, ...]] = (*RunConfig.UNHASHED, "pareto")
+
+    def validate(self) -> None:
+        super().validate()
         if self.task not in ("squad", "wikitext"):
             raise BitswitchError(f"--task {self.task!r}: search supports squad or wikitext")
         self.metric = canonical_metric(self.metric or ("f1" if self.task == "squad" else "ppl"), self.task)
@@ -170,14 +160,13 @@ class SearchConfig:
             if self.calib_offset is None and self.calib_limit is None:
                 raise BitswitchError("several --below-penalty values are chosen between on the calibration data: pass "
                                      "--calib-offset/--calib-limit so the choice is not made on the evaluation data")
-        for name in ("chunk", "proxy_batches", "max_states"):
+        for name in ("chunk", "max_states"):
             if getattr(self, name) < 1:
                 raise BitswitchError(f"--{name.replace('_', '-')} must be at least 1")
         if self.calib_offset is not None and self.calib_offset < 0:
             raise BitswitchError(f"--calib-offset must be >= 0, got {self.calib_offset}")
         if self.calib_limit is not None and self.calib_limit < 1:
             raise BitswitchError(f"--calib-limit must be at least 1, got {self.calib_limit}")
-        _check_common(self)
 
     @property
     def budgets(self) -> list[tuple[str, float]]:
@@ -188,38 +177,3 @@ class SearchConfig:
             return [("max_bytes", int(n)) for n in self.max_bytes]
         return [("max_drop", float(self.max_drop))]
 
-
-def _check_common(cfg) -> None:
-    for name in ("limit", "max_tokens"):
-        v = getattr(cfg, name)
-        if v is not None and v < 1:
-            raise BitswitchError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
-    if cfg.offset < 0:
-        raise BitswitchError(f"--offset must be >= 0, got {cfg.offset}")
-    for name in ("batch_size", "max_new_tokens", "window", "proxy_batches"):
-        if getattr(cfg, name) < 1:
-            raise BitswitchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
-
-
-def settings_hash(cfg, drop=("out", "device", "against", "prefix", "pareto")) -> str:
-    """What must match for an earlier record to be reused: every setting but ``drop``."""
-    d = dataclasses.asdict(cfg)
-    for k in drop:
-        d.pop(k, None)
-    if not d.get("alt_sensitivity"):   # absent before it existed: earlier runs still resume
-        d.pop("alt_sensitivity", None)
-    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def previous_records(path: Path, kind: str, settings: str, key: str = "records") -> list[dict]:
-    """Records (the list under ``key``) of an earlier ``results.json`` of the same kind and settings
-    (else none)."""
-    if not path.is_file():
-        return []
-    try:
-        old = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return []
-    if old.get("kind") != kind or old.get("settings") != settings:
-        return []
-    return list(old.get(key) or [])

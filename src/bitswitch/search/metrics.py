@@ -79,11 +79,12 @@ class MetricData:
 
 def prepare(model, tokenizer, metric: str, data: str | None, limit: int | None = None, offset: int = 0,
             max_tokens: int | None = None, batch_size: int = 8, max_new_tokens: int = 32,
-            window: int = 1024, stride: int | None = None) -> MetricData:
+            window: int = 1024, stride: int | None = None, order: str = "stratified",
+            sample_seed: int = 0) -> MetricData:
     """Load and tokenize the data a metric needs.
 
-    squad: questions ``offset .. offset + limit`` of ``data`` (in ``load_squad``'s default order, stratified
-    over articles), zero-shot prompts in ``bitswitch eval``'s default template. wikitext: tokens
+    squad: questions ``offset .. offset + limit`` of ``data`` in ``order`` (``load_squad``: stratified
+    over articles with ``sample_seed``, or the file's), zero-shot prompts in ``bitswitch eval``'s default template. wikitext: tokens
     ``offset .. offset + max_tokens`` of ``data`` (a held-out text slice, as ``offset`` holds out questions).
     """
     from ..evaluate.scorers import FALLBACK_CONTEXT, context_length, load_text_ids
@@ -98,7 +99,7 @@ def prepare(model, tokenizer, metric: str, data: str | None, limit: int | None =
     if task == "squad":
         from ..data.squad import PromptConfig, encode_prompts, load_squad
 
-        examples = load_squad(data or "squad", limit=limit, offset=offset)
+        examples = load_squad(data or "squad", limit=limit, offset=offset, order=order, sample_seed=sample_seed)
         prompts, _ = encode_prompts(tokenizer, examples, PromptConfig(), context_length(model, FALLBACK_CONTEXT),
                                     reserve=max_new_tokens)
         return MetricData(task, metric, str(data), batch_size, max_new_tokens, prompts,

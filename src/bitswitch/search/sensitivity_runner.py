@@ -1,23 +1,21 @@
 """``bitswitch sensitivity``: one model load, a measured sweep or a proxy, results files.
 
-``OUT/results.json`` (``"kind": "sensitivity"``) holds the run metadata, the base record and one
-record per unit or layer; it is rewritten after every record, and a rerun with the same settings
-reuses the records already measured. ``OUT/results.md`` is the table, ``OUT/sensitivity.png`` the
-heatmap (units: layers x roles) or bar chart (layers).
+The job (``bitswitch.jobs.Job``) keeps ``OUT/results.json`` (``"kind": "sensitivity"``): the run
+metadata, the base record and one record per unit or layer; it is rewritten after every record, and
+a rerun with the same settings reuses the records already measured. ``OUT/results.md`` is the table,
+``OUT/sensitivity.png`` the heatmap (units: layers x roles) or bar chart (layers).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from pathlib import Path
 
-from ..io import atomic_write_json, atomic_write_text
+from ..jobs import Job
 from ..loading import load_switchable
 from ..plots import sensitivity_bars, sensitivity_heatmap
-from ..results import higher_is_better, markdown_table, run_metadata, spearman
+from ..results import higher_is_better, spearman
 from . import metrics as M
-from .config import SensitivityConfig, previous_records, settings_hash
+from .config import SensitivityConfig
 from .proxies import proxy_scores
 from .sensitivity import check_probe, layer_role, measure_sensitivity, probe_groups
 from .table import load_sensitivity
@@ -49,58 +47,57 @@ def compare(records: list[dict], against: str) -> dict:
     return {"against": str(against), "rho": rho, "n": len(names), "same_probe_bits": len(bits) <= 1}
 
 
+def measured_sweep(job: Job, model, tok, md: M.MetricData, base: str, probe: str, granularity: str,
+                   prefix: bool = True) -> list[dict]:
+    """A measured sweep into ``job`` (its ``base_record`` and one record per group, each written as it
+    is measured); the records an earlier run with the same settings left are reused."""
+    if job.previous:
+        job.log(f"{len(job.previous)} records already measured in {job.path}: reused")
+
+    def save(base_record, record):
+        job.doc["base_record"] = base_record
+        job.add(record)
+
+    job.doc["base_record"], job.doc["records"] = measure_sensitivity(model, tok, md, base, probe, granularity,
+                                                                     done=job.previous, on_record=save, prefix=prefix)
+    job.save()
+    return job.doc["records"]
+
+
 def run_sensitivity(cfg: SensitivityConfig, argv: list[str] | None = None, log=print) -> dict:
     """Measure (or score with a proxy) every unit or layer; returns the dict written to results.json."""
-    out = Path(cfg.out)
-    settings = settings_hash(cfg)
-    done = {r["name"]: r for r in previous_records(out / "results.json", "sensitivity", settings)}
+    job = Job(cfg, "sensitivity", argv, key="name", log=log)
     model, tok = load_switchable(cfg.model, cfg.adapters, cfg.options, cfg.device, cfg.dtype, cfg.seed, cfg.keying)
     M.fast_weight_cache(model)
     md = M.prepare(model, tok, cfg.metric, cfg.data, cfg.limit, cfg.offset, cfg.max_tokens, cfg.batch_size,
-                   cfg.max_new_tokens, cfg.window)
+                   cfg.max_new_tokens, cfg.window, order=cfg.order, sample_seed=cfg.sample_seed)
     probe_bits = check_probe(cfg.probe)
-    results = {"kind": "sensitivity", "source": cfg.proxy or "measured", "model": cfg.model,
-               "adapters": cfg.adapters, "data": cfg.data, "offset": cfg.offset, "limit": cfg.limit,
-               "n": md.size, "base": cfg.base, "probe": cfg.probe, "probe_bits": probe_bits,
-               "granularity": cfg.granularity, "metric": cfg.metric, "settings": settings,
-               **run_metadata(argv, cfg.seed, device=str(next(model.parameters()).device), dtype=cfg.dtype),
-               "config": dataclasses.asdict(cfg), "base_record": None, "records": [], "spearman": None}
+    job.describe(model, source=cfg.proxy or "measured", model=cfg.model, adapters=cfg.adapters, data=cfg.data,
+                 offset=cfg.offset, limit=cfg.limit, n=md.size, base=cfg.base, probe=cfg.probe, probe_bits=probe_bits,
+                 granularity=cfg.granularity, metric=cfg.metric, base_record=None, spearman=None)
     t0 = time.perf_counter()
     groups = probe_groups(model, cfg.granularity)
     if cfg.proxy is None:
-        if done:
-            log(f"{len(done)} records already measured in {out / 'results.json'}: reused")
-
-        def save(base_record, record):
-            results["base_record"] = base_record
-            results["records"].append(record)
-            atomic_write_json(out / "results.json", results)
-
-        results["records"] = [done[n] for n in groups if n in done]
-        base_record, records = measure_sensitivity(model, tok, md, cfg.base, cfg.probe, cfg.granularity,
-                                                   done=done, on_record=save, prefix=cfg.prefix)
-        results["base_record"], results["records"] = base_record, records
+        measured_sweep(job, model, tok, md, cfg.base, cfg.probe, cfg.granularity, cfg.prefix)
         columns, label = MEASURED_COLUMNS, f"damage ({'points lost' if higher_is_better(cfg.metric) else 'ln ratio'})"
     else:
         bits = sorted({probe_bits, *cfg.proxy_bits})
         scored = proxy_scores(model, tok, md, cfg.base, bits, cfg.proxy, cfg.proxy_batches, cfg.batch_size,
                               seed=cfg.seed)
-        results["proxy"] = {"method": cfg.proxy, "batches": scored["batches"], "bits": bits}
-        results["records"] = proxy_records(scored["scores"], probe_bits, groups)
+        job.doc["proxy"] = {"method": cfg.proxy, "batches": scored["batches"], "bits": bits}
+        job.doc["records"] = proxy_records(scored["scores"], probe_bits, groups)
         columns, label = PROXY_COLUMNS, f"{cfg.proxy} score (nats/token)"
+    records = job.doc["records"]
     if cfg.against:
-        results["spearman"] = compare(results["records"], cfg.against)
-    results["seconds"] = round(time.perf_counter() - t0, 3)
+        job.doc["spearman"] = compare(records, cfg.against)
+    job.doc["seconds"] = round(time.perf_counter() - t0, 3)
     title = (f"{cfg.proxy or cfg.metric} sensitivity: {cfg.base} -> {cfg.probe} ({cfg.model}, {md.size} "
              f"{'questions' if md.task == 'squad' else 'tokens'})")
     plot = (sensitivity_heatmap if cfg.granularity == "unit" else sensitivity_bars)(
-        results["records"], out / "sensitivity.png", "damage", title, label)
-    results["artifacts"] = [plot]
-    atomic_write_json(out / "results.json", results)
-    table = markdown_table(results["records"], columns)
-    rho = results["spearman"]
-    note = f"\n\nSpearman rank correlation with {rho['against']}: {rho['rho']:.3f} over {rho['n']} records\n" if (
-        rho and rho["rho"] is not None) else "\n"
-    atomic_write_text(out / "results.md", f"# {title}\n\n`{results['command']}`\n\n{table}{note}")
-    results["table"] = table
-    return results
+        records, job.out / "sensitivity.png", "damage", title, label)
+    job.doc["artifacts"] = [plot]
+    rho = job.doc["spearman"]
+    note = (f"Spearman rank correlation with {rho['against']}: {rho['rho']:.3f} over {rho['n']} records"
+            if rho and rho["rho"] is not None else "")
+    table = job.finish(columns, title, note)
+    return {**job.doc, "table": table}
