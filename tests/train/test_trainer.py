@@ -10,14 +10,17 @@ from bitswitch.train.data import LengthGroupedBatches
 from bitswitch.train.trainer import Trainer, train
 
 
-@pytest.fixture
-def squad_file(tmp_path):
-    paras = [{"context": "Items: " + ", ".join(f"item {j}" for j in range(6)) + ".",
+def write_squad(path, context="Items: " + ", ".join(f"item {j}" for j in range(6)) + "."):
+    paras = [{"context": context,
               "qas": [{"id": f"q{i}{j}", "question": f"Which is item {j}?",
                        "answers": [{"text": f"item {j}", "answer_start": 0}]} for j in range(6)]} for i in range(4)]
-    path = tmp_path / "train.json"
     path.write_text(json.dumps({"version": "1.1", "data": [{"title": "T", "paragraphs": paras}]}))
     return str(path)
+
+
+@pytest.fixture
+def squad_file(tmp_path):
+    return write_squad(tmp_path / "train.json")
 
 
 def _cfg(tmp_path, squad_file, **kw):
@@ -147,3 +150,27 @@ def test_non_finite_loss_stops_before_the_update(tmp_path, squad_file, monkeypat
     assert code == 1 and "loss is nan at step 2" in err
     step = json.loads((tmp_path / "nan" / "checkpoint" / "step.json").read_text())["step"]
     assert step == 2                                        # the last good checkpoint is kept
+
+
+def test_squad_selection_reaches_the_training_data(tmp_path, squad_file, monkeypatch):
+    import bitswitch.train.data as data
+
+    seen = {}
+    real = data.load_squad
+
+    def spy(*a, **kw):
+        seen.update(kw)
+        return real(*a, **kw)
+    monkeypatch.setattr(data, "load_squad", spy)
+    t = Trainer(_cfg(tmp_path, squad_file, order="file", sample_seed=3, offset=2, limit=8))
+    t.setup()
+    assert seen == {"split": "train", "limit": 8, "offset": 2, "order": "file", "sample_seed": 3}
+    assert len(t.examples) == 8
+
+
+@pytest.mark.parametrize("out", ["file", "file/below"])
+def test_an_unusable_out_is_a_one_line_error_before_any_work(tmp_path, squad_file, capsys, out):
+    (tmp_path / "file").write_text("x")
+    assert main(["train", "--model", "no-such-model", "--data", squad_file, "--out", str(tmp_path / out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--out" in err and "no-such-model" not in err

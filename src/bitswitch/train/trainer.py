@@ -16,8 +16,8 @@ from tqdm.auto import tqdm
 from ..adapters import AdapterConfig, add_adapters, adapter_parameters, freeze_base, save_adapters
 from ..errors import BitswitchError
 from ..io import append_jsonl, atomic_write_json
+from ..jobs import check_output_dir
 from ..models import load_model
-from ..profiles import QuantOptions
 from ..results import peak_rss_mb, run_metadata
 from ..switching import make_switchable, resolve_profile, set_profile, use_profile
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -68,11 +68,10 @@ class Trainer:
         cfg, acc = self.cfg, self.acc
         torch.manual_seed(cfg.seed)
         model, tok = load_model(cfg.model, device=acc.device, dtype=cfg.dtype, seed=cfg.seed)
-        opts = QuantOptions(weight_symmetric=cfg.weight_symmetric, group_size=cfg.group_size)
-        make_switchable(model, opts, cfg.keying)
+        make_switchable(model, cfg.options, cfg.keying)
         blocks = [u for u in model.bitswitch.units if u != "head"]
         self.schedule = Schedule(cfg.schedule, list(cfg.profiles), cfg.steps, cfg.seed, cfg.cycles, cfg.b_min,
-                                 cfg.b_max, cfg.family, cfg.order, list(cfg.candidates), blocks,
+                                 cfg.b_max, cfg.family, cfg.schedule_order, list(cfg.candidates), blocks,
                                  avg_bits={p: _avg_bits(model, p) for p in cfg.profiles})
         self.train_profiles = self.schedule.all_profiles()
         self.teacher = cfg.teacher or max(cfg.profiles or self.train_profiles, key=lambda p: _avg_bits(model, p))
@@ -83,9 +82,10 @@ class Trainer:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
         if cfg.task == "squad":
-            self.examples = squad_examples(tok, cfg.data, cfg.limit, cfg.max_length)
+            self.examples = squad_examples(tok, cfg.data, cfg.limit, cfg.max_length, offset=cfg.offset,
+                                           order=cfg.order, sample_seed=cfg.sample_seed)
         else:
-            self.examples = text_examples(tok, cfg.data, cfg.max_length, cfg.limit)
+            self.examples = text_examples(tok, cfg.data, cfg.max_length, cfg.limit, cfg.offset)
         self.batches = LengthGroupedBatches([len(e) for e in self.examples], cfg.batch_size, cfg.max_batch_tokens,
                                             cfg.seed)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -169,6 +169,7 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> dict:
+        check_output_dir(self.cfg.out)
         self.setup()
         cfg, acc = self.cfg, self.acc
         world, rank = acc.num_processes, acc.process_index
