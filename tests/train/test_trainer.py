@@ -152,6 +152,19 @@ def test_non_finite_loss_stops_before_the_update(tmp_path, squad_file, monkeypat
     assert step == 2                                        # the last good checkpoint is kept
 
 
+def test_inputs_longer_than_the_context_are_cut_in_the_prompt(tmp_path, capsys):
+    """tiny-gpt2 has 256 positions; max_length (512 by default) and a long context must not overflow it."""
+    data = write_squad(tmp_path / "long.json", context=" ".join(f"word{i}" for i in range(3000)) + " item 3.")
+    code = main(["train", "--model", "tiny-gpt2", "--data", data, "--steps", "2", "--batch-size", "4",
+                 "--device", "cpu", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["truncated_examples"] == 24
+    assert "24 of 24 prompts lost context words to fit 256 tokens" in err
+    assert "max_length 512 is longer than the model's context" in err
+
+
 def test_squad_selection_reaches_the_training_data(tmp_path, squad_file, monkeypatch):
     import bitswitch.train.data as data
 

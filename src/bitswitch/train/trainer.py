@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from ..adapters import AdapterConfig, add_adapters, adapter_parameters, freeze_base, save_adapters
 from ..errors import BitswitchError
+from ..evaluate.tasks import _context_length
 from ..io import append_jsonl, atomic_write_json
 from ..jobs import check_output_dir
 from ..models import load_model
@@ -61,6 +62,7 @@ class Trainer:
         self.acc = Accelerator(cpu=cpu, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
         self.out = Path(cfg.out)
         self._stop: int | None = None
+        self.truncated = 0
         self.tb = None   # a TensorBoard writer while run() runs, when TensorBoard is installed
 
     # -- setup -------------------------------------------------------------------------------------
@@ -81,11 +83,19 @@ class Trainer:
         if cfg.checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
+        ctx = _context_length(model)
+        max_length = min(cfg.max_length, ctx) if ctx else cfg.max_length
+        if max_length < cfg.max_length and acc.is_main_process:
+            self.log(f"max_length {cfg.max_length} is longer than the model's context: examples are cut to "
+                     f"{max_length} tokens")
         if cfg.task == "squad":
-            self.examples = squad_examples(tok, cfg.data, cfg.limit, cfg.max_length, offset=cfg.offset,
-                                           order=cfg.order, sample_seed=cfg.sample_seed)
+            self.examples, self.truncated = squad_examples(tok, cfg.data, cfg.limit, max_length, offset=cfg.offset,
+                                                           order=cfg.order, sample_seed=cfg.sample_seed)
+            if self.truncated and acc.is_main_process:
+                self.log(f"data: {self.truncated} of {len(self.examples)} prompts lost context words to fit "
+                         f"{max_length} tokens (answers are kept whole)")
         else:
-            self.examples = text_examples(tok, cfg.data, cfg.max_length, cfg.limit, cfg.offset)
+            self.examples = text_examples(tok, cfg.data, max_length, cfg.limit, cfg.offset)
         self.batches = LengthGroupedBatches([len(e) for e in self.examples], cfg.batch_size, cfg.max_batch_tokens,
                                             cfg.seed)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -251,7 +261,7 @@ class Trainer:
         summary = {**run_metadata(self.argv, self.cfg.seed), "steps": self.cfg.steps, "last": last,
                    "teacher": self.teacher, "profiles": self.train_profiles, "adapters": str(self.out / "adapters"),
                    "peak_rss_mb": round(peak_rss_mb(), 1),
-                   "memory_estimate_mb": round(self.memory.total / 2**20, 1)}
+                   "memory_estimate_mb": round(self.memory.total / 2**20, 1), "truncated_examples": self.truncated}
         if self.acc.is_main_process:
             save_adapters(self.inner, self.out / "adapters", self.train_profiles)
             atomic_write_json(self.out / "summary.json", summary)
