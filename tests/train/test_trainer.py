@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import bitswitch as bs
 from bitswitch.cli import main
@@ -150,6 +151,39 @@ def test_non_finite_loss_stops_before_the_update(tmp_path, squad_file, monkeypat
     assert code == 1 and "loss is nan at step 2" in err
     step = json.loads((tmp_path / "nan" / "checkpoint" / "step.json").read_text())["step"]
     assert step == 2                                        # the last good checkpoint is kept
+    ck = load_file(str(tmp_path / "nan" / "checkpoint" / "adapters.safetensors"))
+    assert all(torch.isfinite(t).all() for t in ck.values())   # and its weights are finite
+
+
+def test_non_finite_weights_are_never_saved(tmp_path, squad_file, capsys):
+    out = tmp_path / "inf"
+    code = main(["train", "--model", "tiny-gpt2", "--data", squad_file, "--steps", "3", "--save-every", "1",
+                 "--batch-size", "4", "--device", "cpu", "--lr", "inf", "--out", str(out), "--set", "max_length=160"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1 and "adapter weights are not finite after the update of step 0" in err
+    assert not (out / "adapters").exists() and not (out / "summary.json").exists()
+    assert not (out / "checkpoint").exists() and not (out / "metrics.jsonl").exists()
+
+
+def test_weights_gone_non_finite_stop_at_the_next_save_and_keep_the_last_good_checkpoint(tmp_path, squad_file):
+    from bitswitch.adapters import adapter_parameters
+    from bitswitch.train.trainer import NonFiniteWeights
+
+    trainer = Trainer(_cfg(tmp_path, squad_file, save_every=1))
+    original = trainer._train_step
+
+    def poison_after_2(step, world, rank):
+        record = original(step, world, rank)
+        if step == 2:   # as if an update had overflowed without the step noticing
+            next(adapter_parameters(trainer.inner)).data[0, 0] = float("inf")
+        return record
+    trainer._train_step = poison_after_2
+    with pytest.raises(NonFiniteWeights, match="not finite at the checkpoint of step 3"):
+        trainer.run()
+    run = tmp_path / "run"
+    assert json.loads((run / "checkpoint" / "step.json").read_text())["step"] == 2
+    ck = load_file(str(run / "checkpoint" / "adapters.safetensors"))
+    assert all(torch.isfinite(t).all() for t in ck.values())
 
 
 def test_inputs_longer_than_the_context_are_cut_in_the_prompt(tmp_path, capsys):

@@ -1,6 +1,8 @@
 """The switchable QAT loop: one adapter set per profile (or shared / per unit bits), trained on the
 profiles a precision schedule picks, under accelerate (one process, or DDP under
 ``accelerate launch`` / ``torchrun``; only rank 0 writes).
+
+Non-finite losses or weights stop the run before anything non-finite is saved.
 """
 
 from __future__ import annotations
@@ -32,6 +34,13 @@ from .schedules import Schedule, _rng
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or inf; the run stopped before updating with it."""
+
+
+class NonFiniteWeights(NonFiniteLoss):
+    """An update made adapter weights NaN or inf; the run stopped before saving them.
+
+    A subclass of :class:`NonFiniteLoss` so that whatever handles a diverged run (the CLI: one
+    line, exit 1) handles both."""
 
 
 class Interrupted(Exception):
@@ -236,6 +245,8 @@ class Trainer:
         self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
+        self._check_finite(f"after the update of step {step} (profile {_short(profiles[0])}, "
+                           f"lr {self.sched.get_last_lr()[0]:g})")
         seconds = time.perf_counter() - t0
         record = {"step": step, "profile": "|".join(profiles), **{k: round(v, 6) for k, v in sums.items()},
                   "lr": self.sched.get_last_lr()[0], "grad_norm": float(grad_norm), "tokens": tokens * world,
@@ -252,7 +263,16 @@ class Trainer:
     def _on_signal(self, signum, frame):
         self._stop = signum
 
+    def _check_finite(self, when: str) -> None:
+        """Raise :class:`NonFiniteWeights` if any trainable adapter tensor holds a NaN or inf."""
+        params = list(adapter_parameters(self.inner))
+        if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+            raise NonFiniteWeights(f"adapter weights are not finite {when}: stopped without saving them; the last "
+                                   f"good checkpoint in {self.out} (if any) is kept. Lower --lr or raise the "
+                                   "weight bits")
+
     def _save(self, step: int) -> None:
+        self._check_finite(f"at the checkpoint of step {step}")
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             save_checkpoint(self.out, self.inner, self.opt, self.sched, step)
@@ -262,6 +282,7 @@ class Trainer:
                    "teacher": self.teacher, "profiles": self.train_profiles, "adapters": str(self.out / "adapters"),
                    "peak_rss_mb": round(peak_rss_mb(), 1),
                    "memory_estimate_mb": round(self.memory.total / 2**20, 1), "truncated_examples": self.truncated}
+        self._check_finite("at the end of training")
         if self.acc.is_main_process:
             save_adapters(self.inner, self.out / "adapters", self.train_profiles)
             atomic_write_json(self.out / "summary.json", summary)
