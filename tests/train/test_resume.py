@@ -1,0 +1,83 @@
+"""Verified checkpoints, and a crash between the renames of a save resumes bit for bit."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import bitswitch.train.checkpoint as ckmod
+from bitswitch.cli import main
+from bitswitch.train.checkpoint import OLD, TMP_PREFIX
+from tests.train.test_trainer import write_squad
+
+STEPS = 6
+
+
+def _argv(data, out, *extra):
+    return ["train", "--model", "tiny-gpt2", "--data", data, "--steps", str(STEPS), "--batch-size", "4",
+            "--lr", "0.01", "--device", "cpu", "--save-every", "2", "--out", str(out), "--set", "max_length=160",
+            "--set", "warmup_steps=1", "--set", "dropout=0.1", *extra]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run: its squad file and output directory."""
+    root = tmp_path_factory.mktemp("reference")
+    data = write_squad(root / "train.json")
+    assert main(_argv(data, root / "full")) == 0
+    return data, root / "full"
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_same_run(run: Path, full: Path) -> None:
+    a, b = _records(run), _records(full)
+    assert [r["step"] for r in a] == list(range(STEPS))
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    mine, theirs = (load_file(str(d / "adapters" / "adapters.safetensors")) for d in (run, full))
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    sa, sb = (torch.load(d / "checkpoint" / "state.pt", weights_only=False)["optimizer"]["state"] for d in (run, full))
+    assert all(torch.equal(sa[k]["exp_avg_sq"], sb[k]["exp_avg_sq"]) for k in sa)
+
+
+def test_a_crash_between_the_checkpoint_renames_resumes_from_the_last_complete_one(tmp_path, reference,
+                                                                                    monkeypatch):
+    data, full = reference
+    out = tmp_path / "part"
+    real = os.replace
+    saves = {"n": 0}
+
+    def crashing_replace(src, dst):
+        if Path(src).name.startswith(TMP_PREFIX):
+            saves["n"] += 1
+            if saves["n"] == 2:    # the save of step 4: checkpoint (step 2) is already .checkpoint-old
+                raise OSError("simulated crash between the renames")
+        return real(src, dst)
+    monkeypatch.setattr(ckmod.os, "replace", crashing_replace)
+    with pytest.raises(OSError, match="simulated crash"):
+        main(_argv(data, out))
+    monkeypatch.setattr(ckmod.os, "replace", real)
+    assert not (out / "checkpoint").exists() and (out / OLD / "step.json").is_file()
+    assert main(["train", "--resume", str(out)]) == 0
+    _assert_same_run(out, full)
+    assert not list(out.glob(".checkpoint-*"))
+
+
+def test_a_corrupt_checkpoint_is_a_one_line_error(tmp_path, reference, capsys):
+    _, full = reference
+    run = tmp_path / "run"
+    shutil.copytree(full, run)
+    path = run / "checkpoint" / "adapters.safetensors"
+    raw = bytearray(path.read_bytes())
+    raw[-5] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "\n" not in err and "is corrupt" in err and "sha256 mismatch" in err and "adapters.safetensors" in err
