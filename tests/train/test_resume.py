@@ -1,4 +1,5 @@
-"""Verified checkpoints, and a crash between the renames of a save resumes bit for bit."""
+"""Verified checkpoints; a crash between the renames of a save or a metrics line cut short by a kill
+resumes bit for bit."""
 
 import json
 import os
@@ -81,3 +82,37 @@ def test_a_corrupt_checkpoint_is_a_one_line_error(tmp_path, reference, capsys):
     assert main(["train", "--resume", str(run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "\n" not in err and "is corrupt" in err and "sha256 mismatch" in err and "adapters.safetensors" in err
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL in-process: nothing catches it, nothing is saved."""
+
+
+def _killed_at(data, out, step: int) -> None:
+    """Run the reference configuration until ``step`` starts, then die without saving."""
+    import bitswitch.train.trainer as tr
+
+    real = tr.Trainer._train_step
+
+    def train_step(self, s, world, rank):
+        if s == step:
+            raise _Killed
+        return real(self, s, world, rank)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tr.Trainer, "_train_step", train_step)
+        with pytest.raises(_Killed):
+            main(_argv(data, out))
+
+
+def test_a_cut_short_metrics_line_and_lines_after_the_checkpoint_are_dropped_on_resume(tmp_path, reference,
+                                                                                      capsys):
+    data, full = reference
+    run = tmp_path / "run"
+    _killed_at(data, run, 5)                  # checkpoint of step 4; steps 0..4 logged
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "profile": "w')  # killed while writing a line
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()[:-1]] == [0, 1, 2, 3, 4]
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 0
+    assert "dropped 1 unreadable line" in capsys.readouterr().err
+    _assert_same_run(run, full)

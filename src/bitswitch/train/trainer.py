@@ -7,6 +7,7 @@ Non-finite losses or weights stop the run before anything non-finite is saved.
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import time
@@ -18,7 +19,7 @@ from tqdm.auto import tqdm
 from ..adapters import AdapterConfig, add_adapters, adapter_parameters, freeze_base, save_adapters
 from ..errors import BitswitchError
 from ..evaluate.tasks import _context_length
-from ..io import append_jsonl, atomic_write_json
+from ..io import append_jsonl, atomic_write_json, atomic_write_text
 from ..jobs import check_output_dir
 from ..models import load_model
 from ..results import peak_rss_mb, run_metadata
@@ -122,7 +123,9 @@ class Trainer:
         if self.resume:
             self.start = load_checkpoint(self.out, self.inner, self.opt, self.sched)
             if acc.is_main_process:
-                _truncate_metrics(self.out / "metrics.jsonl", self.start)
+                dropped = _truncate_metrics(self.out / "metrics.jsonl", self.start)
+                if dropped:
+                    self.log(f"resume: dropped {dropped} unreadable line(s) of metrics.jsonl (a write cut short)")
         elif acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "metrics.jsonl").unlink(missing_ok=True)
@@ -309,16 +312,24 @@ def _short(profile: str) -> str:
     return profile if len(profile) <= 24 else profile[:21] + "..."
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop logged steps at or after ``step`` (they ran after the checkpoint and will run again)."""
+def _truncate_metrics(path: Path, step: int) -> int:
+    """Drop logged steps at or after ``step`` (they ran after the checkpoint and will run again) and
+    unreadable lines (a line cut short by a kill); returns how many unreadable lines were dropped."""
     if not path.is_file():
-        return
-    import json
-
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] < step]
-    from ..io import atomic_write_text
-
+        return 0
+    keep, bad = [], 0
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            logged = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            bad += 1
+            continue
+        if isinstance(logged, int) and logged < step:
+            keep.append(line)
     atomic_write_text(path, "".join(line + "\n" for line in keep))
+    return bad
 
 
 def train(cfg: TrainConfig, argv: list[str] | None = None, resume: bool = False, log=print) -> dict:
