@@ -1,15 +1,21 @@
-"""Verified checkpoints; a crash between the renames of a save or a metrics line cut short by a kill
-resumes bit for bit."""
+"""Exact resume after SIGINT / SIGTERM / SIGKILL, crashes mid-save and cut-short metrics; verified
+checkpoints."""
 
 import json
 import os
+import random
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import bitswitch
 import bitswitch.train.checkpoint as ckmod
 from bitswitch.cli import main
 from bitswitch.train.checkpoint import OLD, TMP_PREFIX
@@ -116,3 +122,73 @@ def test_a_cut_short_metrics_line_and_lines_after_the_checkpoint_are_dropped_on_
     assert main(["train", "--resume", str(run)]) == 0
     assert "dropped 1 unreadable line" in capsys.readouterr().err
     _assert_same_run(run, full)
+
+
+# a training process whose steps are slowed down, so that a signal lands inside a step
+_SLOW = """import sys, time
+import bitswitch.train.trainer as t
+step_losses = t.Trainer.step_losses
+def slow(self, *a, **k):
+    time.sleep(0.25)
+    return step_losses(self, *a, **k)
+t.Trainer.step_losses = slow
+from bitswitch.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=lambda s: s.name)
+def test_resume_after_a_signal_at_a_random_step_is_bitwise(tmp_path, reference, sig):
+    data, full = reference
+    out = tmp_path / "part"
+    rng = random.Random(1000 + int(sig))
+    # stop inside step `logged` or so (a kill after the first checkpoint, of step 2: before it there is
+    # nothing to resume, and a run started again is a new run)
+    logged = rng.randint(3, STEPS - 2) if sig == signal.SIGKILL else rng.randint(1, STEPS - 3)
+    delay = rng.uniform(0.0, 0.3)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(bitswitch.__file__).parents[1]),
+                                                          os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW, *_argv(data, out)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        metrics = out / "metrics.jsonl"
+        deadline = time.time() + 180
+        while not (metrics.is_file() and metrics.read_text().count("\n") >= logged):
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:] if proc.poll() else ""
+            time.sleep(0.02)
+        time.sleep(delay)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL
+    else:
+        assert proc.returncode == 128 + int(sig), err[-2000:]
+        assert "checkpoint saved, continue with --resume" in err
+    assert not (out / "summary.json").exists()                         # it did stop before the end
+    assert main(["train", "--resume", str(out)]) == 0
+    _assert_same_run(out, full)
+
+
+def test_keyboard_interrupt_inside_the_update_keeps_the_last_checkpoint(tmp_path, reference):
+    """A KeyboardInterrupt raised once the update has begun (no handler of ours, a second Ctrl-C)
+    does not save the half-updated state: the run resumes from the checkpoint before it."""
+    data, full = reference
+    out = tmp_path / "part"
+    real = torch.optim.AdamW.step
+    calls = {"n": 0}
+
+    def step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:    # the update of step 3: the checkpoint holds step 2
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.optim.AdamW, "step", step)
+        assert main(_argv(data, out)) == 130
+    assert json.loads((out / "checkpoint" / "step.json").read_text())["step"] == 2
+    assert main(["train", "--resume", str(out)]) == 0
+    _assert_same_run(out, full)

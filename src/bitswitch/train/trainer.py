@@ -2,6 +2,10 @@
 profiles a precision schedule picks, under accelerate (one process, or DDP under
 ``accelerate launch`` / ``torchrun``; only rank 0 writes).
 
+Stopping and resuming are exact. SIGINT and SIGTERM only ask the loop to stop: the step under way
+finishes, a checkpoint of the state after it is saved and :class:`Interrupted` is raised (a second
+Ctrl-C stops at once, keeping the last checkpoint). A killed run resumes from its last checkpoint.
+Either way ``--resume`` gives the losses and adapters of an uninterrupted run, bit for bit.
 Non-finite losses or weights stop the run before anything non-finite is saved.
 """
 
@@ -10,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -45,6 +50,8 @@ class NonFiniteWeights(NonFiniteLoss):
 
 
 class Interrupted(Exception):
+    """A signal stopped the run; steps ``0 .. step - 1`` are done and checkpointed."""
+
     def __init__(self, step: int, signum: int):
         super().__init__(f"interrupted at step {step}")
         self.step, self.signum = step, signum
@@ -71,7 +78,8 @@ class Trainer:
         cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
         self.acc = Accelerator(cpu=cpu, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
         self.out = Path(cfg.out)
-        self._stop: int | None = None
+        self._stop: int | None = None    # the signal that asked the loop to stop
+        self._updating = False          # the optimizer step of the current step has begun
         self.truncated = 0
         self.tb = None   # a TensorBoard writer while run() runs, when TensorBoard is installed
 
@@ -195,7 +203,9 @@ class Trainer:
         self.setup()
         cfg, acc = self.cfg, self.acc
         world, rank = acc.num_processes, acc.process_index
-        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM,)}
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         bar = tqdm(total=cfg.steps, initial=self.start, desc="train", disable=not acc.is_main_process,
                    dynamic_ncols=True)
         self.tb = _tensorboard(self.out / "tensorboard") if acc.is_main_process else None
@@ -206,17 +216,22 @@ class Trainer:
                 try:
                     last = self._train_step(step, world, rank)
                 except KeyboardInterrupt:
-                    self._stop = signal.SIGINT
-                if self._stop is not None:
+                    # raised inside the step (a second Ctrl-C, or no handler of ours in this thread)
+                    if self._updating:
+                        raise   # the update had begun: keep the last checkpoint, as after a kill
                     set_rng_state(snapshot)            # the unfinished step will rerun identically
                     self.opt.zero_grad(set_to_none=True)
                     self._save(step)
-                    raise Interrupted(step, self._stop)
+                    raise Interrupted(step, signal.SIGINT) from None
                 bar.update(1)
                 bar.set_postfix(profile=_short(last["profile"]), loss=f"{last['loss']:.4f}",
                                 tok_s=f"{last['tokens_per_s']:.0f}", rss_mb=f"{last['peak_rss_mb']:.0f}")
-                if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-                    self._save(step + 1)
+                done = step + 1
+                stop = self._stop_requested()
+                if stop or done % cfg.save_every == 0 or done == cfg.steps:
+                    self._save(done)
+                if stop:
+                    raise Interrupted(done, self._stop)
         finally:
             bar.close()
             if self.tb is not None:
@@ -245,6 +260,7 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + v.item() / cfg.grad_accum
         grad_norm = self.acc.clip_grad_norm_(list(adapter_parameters(self.inner)), cfg.max_grad_norm) \
             if cfg.max_grad_norm > 0 else torch.tensor(0.0)
+        self._updating = True
         self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
@@ -261,10 +277,25 @@ class Trainer:
                 for k, v in record.items():
                     if isinstance(v, (int, float)) and k != "step":
                         self.tb.add_scalar(f"train/{k}", v, step)
+        self._updating = False
         return record
 
     def _on_signal(self, signum, frame):
-        self._stop = signum
+        if self._stop is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt   # a second Ctrl-C: stop now (the last checkpoint is kept)
+        self._stop = signum           # the loop stops after the step under way
+
+    def _stop_requested(self) -> bool:
+        """Whether any process was asked to stop (all processes then stop after the same step)."""
+        if self.acc.num_processes == 1:
+            return self._stop is not None
+        import torch.distributed as dist
+
+        flag = torch.tensor([self._stop or 0], device=self.acc.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and self._stop is None:
+            self._stop = int(flag.item())
+        return bool(flag.item())
 
     def _check_finite(self, when: str) -> None:
         """Raise :class:`NonFiniteWeights` if any trainable adapter tensor holds a NaN or inf."""
