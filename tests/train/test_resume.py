@@ -1,5 +1,5 @@
 """Exact resume after SIGINT / SIGTERM / SIGKILL, crashes mid-save and cut-short metrics; verified
-checkpoints."""
+checkpoints; a resumed run continues its saved configuration."""
 
 import json
 import os
@@ -86,7 +86,7 @@ def test_a_corrupt_checkpoint_is_a_one_line_error(tmp_path, reference, capsys):
     path.write_bytes(bytes(raw))
     capsys.readouterr()
     assert main(["train", "--resume", str(run)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
+    err = capsys.readouterr().err.strip()
     assert "\n" not in err and "is corrupt" in err and "sha256 mismatch" in err and "adapters.safetensors" in err
 
 
@@ -192,3 +192,58 @@ def test_keyboard_interrupt_inside_the_update_keeps_the_last_checkpoint(tmp_path
     assert json.loads((out / "checkpoint" / "step.json").read_text())["step"] == 2
     assert main(["train", "--resume", str(out)]) == 0
     _assert_same_run(out, full)
+
+
+# -- a resumed run continues its saved configuration ---------------------------------------------
+@pytest.fixture
+def stopped(tmp_path, reference):
+    """A 4-step run of the reference configuration (its checkpoint holds step 4)."""
+    data, _ = reference
+    run = tmp_path / "run"
+    assert main(_argv(data, run, "--steps", "4")) == 0
+    return data, run
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--lr", "0.5"], "lr: 0.01 -> 0.5"),
+    (["--batch-size", "2"], "batch_size: 4 -> 2"),
+    (["--set", "dropout=0.0"], "dropout: 0.1 -> 0.0"),
+    (["--profiles", "fp"], "profiles:"),
+    (["--steps", "3"], "steps=3 is below the 4 steps"),
+])
+def test_resume_refuses_flags_that_contradict_the_saved_run(stopped, capsys, flags, needle):
+    _, run = stopped
+    before = (run / "config.yaml").read_text()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and needle in err
+    assert (run / "config.yaml").read_text() == before
+
+
+def test_resume_refuses_another_out(stopped, tmp_path, capsys):
+    _, run = stopped
+    assert main(["train", "--resume", str(run), "--out", str(tmp_path / "elsewhere")]) == 2
+    assert "name different runs" in capsys.readouterr().err
+
+
+def test_resume_accepts_more_steps_and_operational_keys(stopped, tmp_path):
+    data, run = stopped
+    cfg = tmp_path / "same.yaml"
+    cfg.write_text("lr: 0.01\nbatch_size: 4\n")   # the keys a config file sets must agree too
+    assert main(["train", "--resume", str(run), "--config", str(cfg), "--lr", "0.01", "--steps", "5",
+                 "--save-every", "5", "--device", "cpu", "--max-memory", "64GiB",
+                 "--set", "check_memory=false", "--set", "log_every=1"]) == 0
+    assert [r["step"] for r in _records(run)] == [0, 1, 2, 3, 4]
+    assert json.loads((run / "summary.json").read_text())["steps"] == 5
+    assert "steps: 5" in (run / "config.yaml").read_text()
+
+
+def test_a_new_run_in_an_old_directory_cannot_resume_the_old_checkpoint(tmp_path, reference, capsys):
+    data, full = reference
+    run = tmp_path / "run"
+    shutil.copytree(full, run)
+    _killed_at(data, run, 1)                  # a new run there, killed before its first checkpoint
+    assert not (run / "checkpoint").exists() and not (run / "summary.json").exists()
+    assert main(["train", "--resume", str(run)]) == 2
+    assert "has no complete checkpoint" in capsys.readouterr().err

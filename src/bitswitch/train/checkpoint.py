@@ -96,6 +96,12 @@ def save_checkpoint(out: str | Path, model, optimizer, scheduler, step: int, ext
     return final
 
 
+def remove_checkpoints(run_dir: str | Path) -> None:
+    """Delete every checkpoint in ``run_dir`` (a new run there must not resume an earlier one's)."""
+    for d in [Path(run_dir) / CHECKPOINT, Path(run_dir) / OLD, *Path(run_dir).glob(f"{TMP_PREFIX}*")]:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def find_checkpoint(run_dir: str | Path) -> Path | None:
     """The run's last complete checkpoint directory (``checkpoint``, else ``.checkpoint-old``), or None."""
     for name in (CHECKPOINT, OLD):

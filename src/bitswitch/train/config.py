@@ -91,7 +91,8 @@ class TrainConfig(RunConfig):
     out: str = "runs/train"
 
     # Knobs that never change what is trained, only where it goes, what runs it, how often it is
-    # saved or logged, and how memory is bounded: not hashed.
+    # saved or logged, and how memory is bounded: not hashed, and a resumed run may change them
+    # (besides ``steps``, which may only grow). Every other key of a resumed run must match.
     UNHASHED: ClassVar[tuple[str, ...]] = RunConfig.UNHASHED + (
         "save_every", "log_every", "max_memory", "check_memory", "checkpointing")
 
@@ -156,17 +157,7 @@ class TrainConfig(RunConfig):
 
     @classmethod
     def load(cls, path: str | None = None, overrides: list[str] | dict | None = None) -> "TrainConfig":
-        data: dict = {}
-        if path:
-            p = Path(path)
-            if not p.is_file():
-                raise BitswitchError(f"config file {path!r} does not exist: pass an existing YAML file")
-            try:
-                data = yaml.safe_load(p.read_text()) or {}
-            except yaml.YAMLError as exc:
-                raise BitswitchError(f"config file {path!r} is not valid YAML ({str(exc).splitlines()[0]})") from exc
-            if not isinstance(data, dict):
-                raise BitswitchError(f"config file {path!r} must be a mapping of key: value")
+        data = read_yaml(path) if path else {}
         if isinstance(overrides, dict):
             data.update(overrides)
         else:
@@ -190,6 +181,20 @@ class TrainConfig(RunConfig):
         from ..io import atomic_write_text
 
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def read_yaml(path: str) -> dict:
+    """The ``key: value`` mapping of a config file, unchecked (``TrainConfig.load`` checks it)."""
+    p = Path(path)
+    if not p.is_file():
+        raise BitswitchError(f"config file {path!r} does not exist: pass an existing YAML file")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise BitswitchError(f"config file {path!r} is not valid YAML ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(data, dict):
+        raise BitswitchError(f"config file {path!r} must be a mapping of key: value")
+    return data
 
 
 def _check_types(cfg) -> None:

@@ -25,11 +25,12 @@ from ..adapters import AdapterConfig, add_adapters, adapter_parameters, freeze_b
 from ..errors import BitswitchError
 from ..evaluate.tasks import _context_length
 from ..io import append_jsonl, atomic_write_json, atomic_write_text
-from ..jobs import check_output_dir
+from ..jobs import check_output_dir, settings_differences
 from ..models import load_model
 from ..results import peak_rss_mb, run_metadata
 from ..switching import make_switchable, resolve_profile, set_profile, use_profile
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (checkpoint_info, load_checkpoint, remove_checkpoints, rng_state, save_checkpoint,
+                         set_rng_state)
 from .config import TrainConfig
 from .data import IGNORE, LengthGroupedBatches, collate, squad_examples, text_examples
 from .memory import check_fits
@@ -57,6 +58,32 @@ class Interrupted(Exception):
         self.step, self.signum = step, signum
 
 
+# keys a resumed run may change: the operational ones (TrainConfig.UNHASHED: out, device, save and
+# log intervals, memory bounds) and ``steps``, upward only. Every other key continues the saved run.
+RESUME_MAY_CHANGE: tuple[str, ...] = ("steps", *TrainConfig.UNHASHED)
+
+
+def check_resume(cfg: TrainConfig, run_dir: str | Path) -> dict:
+    """The verified checkpoint ``cfg`` resumes from; a one-line :class:`BitswitchError` when ``cfg``
+    contradicts the run's saved ``config.yaml`` in a key outside :data:`RESUME_MAY_CHANGE`, or asks
+    for fewer steps than the checkpoint holds."""
+    saved_path = Path(run_dir) / "config.yaml"
+    if not saved_path.is_file():
+        raise BitswitchError(f"--resume {str(run_dir)!r} has no config.yaml: pass the --out directory of a run")
+    saved = TrainConfig.load(str(saved_path))
+    diff = [d for d in settings_differences(saved.to_dict(), cfg.to_dict())
+            if d.partition(":")[0] not in RESUME_MAY_CHANGE]
+    if diff:
+        raise BitswitchError(f"--resume continues the configuration saved in {saved_path}, but {'; '.join(diff)} "
+                             f"(saved -> given): only {', '.join(RESUME_MAY_CHANGE)} may change (steps only "
+                             "upward); drop the flag, or start a new --out to train with other settings")
+    info = checkpoint_info(run_dir)
+    if cfg.steps < info["step"]:
+        raise BitswitchError(f"steps={cfg.steps} is below the {info['step']} steps the checkpoint in {run_dir} "
+                             f"has trained: a resumed run continues, pass steps >= {info['step']}")
+    return info
+
+
 def lr_lambda(cfg: TrainConfig):
     """Linear warm-up, then cosine decay to ``min_lr_ratio`` of the peak."""
     def f(step: int) -> float:
@@ -80,6 +107,7 @@ class Trainer:
         self.out = Path(cfg.out)
         self._stop: int | None = None    # the signal that asked the loop to stop
         self._updating = False          # the optimizer step of the current step has begun
+        self.resume_info: dict | None = None
         self.truncated = 0
         self.tb = None   # a TensorBoard writer while run() runs, when TensorBoard is installed
 
@@ -129,14 +157,16 @@ class Trainer:
         self.tokenizer = tok
         self.start = 0
         if self.resume:
-            self.start = load_checkpoint(self.out, self.inner, self.opt, self.sched)
+            self.start = load_checkpoint(self.out, self.inner, self.opt, self.sched, self.resume_info)
             if acc.is_main_process:
                 dropped = _truncate_metrics(self.out / "metrics.jsonl", self.start)
                 if dropped:
                     self.log(f"resume: dropped {dropped} unreadable line(s) of metrics.jsonl (a write cut short)")
         elif acc.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "metrics.jsonl").unlink(missing_ok=True)
+            # what an earlier run left here describes that run: a later --resume must not continue it
+            remove_checkpoints(self.out)
+            for name in ("metrics.jsonl", "summary.json"):
+                (self.out / name).unlink(missing_ok=True)
         if acc.is_main_process:
             cfg.save(self.out / "config.yaml")
 
@@ -200,6 +230,8 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> dict:
         check_output_dir(self.cfg.out)
+        if self.resume:
+            self.resume_info = check_resume(self.cfg, self.out)
         self.setup()
         cfg, acc = self.cfg, self.acc
         world, rank = acc.num_processes, acc.process_index
