@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .evaluate.config import EvalConfig
 from .evaluate.runner import run_eval
+from .train.checkpoint import find_checkpoint
 from .train.config import TrainConfig
 from .train.trainer import train
 
@@ -25,8 +26,7 @@ def run_demo(model: str = "smollm2-135m", train_data: str = "squad", dev_data: s
                       steps=steps,
                       batch_size=batch_size, lr=lr, warmup_steps=max(1, steps // 10), save_every=max(1, steps // 3),
                       device=device, out=str(out_dir / "train"), max_length=384)
-    resume = (out_dir / "train" / "checkpoint" / "step.json").is_file() and \
-        not (out_dir / "train" / "summary.json").is_file()
+    resume = find_checkpoint(out_dir / "train") is not None and not (out_dir / "train" / "summary.json").is_file()
     if (out_dir / "train" / "summary.json").is_file():
         log(f"training already finished in {out_dir / 'train'}: reusing its adapters")
     else:

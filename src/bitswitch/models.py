@@ -171,3 +171,9 @@ def load_model(spec: str, device: str | torch.device = "auto", dtype: str | torc
     check_supported(model)
     return model.to(dev).eval(), tok
 
+
+
+def context_length(model, default: int | None = None) -> int | None:
+    """The model's context window (``n_positions`` or ``max_position_embeddings``), else ``default``."""
+    cfg = model.config
+    return getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None) or default

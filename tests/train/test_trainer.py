@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import bitswitch as bs
 from bitswitch.cli import main
@@ -10,14 +11,17 @@ from bitswitch.train.data import LengthGroupedBatches
 from bitswitch.train.trainer import Trainer, train
 
 
-@pytest.fixture
-def squad_file(tmp_path):
-    paras = [{"context": "Items: " + ", ".join(f"item {j}" for j in range(6)) + ".",
+def write_squad(path, context="Items: " + ", ".join(f"item {j}" for j in range(6)) + "."):
+    paras = [{"context": context,
               "qas": [{"id": f"q{i}{j}", "question": f"Which is item {j}?",
                        "answers": [{"text": f"item {j}", "answer_start": 0}]} for j in range(6)]} for i in range(4)]
-    path = tmp_path / "train.json"
     path.write_text(json.dumps({"version": "1.1", "data": [{"title": "T", "paragraphs": paras}]}))
     return str(path)
+
+
+@pytest.fixture
+def squad_file(tmp_path):
+    return write_squad(tmp_path / "train.json")
 
 
 def _cfg(tmp_path, squad_file, **kw):
@@ -147,3 +151,73 @@ def test_non_finite_loss_stops_before_the_update(tmp_path, squad_file, monkeypat
     assert code == 1 and "loss is nan at step 2" in err
     step = json.loads((tmp_path / "nan" / "checkpoint" / "step.json").read_text())["step"]
     assert step == 2                                        # the last good checkpoint is kept
+    ck = load_file(str(tmp_path / "nan" / "checkpoint" / "adapters.safetensors"))
+    assert all(torch.isfinite(t).all() for t in ck.values())   # and its weights are finite
+
+
+def test_non_finite_weights_are_never_saved(tmp_path, squad_file, capsys):
+    out = tmp_path / "inf"
+    code = main(["train", "--model", "tiny-gpt2", "--data", squad_file, "--steps", "3", "--save-every", "1",
+                 "--batch-size", "4", "--device", "cpu", "--lr", "inf", "--out", str(out), "--set", "max_length=160"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1 and "adapter weights are not finite after the update of step 0" in err
+    assert not (out / "adapters").exists() and not (out / "summary.json").exists()
+    assert not (out / "checkpoint").exists() and not (out / "metrics.jsonl").exists()
+
+
+def test_weights_gone_non_finite_stop_at_the_next_save_and_keep_the_last_good_checkpoint(tmp_path, squad_file):
+    from bitswitch.adapters import adapter_parameters
+    from bitswitch.train.trainer import NonFiniteWeights
+
+    trainer = Trainer(_cfg(tmp_path, squad_file, save_every=1))
+    original = trainer._train_step
+
+    def poison_after_2(step, world, rank):
+        record = original(step, world, rank)
+        if step == 2:   # as if an update had overflowed without the step noticing
+            next(adapter_parameters(trainer.inner)).data[0, 0] = float("inf")
+        return record
+    trainer._train_step = poison_after_2
+    with pytest.raises(NonFiniteWeights, match="not finite at the checkpoint of step 3"):
+        trainer.run()
+    run = tmp_path / "run"
+    assert json.loads((run / "checkpoint" / "step.json").read_text())["step"] == 2
+    ck = load_file(str(run / "checkpoint" / "adapters.safetensors"))
+    assert all(torch.isfinite(t).all() for t in ck.values())
+
+
+def test_inputs_longer_than_the_context_are_cut_in_the_prompt(tmp_path, capsys):
+    """tiny-gpt2 has 256 positions; max_length (512 by default) and a long context must not overflow it."""
+    data = write_squad(tmp_path / "long.json", context=" ".join(f"word{i}" for i in range(3000)) + " item 3.")
+    code = main(["train", "--model", "tiny-gpt2", "--data", data, "--steps", "2", "--batch-size", "4",
+                 "--device", "cpu", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["truncated_examples"] == 24
+    assert "24 of 24 prompts lost context words to fit 256 tokens" in err
+    assert "max_length 512 is longer than the model's context" in err
+
+
+def test_squad_selection_reaches_the_training_data(tmp_path, squad_file, monkeypatch):
+    import bitswitch.train.data as data
+
+    seen = {}
+    real = data.load_squad
+
+    def spy(*a, **kw):
+        seen.update(kw)
+        return real(*a, **kw)
+    monkeypatch.setattr(data, "load_squad", spy)
+    t = Trainer(_cfg(tmp_path, squad_file, order="file", sample_seed=3, offset=2, limit=8))
+    t.setup()
+    assert seen == {"split": "train", "limit": 8, "offset": 2, "order": "file", "sample_seed": 3}
+    assert len(t.examples) == 8
+
+
+@pytest.mark.parametrize("out", ["file", "file/below"])
+def test_an_unusable_out_is_a_one_line_error_before_any_work(tmp_path, squad_file, capsys, out):
+    (tmp_path / "file").write_text("x")
+    assert main(["train", "--model", "no-such-model", "--data", squad_file, "--out", str(tmp_path / out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--out" in err and "no-such-model" not in err

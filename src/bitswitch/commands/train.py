@@ -22,7 +22,10 @@ def add_parser(sub) -> None:
     p.add_argument("--config", default=None, help="YAML file of TrainConfig keys")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (repeatable), e.g. --set distill=1.0")
-    p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its checkpoint")
+    p.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue the run in DIR from its checkpoint, with its saved config.yaml; flags may only "
+                        "raise --steps or change operational keys (save_every, log_every, device, max_memory, "
+                        "check_memory, checkpointing)")
     for flag, kw in TRAIN_FLAGS.items():
         p.add_argument(flag, default=None, **kw)
 
@@ -39,7 +42,7 @@ def parse_set(item: str) -> dict:
 def run(a, argv) -> int:
     from pathlib import Path
 
-    from ..train.config import TrainConfig
+    from ..train.config import TrainConfig, read_yaml
     from ..train.trainer import train
 
     overrides = {}
@@ -49,9 +52,15 @@ def run(a, argv) -> int:
             overrides[flag[2:].replace("-", "_")] = value
     config = a.config
     if a.resume:
-        config = str(Path(a.resume) / "config.yaml")
-        if not Path(config).is_file():
+        if a.out is not None and Path(a.out).resolve() != Path(a.resume).resolve():
+            raise BitswitchError(f"--out {a.out!r} and --resume {a.resume!r} name different runs: drop --out "
+                                 "(a resumed run writes where it ran)")
+        saved = Path(a.resume) / "config.yaml"
+        if not saved.is_file():
             raise BitswitchError(f"--resume {a.resume!r} has no config.yaml: pass the --out directory of a run")
+        if a.config:   # the keys it sets are checked against the saved run as flags are
+            overrides = {**read_yaml(a.config), **overrides}
+        config = str(saved)
         overrides["out"] = a.resume
     for item in a.overrides:   # --set wins over the flags
         overrides.update(parse_set(item))

@@ -20,18 +20,13 @@ from collections.abc import Callable, Sequence
 
 from ..data.text import load_text, tokenize_text
 from ..errors import BitswitchError
+from ..models import context_length  # noqa: F401 - the scorers' callers take it from here
 from .generate import answer_nll, generate_and_score
 from .perplexity import perplexity
 from .squad_metrics import exact_match, f1
 
 TEXT_DEFAULT = "wikitext"
 FALLBACK_CONTEXT = 2048   # prompt budget for a model whose config names no context window
-
-
-def context_length(model, default: int | None = None) -> int | None:
-    """The model's context window (``n_positions`` or ``max_position_embeddings``), else ``default``."""
-    cfg = model.config
-    return getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None) or default
 
 
 def score_squad(model, tokenizer, prompts: list[list[int]], examples: Sequence, max_new_tokens: int = 32,

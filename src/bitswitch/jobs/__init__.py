@@ -6,6 +6,6 @@ settings hash, resume, merging) and ``OUT/results.md``.
 """
 
 from .config import ORDERS, RunConfig
-from .job import Job, check_output_dir
+from .job import Job, check_output_dir, settings_differences
 
-__all__ = ["ORDERS", "Job", "RunConfig", "check_output_dir"]
+__all__ = ["ORDERS", "Job", "RunConfig", "check_output_dir", "settings_differences"]

@@ -52,13 +52,14 @@ def _read_json(path: Path) -> dict | None:
     return doc
 
 
-def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted names of the settings that differ between two config dicts."""
+def settings_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``"name: old -> new"`` for each setting that differs between two config dicts (dotted names
+    inside nested dicts), sorted by name."""
     diff = []
     for k in sorted(set(old) | set(new)):
         a, b = old.get(k), new.get(k)
         if isinstance(a, dict) and isinstance(b, dict):
-            diff += _differences(a, b, f"{prefix}{k}.")
+            diff += settings_differences(a, b, f"{prefix}{k}.")
         elif a != b:
             diff.append(f"{prefix}{k}: {a!r} -> {b!r}")
     return diff
@@ -112,7 +113,7 @@ class Job:
             return old
         keep = self.path.with_name(f"{self.path.stem}-{old.get('settings') or 'old'}{self.path.suffix}")
         os.replace(self.path, keep)
-        diff = _differences(old.get("config") or {}, self.doc["config"])
+        diff = settings_differences(old.get("config") or {}, self.doc["config"])
         diff = [d for d in diff if d.split(":")[0].split(".")[0] not in type(self.cfg).UNHASHED]
         self.log(f"note: {self.path} was measured with other settings ({'; '.join(diff[:4]) or 'older format'}"
                  f"{'; ...' if len(diff) > 4 else ''}): kept as {keep.name}, starting a new {self.path.name}")

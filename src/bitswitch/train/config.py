@@ -1,7 +1,22 @@
 """``TrainConfig``: every knob of ``bitswitch train``, validated; from YAML plus ``key=value`` overrides.
 
+It is a :class:`~bitswitch.jobs.RunConfig` (the base every command shares): ``model``, ``out``,
+``device``, ``dtype``, ``seed``, ``keying``, ``data``, ``limit``, ``offset``, ``order``,
+``sample_seed`` and ``batch_size`` are the base's fields (``model``, ``data`` and ``out`` with
+train's defaults). Two base fields are not keys of their own here:
+
+* ``options`` (the base's :class:`QuantOptions`) is derived from the flat quantizer keys
+  ``act_mode``, ``group_size`` and ``weight_symmetric``; it is neither a YAML nor a ``--set`` key
+  and is not saved in ``config.yaml``.
+* ``adapters`` must stay empty: train creates new adapters (continue a run with ``--resume``).
+
+``order`` is the SQuAD question order (``stratified`` or ``file``, as in eval); the progressive
+schedule's bit order is ``schedule_order``. A config written before the two were told apart said
+``order: ascending`` (or ``descending``) for the schedule: that is still read as ``schedule_order``.
+
 An unknown key, a wrong type or an impossible value is a one-line :class:`BitswitchError` that
-lists what is allowed. The resolved configuration is saved as ``OUT/config.yaml``.
+lists what is allowed. The resolved configuration is saved as ``OUT/config.yaml`` and loads back
+with :meth:`TrainConfig.load` to an equal config.
 """
 
 from __future__ import annotations
@@ -11,22 +26,27 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import yaml
 
 from ..errors import BitswitchError
+from ..jobs import RunConfig
+from ..profiles import QuantOptions
 from ..switching import KEYINGS
 from .schedules import SCHEDULES
 
+SCHEDULE_ORDERS = ("ascending", "descending")
 
-@dataclass
-class TrainConfig:
-    # what
+
+@dataclass(kw_only=True)
+class TrainConfig(RunConfig):
+    # what (model, data, limit, offset, order, sample_seed: RunConfig's, with train's defaults)
     model: str = "smollm2-135m"
     data: str = "squad"                  # SQuAD file/dir/hub name, or a text file with task: text
     task: str = "squad"                  # squad | text
-    limit: int | None = None             # first N training examples
-    max_length: int = 512                # tokens per example (prompt + answer); longer prompts lose context
+    max_length: int = 512                # tokens per example (prompt + answer), at most the model's context;
+                                         # longer prompts lose context
     profiles: list[str] = field(default_factory=lambda: ["fp", "w8a8", "w6a8", "w4a8"])
     # schedule
     schedule: str = "random"
@@ -34,21 +54,20 @@ class TrainConfig:
     b_min: int = 4
     b_max: int = 8
     family: str = "w{bits}a8"
-    order: str = "ascending"
+    schedule_order: str = "ascending"    # progressive: low to high bits or back (legacy key: order)
     candidates: list[int] = field(default_factory=lambda: [4, 6, 8])
-    # adapters
-    keying: str = "profile"
+    # adapters (keying: RunConfig's)
     r: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
     roles: list[str] = field(default_factory=lambda: ["attn_in", "attn_out", "mlp_in", "mlp_out"])
-    # quantizers
+    # quantizers: the YAML keys; ``options`` is derived from them
     act_mode: str = "token"
     group_size: int | None = None
     weight_symmetric: bool = True
-    # optimisation
+    options: QuantOptions = field(default_factory=QuantOptions, init=False)
+    # optimisation (batch_size: RunConfig's)
     steps: int = 100
-    batch_size: int = 8
     grad_accum: int = 1
     max_batch_tokens: int | None = None
     lr: float = 2e-4
@@ -66,16 +85,30 @@ class TrainConfig:
     hidden_mse: float = 0.0
     hidden_layers: str = "all"           # all | random (one random layer per step)
     consistency: float = 0.0             # KL between two sampled profiles
-    # run
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "fp32"
+    # run (seed, device, dtype: RunConfig's)
     save_every: int = 50
     log_every: int = 1
     out: str = "runs/train"
 
-    def __post_init__(self):
+    # Knobs that never change what is trained, only where it goes, what runs it, how often it is
+    # saved or logged, and how memory is bounded: not hashed, and a resumed run may change them
+    # (besides ``steps``, which may only grow). Every other key of a resumed run must match.
+    UNHASHED: ClassVar[tuple[str, ...]] = RunConfig.UNHASHED + (
+        "save_every", "log_every", "max_memory", "check_memory", "checkpointing")
+
+    def validate(self) -> None:
         _check_types(self)
+        if self.order in SCHEDULE_ORDERS:   # the legacy key: order meant the schedule's bit order
+            if self.schedule_order not in (self.order, SCHEDULE_ORDERS[0]):
+                raise BitswitchError(f"order={self.order!r} and schedule_order={self.schedule_order!r}: the "
+                                     "schedule's bit order is schedule_order, order is the squad question order")
+            self.schedule_order, self.order = self.order, "stratified"
+        super().validate()
+        if self.adapters is not None:
+            raise BitswitchError(f"adapters={self.adapters!r}: train creates new adapters (continue a run with "
+                                 "--resume DIR instead)")
+        if self.task == "text" and (self.order != "stratified" or self.sample_seed != 0):
+            raise BitswitchError("order and sample_seed choose squad questions: drop them for task text")
         positive = ("max_length", "steps", "batch_size", "grad_accum", "save_every", "log_every", "r", "cycles")
         for k in positive:
             if getattr(self, k) < 1:
@@ -92,7 +125,7 @@ class TrainConfig:
             raise BitswitchError(f"dropout must be in [0, 1), got {self.dropout}")
         choices = {"schedule": SCHEDULES, "keying": KEYINGS, "task": ("squad", "text"),
                    "act_mode": ("token", "tensor"), "hidden_layers": ("all", "random"),
-                   "order": ("ascending", "descending"), "dtype": ("fp32", "bf16")}
+                   "schedule_order": SCHEDULE_ORDERS, "dtype": ("fp32", "bf16")}
         for k, allowed in choices.items():
             if getattr(self, k) not in allowed:
                 raise BitswitchError(f"{k}={getattr(self, k)!r} is not allowed: use one of {', '.join(allowed)}")
@@ -112,20 +145,19 @@ class TrainConfig:
         if self.max_batch_tokens is not None and self.max_batch_tokens < self.max_length:
             raise BitswitchError(f"max_batch_tokens ({self.max_batch_tokens}) must hold one example of "
                                  f"max_length ({self.max_length}) tokens")
+        if self.group_size is not None and self.group_size < 1:
+            raise BitswitchError(f"group_size must be a positive number of input columns, got {self.group_size}")
+        self.options = QuantOptions(weight_symmetric=self.weight_symmetric, group_size=self.group_size,
+                                    act_mode=self.act_mode)
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        """The YAML / ``--set`` keys (every field but the derived ``options``)."""
+        return [f.name for f in dataclasses.fields(cls) if f.init]
 
     @classmethod
     def load(cls, path: str | None = None, overrides: list[str] | dict | None = None) -> "TrainConfig":
-        data: dict = {}
-        if path:
-            p = Path(path)
-            if not p.is_file():
-                raise BitswitchError(f"config file {path!r} does not exist: pass an existing YAML file")
-            try:
-                data = yaml.safe_load(p.read_text()) or {}
-            except yaml.YAMLError as exc:
-                raise BitswitchError(f"config file {path!r} is not valid YAML ({str(exc).splitlines()[0]})") from exc
-            if not isinstance(data, dict):
-                raise BitswitchError(f"config file {path!r} must be a mapping of key: value")
+        data = read_yaml(path) if path else {}
         if isinstance(overrides, dict):
             data.update(overrides)
         else:
@@ -134,14 +166,16 @@ class TrainConfig:
                 if not eq or not key:
                     raise BitswitchError(f"override {item!r} must be key=value, e.g. --set steps=200")
                 data[key.strip()] = yaml.safe_load(value) if value.strip() else None
-        allowed = [f.name for f in dataclasses.fields(cls)]
+        allowed = cls.keys()
         unknown = sorted(set(data) - set(allowed))
         if unknown:
             raise BitswitchError(f"unknown config key(s) {', '.join(unknown)}: allowed keys are {', '.join(allowed)}")
         return cls(**data)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The YAML keys and their values (what ``config.yaml`` holds)."""
+        d = dataclasses.asdict(self)
+        return {k: d[k] for k in self.keys()}
 
     def save(self, path: str | Path) -> None:
         from ..io import atomic_write_text
@@ -149,9 +183,25 @@ class TrainConfig:
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
+def read_yaml(path: str) -> dict:
+    """The ``key: value`` mapping of a config file, unchecked (``TrainConfig.load`` checks it)."""
+    p = Path(path)
+    if not p.is_file():
+        raise BitswitchError(f"config file {path!r} does not exist: pass an existing YAML file")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise BitswitchError(f"config file {path!r} is not valid YAML ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(data, dict):
+        raise BitswitchError(f"config file {path!r} must be a mapping of key: value")
+    return data
+
+
 def _check_types(cfg) -> None:
     hints = typing.get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
+        if not f.init:
+            continue
         value, hint = getattr(cfg, f.name), hints[f.name]
         ok, coerced = _fits(value, hint)
         if not ok:

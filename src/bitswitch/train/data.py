@@ -29,23 +29,31 @@ class Example:
 
 
 def squad_examples(tokenizer, source: str, limit: int | None, max_length: int,
-                   template: str = DEFAULT_TEMPLATE) -> list[Example]:
-    """Prompt tokens (no loss) + ``" " + first answer`` + EOS (loss); prompts cut in the context to fit."""
-    rows = load_squad(source, split="train", limit=limit)
+                   template: str = DEFAULT_TEMPLATE, offset: int = 0, order: str = "stratified",
+                   sample_seed: int = 0) -> tuple[list[Example], int]:
+    """Prompt tokens (no loss) + ``" " + first answer`` + EOS (loss), and how many prompts were cut.
+
+    Questions ``offset .. offset + limit`` of ``order`` (as :func:`load_squad` selects them). A
+    prompt too long for ``max_length`` (the model's context at most) loses context words, as in
+    eval; the answer is always kept whole.
+    """
+    rows = load_squad(source, split="train", limit=limit, offset=offset, order=order, sample_seed=sample_seed)
     end = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]  # the generator stops on EOS
     answers = [tokenizer(" " + ex.answers[0], add_special_tokens=False)["input_ids"] + end for ex in rows]
     reserve = max(len(a) for a in answers)
-    prompts, _ = encode_prompts(tokenizer, rows, PromptConfig(template=template), max_length, reserve=reserve)
-    return [Example(tuple(p + a), tuple([IGNORE] * len(p) + a)) for p, a in zip(prompts, answers)]
+    prompts, cut = encode_prompts(tokenizer, rows, PromptConfig(template=template), max_length, reserve=reserve)
+    return [Example(tuple(p + a), tuple([IGNORE] * len(p) + a)) for p, a in zip(prompts, answers)], cut
 
 
-def text_examples(tokenizer, source: str, max_length: int, limit: int | None = None) -> list[Example]:
-    """Consecutive ``max_length``-token chunks of a text; every token is a target."""
-    ids = tokenizer(load_text(source), return_tensors=None)["input_ids"]
+def text_examples(tokenizer, source: str, max_length: int, limit: int | None = None,
+                  offset: int = 0) -> list[Example]:
+    """Consecutive ``max_length``-token chunks of a text from token ``offset``; every token is a target."""
+    ids = tokenizer(load_text(source), return_tensors=None)["input_ids"][offset:]
     chunks = [tuple(ids[i:i + max_length]) for i in range(0, len(ids) - 1, max_length)]
     chunks = [c for c in chunks if len(c) > 1][:limit]
     if not chunks:
-        raise BitswitchError(f"text data {source!r} has too few tokens for one training example")
+        raise BitswitchError(f"text data {source!r} has too few tokens for one training example"
+                             + (f" after offset {offset}" if offset else ""))
     return [Example(c, c) for c in chunks]
 
 

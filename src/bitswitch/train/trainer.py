@@ -1,12 +1,20 @@
 """The switchable QAT loop: one adapter set per profile (or shared / per unit bits), trained on the
 profiles a precision schedule picks, under accelerate (one process, or DDP under
 ``accelerate launch`` / ``torchrun``; only rank 0 writes).
+
+Stopping and resuming are exact. SIGINT and SIGTERM only ask the loop to stop: the step under way
+finishes, a checkpoint of the state after it is saved and :class:`Interrupted` is raised (a second
+Ctrl-C stops at once, keeping the last checkpoint). A killed run resumes from its last checkpoint.
+Either way ``--resume`` gives the losses and adapters of an uninterrupted run, bit for bit.
+Non-finite losses or weights stop the run before anything non-finite is saved.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -15,12 +23,14 @@ from tqdm.auto import tqdm
 
 from ..adapters import AdapterConfig, add_adapters, adapter_parameters, freeze_base, save_adapters
 from ..errors import BitswitchError
-from ..io import append_jsonl, atomic_write_json
+from ..io import append_jsonl, atomic_write_json, atomic_write_text
+from ..jobs import check_output_dir, settings_differences
 from ..loading import is_exported, load
-from ..profiles import QuantOptions
+from ..models import context_length
 from ..results import peak_rss_mb, run_metadata
 from ..switching import make_switchable, resolve_profile, set_profile, use_profile
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (checkpoint_info, load_checkpoint, remove_checkpoints, rng_state, save_checkpoint,
+                         set_rng_state)
 from .config import TrainConfig
 from .data import IGNORE, LengthGroupedBatches, collate, squad_examples, text_examples
 from .memory import check_fits
@@ -33,10 +43,45 @@ class NonFiniteLoss(RuntimeError):
     """The loss became NaN or inf; the run stopped before updating with it."""
 
 
+class NonFiniteWeights(NonFiniteLoss):
+    """An update made adapter weights NaN or inf; the run stopped before saving them.
+
+    A subclass of :class:`NonFiniteLoss` so that whatever handles a diverged run (the CLI: one
+    line, exit 1) handles both."""
+
+
 class Interrupted(Exception):
+    """A signal stopped the run; steps ``0 .. step - 1`` are done and checkpointed."""
+
     def __init__(self, step: int, signum: int):
         super().__init__(f"interrupted at step {step}")
         self.step, self.signum = step, signum
+
+
+# keys a resumed run may change: the operational ones (TrainConfig.UNHASHED: out, device, save and
+# log intervals, memory bounds) and ``steps``, upward only. Every other key continues the saved run.
+RESUME_MAY_CHANGE: tuple[str, ...] = ("steps", *TrainConfig.UNHASHED)
+
+
+def check_resume(cfg: TrainConfig, run_dir: str | Path) -> dict:
+    """The verified checkpoint ``cfg`` resumes from; a one-line :class:`BitswitchError` when ``cfg``
+    contradicts the run's saved ``config.yaml`` in a key outside :data:`RESUME_MAY_CHANGE`, or asks
+    for fewer steps than the checkpoint holds."""
+    saved_path = Path(run_dir) / "config.yaml"
+    if not saved_path.is_file():
+        raise BitswitchError(f"--resume {str(run_dir)!r} has no config.yaml: pass the --out directory of a run")
+    saved = TrainConfig.load(str(saved_path))
+    diff = [d for d in settings_differences(saved.to_dict(), cfg.to_dict())
+            if d.partition(":")[0] not in RESUME_MAY_CHANGE]
+    if diff:
+        raise BitswitchError(f"--resume continues the configuration saved in {saved_path}, but {'; '.join(diff)} "
+                             f"(saved -> given): only {', '.join(RESUME_MAY_CHANGE)} may change (steps only "
+                             "upward); drop the flag, or start a new --out to train with other settings")
+    info = checkpoint_info(run_dir)
+    if cfg.steps < info["step"]:
+        raise BitswitchError(f"steps={cfg.steps} is below the {info['step']} steps the checkpoint in {run_dir} "
+                             f"has trained: a resumed run continues, pass steps >= {info['step']}")
+    return info
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -60,7 +105,10 @@ class Trainer:
         cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
         self.acc = Accelerator(cpu=cpu, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
         self.out = Path(cfg.out)
-        self._stop: int | None = None
+        self._stop: int | None = None    # the signal that asked the loop to stop
+        self._updating = False          # the optimizer step of the current step has begun
+        self.resume_info: dict | None = None
+        self.truncated = 0
         self.tb = None   # a TensorBoard writer while run() runs, when TensorBoard is installed
 
     # -- setup -------------------------------------------------------------------------------------
@@ -70,11 +118,10 @@ class Trainer:
         model, tok = load(cfg.model, device=acc.device, dtype=cfg.dtype, seed=cfg.seed)
         if is_exported(model):
             raise BitswitchError(f"{cfg.model!r} is an export fixed at one profile: train the source model")
-        opts = QuantOptions(weight_symmetric=cfg.weight_symmetric, group_size=cfg.group_size)
-        make_switchable(model, opts, cfg.keying)
+        make_switchable(model, cfg.options, cfg.keying)
         blocks = [u for u in model.bitswitch.units if u != "head"]
         self.schedule = Schedule(cfg.schedule, list(cfg.profiles), cfg.steps, cfg.seed, cfg.cycles, cfg.b_min,
-                                 cfg.b_max, cfg.family, cfg.order, list(cfg.candidates), blocks,
+                                 cfg.b_max, cfg.family, cfg.schedule_order, list(cfg.candidates), blocks,
                                  avg_bits={p: _avg_bits(model, p) for p in cfg.profiles})
         self.train_profiles = self.schedule.all_profiles()
         self.teacher = cfg.teacher or max(cfg.profiles or self.train_profiles, key=lambda p: _avg_bits(model, p))
@@ -84,10 +131,19 @@ class Trainer:
         if cfg.checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
+        ctx = context_length(model)
+        max_length = min(cfg.max_length, ctx) if ctx else cfg.max_length
+        if max_length < cfg.max_length and acc.is_main_process:
+            self.log(f"max_length {cfg.max_length} is longer than the model's context: examples are cut to "
+                     f"{max_length} tokens")
         if cfg.task == "squad":
-            self.examples = squad_examples(tok, cfg.data, cfg.limit, cfg.max_length)
+            self.examples, self.truncated = squad_examples(tok, cfg.data, cfg.limit, max_length, offset=cfg.offset,
+                                                           order=cfg.order, sample_seed=cfg.sample_seed)
+            if self.truncated and acc.is_main_process:
+                self.log(f"data: {self.truncated} of {len(self.examples)} prompts lost context words to fit "
+                         f"{max_length} tokens (answers are kept whole)")
         else:
-            self.examples = text_examples(tok, cfg.data, cfg.max_length, cfg.limit)
+            self.examples = text_examples(tok, cfg.data, max_length, cfg.limit, cfg.offset)
         self.batches = LengthGroupedBatches([len(e) for e in self.examples], cfg.batch_size, cfg.max_batch_tokens,
                                             cfg.seed)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -103,12 +159,16 @@ class Trainer:
         self.tokenizer = tok
         self.start = 0
         if self.resume:
-            self.start = load_checkpoint(self.out, self.inner, self.opt, self.sched)
+            self.start = load_checkpoint(self.out, self.inner, self.opt, self.sched, self.resume_info)
             if acc.is_main_process:
-                _truncate_metrics(self.out / "metrics.jsonl", self.start)
+                dropped = _truncate_metrics(self.out / "metrics.jsonl", self.start)
+                if dropped:
+                    self.log(f"resume: dropped {dropped} unreadable line(s) of metrics.jsonl (a write cut short)")
         elif acc.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "metrics.jsonl").unlink(missing_ok=True)
+            # what an earlier run left here describes that run: a later --resume must not continue it
+            remove_checkpoints(self.out)
+            for name in ("metrics.jsonl", "summary.json"):
+                (self.out / name).unlink(missing_ok=True)
         if acc.is_main_process:
             cfg.save(self.out / "config.yaml")
 
@@ -171,10 +231,15 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> dict:
+        check_output_dir(self.cfg.out)
+        if self.resume:
+            self.resume_info = check_resume(self.cfg, self.out)
         self.setup()
         cfg, acc = self.cfg, self.acc
         world, rank = acc.num_processes, acc.process_index
-        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM,)}
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         bar = tqdm(total=cfg.steps, initial=self.start, desc="train", disable=not acc.is_main_process,
                    dynamic_ncols=True)
         self.tb = _tensorboard(self.out / "tensorboard") if acc.is_main_process else None
@@ -185,17 +250,22 @@ class Trainer:
                 try:
                     last = self._train_step(step, world, rank)
                 except KeyboardInterrupt:
-                    self._stop = signal.SIGINT
-                if self._stop is not None:
+                    # raised inside the step (a second Ctrl-C, or no handler of ours in this thread)
+                    if self._updating:
+                        raise   # the update had begun: keep the last checkpoint, as after a kill
                     set_rng_state(snapshot)            # the unfinished step will rerun identically
                     self.opt.zero_grad(set_to_none=True)
                     self._save(step)
-                    raise Interrupted(step, self._stop)
+                    raise Interrupted(step, signal.SIGINT) from None
                 bar.update(1)
                 bar.set_postfix(profile=_short(last["profile"]), loss=f"{last['loss']:.4f}",
                                 tok_s=f"{last['tokens_per_s']:.0f}", rss_mb=f"{last['peak_rss_mb']:.0f}")
-                if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-                    self._save(step + 1)
+                done = step + 1
+                stop = self._stop_requested()
+                if stop or done % cfg.save_every == 0 or done == cfg.steps:
+                    self._save(done)
+                if stop:
+                    raise Interrupted(done, self._stop)
         finally:
             bar.close()
             if self.tb is not None:
@@ -224,9 +294,12 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + v.item() / cfg.grad_accum
         grad_norm = self.acc.clip_grad_norm_(list(adapter_parameters(self.inner)), cfg.max_grad_norm) \
             if cfg.max_grad_norm > 0 else torch.tensor(0.0)
+        self._updating = True
         self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
+        self._check_finite(f"after the update of step {step} (profile {_short(profiles[0])}, "
+                           f"lr {self.sched.get_last_lr()[0]:g})")
         seconds = time.perf_counter() - t0
         record = {"step": step, "profile": "|".join(profiles), **{k: round(v, 6) for k, v in sums.items()},
                   "lr": self.sched.get_last_lr()[0], "grad_norm": float(grad_norm), "tokens": tokens * world,
@@ -238,12 +311,36 @@ class Trainer:
                 for k, v in record.items():
                     if isinstance(v, (int, float)) and k != "step":
                         self.tb.add_scalar(f"train/{k}", v, step)
+        self._updating = False
         return record
 
     def _on_signal(self, signum, frame):
-        self._stop = signum
+        if self._stop is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt   # a second Ctrl-C: stop now (the last checkpoint is kept)
+        self._stop = signum           # the loop stops after the step under way
+
+    def _stop_requested(self) -> bool:
+        """Whether any process was asked to stop (all processes then stop after the same step)."""
+        if self.acc.num_processes == 1:
+            return self._stop is not None
+        import torch.distributed as dist
+
+        flag = torch.tensor([self._stop or 0], device=self.acc.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and self._stop is None:
+            self._stop = int(flag.item())
+        return bool(flag.item())
+
+    def _check_finite(self, when: str) -> None:
+        """Raise :class:`NonFiniteWeights` if any trainable adapter tensor holds a NaN or inf."""
+        params = list(adapter_parameters(self.inner))
+        if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+            raise NonFiniteWeights(f"adapter weights are not finite {when}: stopped without saving them; the last "
+                                   f"good checkpoint in {self.out} (if any) is kept. Lower --lr or raise the "
+                                   "weight bits")
 
     def _save(self, step: int) -> None:
+        self._check_finite(f"at the checkpoint of step {step}")
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             save_checkpoint(self.out, self.inner, self.opt, self.sched, step)
@@ -252,7 +349,8 @@ class Trainer:
         summary = {**run_metadata(self.argv, self.cfg.seed), "steps": self.cfg.steps, "last": last,
                    "teacher": self.teacher, "profiles": self.train_profiles, "adapters": str(self.out / "adapters"),
                    "peak_rss_mb": round(peak_rss_mb(), 1),
-                   "memory_estimate_mb": round(self.memory.total / 2**20, 1)}
+                   "memory_estimate_mb": round(self.memory.total / 2**20, 1), "truncated_examples": self.truncated}
+        self._check_finite("at the end of training")
         if self.acc.is_main_process:
             save_adapters(self.inner, self.out / "adapters", self.train_profiles)
             atomic_write_json(self.out / "summary.json", summary)
@@ -279,16 +377,24 @@ def _short(profile: str) -> str:
     return profile if len(profile) <= 24 else profile[:21] + "..."
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop logged steps at or after ``step`` (they ran after the checkpoint and will run again)."""
+def _truncate_metrics(path: Path, step: int) -> int:
+    """Drop logged steps at or after ``step`` (they ran after the checkpoint and will run again) and
+    unreadable lines (a line cut short by a kill); returns how many unreadable lines were dropped."""
     if not path.is_file():
-        return
-    import json
-
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] < step]
-    from ..io import atomic_write_text
-
+        return 0
+    keep, bad = [], 0
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            logged = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            bad += 1
+            continue
+        if isinstance(logged, int) and logged < step:
+            keep.append(line)
     atomic_write_text(path, "".join(line + "\n" for line in keep))
+    return bad
 
 
 def train(cfg: TrainConfig, argv: list[str] | None = None, resume: bool = False, log=print) -> dict:
