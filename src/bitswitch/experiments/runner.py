@@ -58,7 +58,9 @@ def is_complete(step: Step) -> bool:
 
 def resume_argv(step: Step) -> list[str] | None:
     """The argv that continues an interrupted step, when the command has its own resume."""
-    if step.command == "train" and (step.out / "checkpoint" / "step.json").is_file():
+    from ..train.checkpoint import find_checkpoint   # also the one kept by a save cut between its renames
+
+    if step.command == "train" and find_checkpoint(step.out) is not None:
         return ["train", "--resume", str(step.out)]
     return None
 
