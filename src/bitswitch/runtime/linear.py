@@ -80,7 +80,8 @@ class RuntimeLinear(nn.Module):
         key = weight_key(p.weight)
         if key not in self.weights:
             if weight is None:
-                raise BitswitchError(f"{key} is not packed in this unit (packed: {', '.join(self.weights) or 'none'}): "
+                packed = ", ".join(self.weights) or "none"
+                raise BitswitchError(f"{key} is not packed in this unit (packed: {packed}): "
                                      "pass the float weight to add_width")
             if tuple(weight.shape) != (self.out_features, self.in_features):
                 raise BitswitchError(f"weight {tuple(weight.shape)} does not match the unit "
@@ -92,13 +93,15 @@ class RuntimeLinear(nn.Module):
     def add_lora(self, spec: str, lora_A: Tensor, lora_B: Tensor, scaling: float) -> None:
         """An unmerged adapter for ``spec``: A (r, in), B (out, r), stored in bf16."""
         if spec not in self.precisions:
-            raise BitswitchError(f"no width {spec!r} in this unit: add it first (have {', '.join(self.precisions)})")
+            raise BitswitchError(f"no width {spec!r} in this unit: add it first "
+                                 f"(have {', '.join(self.precisions)})")
         r = lora_A.shape[0]
         if tuple(lora_A.shape) != (r, self.in_features) or tuple(lora_B.shape) != (self.out_features, r):
             raise BitswitchError(f"LoRA A must be (r, {self.in_features}) and B ({self.out_features}, r), "
                                  f"got {tuple(lora_A.shape)} and {tuple(lora_B.shape)}")
         bf = torch.bfloat16
-        self.loras[spec] = (lora_A.detach().to(bf).contiguous(), lora_B.detach().to(bf).contiguous(), float(scaling))
+        self.loras[spec] = (lora_A.detach().to(bf).contiguous(), lora_B.detach().to(bf).contiguous(),
+                            float(scaling))
 
     def forward(self, x: Tensor) -> Tensor:
         """x (..., in) any float dtype -> (..., out) bf16."""
