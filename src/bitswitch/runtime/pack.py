@@ -40,7 +40,7 @@ Exactness (``dequantize()`` against bitswitch's ``fake_quantize_weight``, float3
   fake-quantized weight bitwise whenever the fp16 scale is bf16-representable (its 3 low mantissa
   bits are zero, e.g. a power of two), and otherwise ``|dequantize() - w_fq| <= 2^-8 |w_fq|``
   elementwise (round to nearest bf16 moves a scale by at most 2^-8 of itself; the kernels take
-  scales in the activations' dtype only, and fp16 activations run 20-100x slower here).
+  scales in the activations' dtype only, and fp16 activations run 17-150x slower here).
 * asymmetric int4: ``|dequantize() - w_fq| <= 2^-8 * s * (|code - z| + |8 - z|) * (1 + 2^-8)``;
   the second term is the bf16 rounding of the zero offset, so the level that is 0.0 in bitswitch
   may land up to ``2^-8 * 8 * s`` off zero. Bitwise when ``s`` is a power of two.
