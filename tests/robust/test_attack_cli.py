@@ -86,3 +86,27 @@ def test_bad_input_is_one_line_exit_2(squad_file, tmp_path, capsys, extra, needl
     code = main(_argv(squad_file, tmp_path / "x") + extra)
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("bitswitch: error:") and "\n" not in err and needle in err
+
+
+def test_prompts_longer_than_the_context_are_cut_as_eval_cuts_them(tmp_path, capsys):
+    """tiny-gpt2 has 256 positions: a long context and a long answer used to index past them."""
+    context = " ".join(f"word{i}" for i in range(400)) + " The answer is a rather long gold answer here."
+    qas = [{"id": f"q{i}", "question": f"Which answer number {i}?",
+            "answers": [{"text": "a rather long gold answer here", "answer_start": context.index("a rather")}]}
+           for i in range(2)]
+    data = tmp_path / "long.json"
+    data.write_text(json.dumps({"version": "1.1", "data": [{"title": "T", "paragraphs": [
+        {"context": context, "qas": qas}]}]}))
+    out = tmp_path / "o"
+    argv = ["attack", "--model", "tiny-gpt2", "--attack", "hotflip", "typo", "--craft-profile", "fp",
+            "--data", str(data), "--budget", "1", "--candidates", "2", "--max-new-tokens", "3", "--out", str(out)]
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["n"] == 2 and res["truncated"] == 2
+    assert "had their context cut" in capsys.readouterr().err
+    # eval on the same questions: the gold answer scored after a prompt cut to the last positions
+    ev = ["eval", "--model", "tiny-gpt2", "--task", "squad", "--data", str(data), "--max-new-tokens", "3",
+          "--out", str(tmp_path / "ev")]
+    assert main(ev) == 0
+    rec = json.loads((tmp_path / "ev" / "results.json").read_text())["records"][0]
+    assert rec["truncated"] == 2 and rec["answer_ppl"] > 1

@@ -25,6 +25,7 @@ Prompts too long for the model lose words from the end of the question's context
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import heapq
 import json
 import random
@@ -329,25 +330,55 @@ def encode_prompts(tokenizer, examples: list[SquadExample], cfg: PromptConfig, m
     return encoded, truncated
 
 
-def _cut_context(encode, head: str, example: SquadExample, tail: str, limit: int) -> list[int]:
-    """Ids of the prompt keeping the most leading context words that fit in ``limit`` tokens.
+def _kept_words(encode, head: str, example: SquadExample, tail: str, limit: int) -> int:
+    """How many leading context words fit in a prompt of ``limit`` tokens.
 
     Tokenizing the whole text (rather than pieces) keeps the tokens at the seams as the model would
     see them; the word count is binary-searched since prompt length grows with it.
     """
     word_ends = [m.end() for m in re.finditer(r"\S+", example.context)]
 
-    def ids_with(words: int) -> list[int]:
-        return encode(head + example.context[:word_ends[words - 1] if words else 0] + tail)
+    def length(words: int) -> int:
+        return len(encode(head + example.context[:word_ends[words - 1] if words else 0] + tail))
 
-    bare = ids_with(0)
-    if len(bare) > limit:
-        raise BitswitchError(f"the prompt for question {example.id!r} is {len(bare)} tokens even without its "
+    bare = length(0)
+    if bare > limit:
+        raise BitswitchError(f"the prompt for question {example.id!r} is {bare} tokens even without its "
                              f"context, more than the {limit} allowed: use fewer shots, a shorter template or a "
                              "larger max_length")
     # fits(k) is True for small k, False from some k on: the count of k in 1..n that fit is the answer
-    keep = bisect.bisect_left(range(1, len(word_ends) + 1), True, key=lambda k: len(ids_with(k)) > limit)
-    return ids_with(keep)
+    return bisect.bisect_left(range(1, len(word_ends) + 1), True, key=lambda k: length(k) > limit)
+
+
+def _context_words(example: SquadExample, words: int) -> str:
+    ends = [m.end() for m in re.finditer(r"\S+", example.context)]
+    return example.context[:ends[words - 1] if words else 0]
+
+
+def _cut_context(encode, head: str, example: SquadExample, tail: str, limit: int) -> list[int]:
+    """Ids of the prompt keeping the most leading context words that fit in ``limit`` tokens."""
+    return encode(head + _context_words(example, _kept_words(encode, head, example, tail, limit)) + tail)
+
+
+def fit_contexts(tokenizer, examples: list[SquadExample], cfg: PromptConfig, max_length: int,
+                 reserve: int = 32) -> tuple[list[SquadExample], int]:
+    """The examples with each context cut as :func:`encode_prompts` cuts it (so their whole prompt,
+    tokenized as a text, fits ``max_length - reserve``), and how many were cut. For code that edits
+    prompt text (attacks) and so needs the example, not only its ids."""
+    limit = min(max_length, cfg.max_length or max_length) - reserve
+    shots = draw_shots(cfg)
+
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=not cfg.chat)["input_ids"]
+
+    out, cut = [], 0
+    for ex in examples:
+        head, tail = _prompt_parts(ex, cfg, shots, tokenizer)
+        if len(encode(head + ex.context + tail)) > limit:
+            ex = dataclasses.replace(ex, context=_context_words(ex, _kept_words(encode, head, ex, tail, limit)))
+            cut += 1
+        out.append(ex)
+    return out, cut
 
 
 def calibration_batches(tokenizer, examples: list[SquadExample], n: int, template: str = DEFAULT_TEMPLATE,

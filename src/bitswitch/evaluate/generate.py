@@ -17,6 +17,8 @@ import inspect
 import torch
 import torch.nn.functional as F
 
+from ..models import context_length
+
 
 def greedy_generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 32, batch_size: int = 8,
                     stop_at_newline: bool = True, progress=None) -> list[str]:
@@ -46,6 +48,9 @@ def generate_and_score(model, tokenizer, prompts: list[list[int]], answers: list
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1 (the first forward scores the answers), got {max_new_tokens}")
     targets = [answer_token_ids(tokenizer, a) for a in answers]
+    ctx = context_length(model)
+    if ctx:   # an answer scored past the model's last position would index beyond its position table
+        targets = [t[:max(ctx - len(p), 1)] for p, t in zip(prompts, targets)]
     return _generate(model, tokenizer, prompts, targets, max_new_tokens, batch_size, stop_at_newline, progress)
 
 

@@ -26,8 +26,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..data.squad import DEFAULT_TEMPLATE, PromptConfig, load_squad
+from ..data.squad import DEFAULT_TEMPLATE, PromptConfig, fit_contexts, load_squad
 from ..errors import BitswitchError
+from ..evaluate.generate import answer_token_ids
 from ..evaluate.scorers import FALLBACK_CONTEXT, context_length
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..jobs import Job
@@ -131,7 +132,7 @@ class AttackRun:
 
     def __init__(self, cfg: AttackConfig, job: Job, model, tok, examples, log=print):
         self.cfg, self.job, self.model, self.tok, self.examples, self.log = cfg, job, model, tok, examples, log
-        self.prompt_cfg = PromptConfig(template=cfg.template or DEFAULT_TEMPLATE, seed=cfg.seed, chat=cfg.chat)
+        self.prompt_cfg = prompt_config(cfg)
         # what every adversarial file and cell depends on, down to the questions loaded
         self.base = _hash({**cfg.question_settings(), "questions": [ex.id for ex in examples]})
         self.named = {**cfg.craft_settings(), **cfg.eval_settings()}
@@ -260,12 +261,24 @@ def load_attacked_model(cfg: AttackConfig):
     return model, tok
 
 
+def prompt_config(cfg: AttackConfig) -> PromptConfig:
+    return PromptConfig(template=cfg.template or DEFAULT_TEMPLATE, seed=cfg.seed, chat=cfg.chat)
+
+
 def run_attack(cfg: AttackConfig, argv: list[str] | None = None, log=print) -> dict:
     """Run every attack of ``cfg``; returns the dict written to ``OUT/results.json`` (plus ``table``)."""
     examples = load_squad(cfg.data, split="validation", **cfg.squad_selection())
     job = Job(cfg, "attack", argv, key=lambda r: cell_key(r["attack"], r["craft"], r["eval"]), log=log)
     model, tok = load_attacked_model(cfg)
-    job.describe(model, model=cfg.model, adapters=cfg.adapters, data=cfg.data, n=len(examples),
+    # attacks edit prompt text and score the answer after it: cut contexts as eval does, so a prompt,
+    # the longest gold answer and the generated tokens fit the model's positions
+    answer_room = max(len(answer_token_ids(tok, ex.answers[0])) for ex in examples)
+    examples, truncated = fit_contexts(tok, examples, prompt_config(cfg), context_length(model, FALLBACK_CONTEXT),
+                                       reserve=max(cfg.max_new_tokens, answer_room))
+    if truncated:
+        log(f"note: {truncated} of {len(examples)} questions had their context cut to fit the model's "
+            f"{context_length(model, FALLBACK_CONTEXT)} positions")
+    job.describe(model, model=cfg.model, adapters=cfg.adapters, data=cfg.data, n=len(examples), truncated=truncated,
                  attacks=cfg.attacks, craft=list(cfg.craft_settings()), eval=list(cfg.eval_settings()),
                  rpi=None if cfg.rpi is None else {"profiles": cfg.rpi, "p": cfg.rpi_p,
                                                    "granularity": cfg.rpi_granularity, "eot": cfg.eot},
