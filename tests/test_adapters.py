@@ -65,7 +65,7 @@ def _load_error(directory, match):
     with pytest.raises(bs.BitswitchError, match=match) as err:
         bs.load_adapters(model, directory)
     assert "\n" not in str(err.value)
-    return str(err.value)
+    return str(err.value), model
 
 
 def _edit_config(directory, fn):
@@ -88,7 +88,9 @@ def test_a_flipped_byte_is_refused_and_old_directories_load_unchecked(saved_dir)
     data = bytearray(f.read_bytes())
     data[-3] ^= 0x40                      # the exponent of one LoRA weight: the header still parses
     f.write_bytes(bytes(data))
-    assert "re-train" in _load_error(directory, r"adapters.safetensors is corrupt \(sha256 mismatch\)")
+    message, model = _load_error(directory, r"adapters.safetensors is corrupt \(sha256 mismatch\)")
+    assert "re-train" in message
+    assert model.bitswitch.options == bs.QuantOptions() and model.bitswitch.adapter_config is None   # untouched
     _edit_config(directory, lambda m: m.pop("sha256"))        # saved before checksums existed: loads as is
     model, _ = load_switchable("tiny-llama", str(directory), device="cpu")
     bs.set_profile(model, "w4a8")

@@ -218,6 +218,13 @@ def load_adapters(model, directory: str | Path) -> dict:
     if meta["keying"] != st.keying:
         raise BitswitchError(f"adapters in {str(directory)!r} are keyed by {meta['keying']!r} but the model by "
                              f"{st.keying!r}: make the model switchable with keying={meta['keying']!r}")
+    config, file = Path(directory) / CONFIG_FILE, Path(directory) / ADAPTER_FILE
+    try:
+        cfg = AdapterConfig(**meta["adapter"])
+    except BitswitchError as exc:
+        raise BitswitchError(f"{config}: {exc}") from exc
+    except (TypeError, ValueError) as exc:
+        raise BitswitchError(f"{config} has a malformed adapter entry ({exc}): {FIX}") from exc
     saved = saved_options(meta, directory)
     if saved is not None and saved != st.options:
         if st.options != QuantOptions():
@@ -225,32 +232,25 @@ def load_adapters(model, directory: str | Path) -> dict:
                              for k, v in asdict(saved).items() if getattr(st.options, k) != v)
             raise BitswitchError(f"adapters in {str(directory)!r} were trained with other quantizer options: "
                                  f"{diff}; drop the options to use the saved ones, or pass them as saved")
-        _check_group_size(model, saved, directory)
-        st.options = saved
-        st._resolved.clear()   # profiles resolve anew with the saved options (refresh below re-applies)
-    config = Path(directory) / CONFIG_FILE
-    try:
-        cfg = AdapterConfig(**meta["adapter"])
-    except BitswitchError as exc:
-        raise BitswitchError(f"{config}: {exc}") from exc
-    except (TypeError, ValueError) as exc:
-        raise BitswitchError(f"{config} has a malformed adapter entry ({exc}): {FIX}") from exc
-    file = Path(directory) / ADAPTER_FILE
-    check_sha256(directory, meta.get("sha256"), CONFIG_FILE, FIX)
+        _check_group_size(model, saved, config)
+    check_sha256(directory, meta.get("sha256"), CONFIG_FILE, FIX)   # before the model changes at all
     try:
         tensors = load_file(str(file))
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for a bad file
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise BitswitchError(f"{file} is corrupt or truncated ({first[:160]}): {FIX}") from exc
+    if saved is not None and saved != st.options:
+        st.options = saved
+        st._resolved.clear()   # profiles resolve anew with the saved options (refresh below re-applies)
     st.adapter_config = cfg
     load_adapter_state_dict(model, tensors, cfg, source=str(file))
     refresh(model)
     return meta
 
 
-def _check_group_size(model, options: QuantOptions, directory) -> None:
+def _check_group_size(model, options: QuantOptions, config: Path) -> None:
     g = options.group_size
     for unit, _, mod in unit_modules(model):
         if g is not None and mod.in_features % g:
-            raise BitswitchError(f"saved group size {g} in {Path(directory) / CONFIG_FILE} does not divide the "
+            raise BitswitchError(f"saved group size {g} in {config} does not divide the "
                                  f"{mod.in_features} input columns of unit {unit}: {FIX}")
