@@ -55,3 +55,70 @@ def test_other_explicit_options_are_refused_naming_the_difference(saved_dir):
         load_switchable("tiny-llama", str(directory), bs.QuantOptions(weight_symmetric=False, group_size=32),
                         device="cpu")
     assert "weight_symmetric" not in str(err.value) and "\n" not in str(err.value)
+
+
+# -- checksums and malformed directories -------------------------------------------------------------
+
+def _load_error(directory, match):
+    model, _ = bs.load_model("tiny-llama", device="cpu")
+    bs.make_switchable(model)
+    with pytest.raises(bs.BitswitchError, match=match) as err:
+        bs.load_adapters(model, directory)
+    assert "\n" not in str(err.value)
+    return str(err.value), model
+
+
+def _edit_config(directory, fn):
+    meta = json.loads((directory / "adapter_config.json").read_text())
+    fn(meta)
+    (directory / "adapter_config.json").write_text(json.dumps(meta))
+
+
+def test_the_config_records_the_tensor_file_checksum(saved_dir):
+    from bitswitch.io import sha256_file
+
+    directory, _ = saved_dir
+    meta = json.loads((directory / "adapter_config.json").read_text())
+    assert meta["sha256"] == {"adapters.safetensors": sha256_file(directory / "adapters.safetensors")}
+
+
+def test_a_flipped_byte_is_refused_and_old_directories_load_unchecked(saved_dir):
+    directory, ref = saved_dir
+    f = directory / "adapters.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-3] ^= 0x40                      # the exponent of one LoRA weight: the header still parses
+    f.write_bytes(bytes(data))
+    message, model = _load_error(directory, r"adapters.safetensors is corrupt \(sha256 mismatch\)")
+    assert "re-train" in message
+    assert model.bitswitch.options == bs.QuantOptions() and model.bitswitch.adapter_config is None   # untouched
+    _edit_config(directory, lambda m: m.pop("sha256"))        # saved before checksums existed: loads as is
+    model, _ = load_switchable("tiny-llama", str(directory), device="cpu")
+    bs.set_profile(model, "w4a8")
+    with torch.no_grad():
+        assert not torch.equal(model(torch.arange(12)[None]).logits, ref)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda d: (d / "adapter_config.json").write_text("{"), "not valid JSON"),
+    (lambda d: (d / "adapter_config.json").write_bytes(b"\xff\xfe"), "not valid JSON"),
+    (lambda d: (d / "adapter_config.json").write_text("[1]"), "not an adapter config"),
+    (lambda d: _edit_config(d, lambda m: m.pop("keying")), "keying"),
+    (lambda d: _edit_config(d, lambda m: m["adapter"].update(rank=3)), "malformed adapter entry"),
+    (lambda d: _edit_config(d, lambda m: m["adapter"].update(r=4)), "r=4"),
+    (lambda d: _edit_config(d, lambda m: m["options"].update(act_mode="tokn")), "quantizer options"),
+    (lambda d: _edit_config(d, lambda m: m["options"].update(group_size=24)), "does not divide"),
+    (lambda d: _edit_config(d, lambda m: m["sha256"].update({"adapters.safetensors": 7})), "malformed sha256"),
+    (lambda d: (d / "adapters.safetensors").write_bytes(b""), "sha256 mismatch"),
+])
+def test_malformed_directories_are_one_line_errors(saved_dir, edit, match):
+    directory, _ = saved_dir
+    edit(directory)
+    _load_error(directory, match)
+
+
+def test_a_corrupt_file_without_checksum_is_a_one_line_error(saved_dir):
+    directory, _ = saved_dir
+    _edit_config(directory, lambda m: m.pop("sha256"))
+    f = directory / "adapters.safetensors"
+    f.write_bytes(f.read_bytes()[:-50])
+    _load_error(directory, "corrupt or truncated")

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 import bitswitch as bs
 from bitswitch.adapters import adapter_parameters
 from bitswitch.export import exported_profile, export_model, load_exported
+from bitswitch.io import sha256_file
 from bitswitch.quant.exported import ExportedLinear, int8_kernel_works
 
 SPECS = ["tiny-gpt2", "tiny-llama"]
@@ -255,6 +256,8 @@ def test_truncated_file(exported, tmp_path):
     f.write_bytes(f.read_bytes()[:-100])
     assert "model.safetensors" in _one_line_error(path, "truncated")
     _edit_map(path, lambda q: q.update(weights_file_bytes=f.stat().st_size))   # size check bypassed
+    assert "model.safetensors" in _one_line_error(path, r"corrupt \(sha256 mismatch\)")
+    _edit_map(path, lambda q: q.pop("sha256"))    # an export written before checksums existed
     assert "model.safetensors" in _one_line_error(path, "corrupt or truncated")
 
 
@@ -264,7 +267,31 @@ def test_corrupt_header(exported, tmp_path):
     data = bytearray(f.read_bytes())
     data[:8] = b"\xff" * 8
     f.write_bytes(bytes(data))
+    _one_line_error(path, r"model.safetensors is corrupt \(sha256 mismatch\)")
+    _edit_map(path, lambda q: q.pop("sha256"))
     _one_line_error(path, "corrupt or truncated")
+
+
+def test_checksums_of_every_file_and_exports_without_them(exported, tmp_path):
+    qmap = json.loads((exported / "quant_map.json").read_text())
+    assert set(qmap["sha256"]) == {p.name for p in exported.iterdir()} - {"quant_map.json"}
+    assert qmap["sha256"]["model.safetensors"] == sha256_file(exported / "model.safetensors")
+    path = _copy(exported, tmp_path / "flip")
+    f = path / "model.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 0x01                       # one bit of one weight: the header still parses
+    f.write_bytes(bytes(data))
+    _one_line_error(path, r"model.safetensors is corrupt \(sha256 mismatch\): re-export")
+    path = _copy(exported, tmp_path / "config")
+    (path / "config.json").write_text((path / "config.json").read_text().replace("{", "{ ", 1))
+    _one_line_error(path, r"config.json is corrupt \(sha256 mismatch\)")
+    path = _copy(exported, tmp_path / "malformed")
+    _edit_map(path, lambda q: q["sha256"].update({"model.safetensors": "abc"}))
+    _one_line_error(path, "malformed sha256")
+    path = _copy(exported, tmp_path / "old")
+    _edit_map(path, lambda q: q.pop("sha256"))
+    model, _ = load_exported(path)
+    assert model.bitswitch_export["profile"] == "w4g16a8"
 
 
 def test_quant_map_that_does_not_match_the_tensors(exported, tmp_path):
@@ -291,6 +318,7 @@ def test_config_that_does_not_match_the_tensors(exported, tmp_path):
     path = _copy(exported, tmp_path / "e")
     cfg = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps({**cfg, "vocab_size": cfg["vocab_size"] + 3}))
+    _edit_map(path, lambda q: q["sha256"].pop("config.json"))   # past the checksum, to the shape check
     _one_line_error(path, "do not fit the model of its config.json")
 
 

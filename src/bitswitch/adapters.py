@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from .errors import BitswitchError
-from .io import atomic_write_bytes, atomic_write_json
+from .io import atomic_write_bytes, atomic_write_json, check_sha256, sha256_file
 from .profiles import QuantOptions
 from .switching import adapter_key, refresh, resolve_profile, state, unit_modules
 from .units import ROLES
@@ -24,6 +24,8 @@ from .units import ROLES
 ADAPTER_FILE = "adapters.safetensors"
 CONFIG_FILE = "adapter_config.json"
 FORMAT_VERSION = 1
+FIX = "re-train the adapters or re-save them with save_adapters"
+PARTS = ("lora_A", "lora_B")
 
 
 @dataclass
@@ -104,8 +106,9 @@ def adapter_state_dict(model) -> dict[str, torch.Tensor]:
 
 
 def save_adapters(model, directory: str | Path, profiles=()) -> Path:
-    """Write ``adapters.safetensors`` and ``adapter_config.json`` (config, keying, options and the
-    resolved per-unit table of each profile in ``profiles``) atomically into ``directory``."""
+    """Write ``adapters.safetensors`` and ``adapter_config.json`` (config, keying, options, the
+    resolved per-unit table of each profile in ``profiles`` and the tensor file's checksum,
+    ``"sha256": {"adapters.safetensors": "<hex>"}``) atomically into ``directory``."""
     st = state(model)
     cfg = st.adapter_config or AdapterConfig()
     directory = Path(directory)
@@ -116,36 +119,54 @@ def save_adapters(model, directory: str | Path, profiles=()) -> Path:
     atomic_write_bytes(directory / ADAPTER_FILE, save(adapter_state_dict(model), metadata={"format": "bitswitch"}))
     atomic_write_json(directory / CONFIG_FILE, {
         "format_version": FORMAT_VERSION, "keying": st.keying, "adapter": asdict(cfg),
-        "options": asdict(st.options), "profiles": tables})
+        "options": asdict(st.options), "profiles": tables,
+        "sha256": {ADAPTER_FILE: sha256_file(directory / ADAPTER_FILE)}})
     return directory
 
 
 def read_adapter_config(directory: str | Path) -> dict:
+    """Read and check ``adapter_config.json`` (JSON, version, keys); the tensors are checked on load."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file() or not (Path(directory) / ADAPTER_FILE).is_file():
         raise BitswitchError(f"adapter directory {str(directory)!r} lacks {CONFIG_FILE} or {ADAPTER_FILE}: "
                              "pass a directory written by bitswitch train or save_adapters")
     try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise BitswitchError(f"{path} is not valid JSON ({exc}): re-save the adapters") from exc
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BitswitchError(f"{path} is not valid JSON ({type(exc).__name__}: {exc}): {FIX}") from exc
+    if not isinstance(meta, dict):
+        raise BitswitchError(f"{path} is not an adapter config (no JSON object): {FIX}")
     if meta.get("format_version") != FORMAT_VERSION:
         raise BitswitchError(f"{path} has format_version {meta.get('format_version')!r}; this bitswitch "
                              f"reads version {FORMAT_VERSION}")
+    bad = [k for k, kind in (("keying", str), ("adapter", dict)) if not isinstance(meta.get(k), kind)]
+    bad += [k for k in ("options", "sha256") if meta.get(k) is not None and not isinstance(meta[k], dict)]
+    if bad:
+        raise BitswitchError(f"{path} lacks or has malformed {', '.join(bad)}: {FIX}")
     return meta
 
 
-def load_adapter_state_dict(model, tensors: dict[str, torch.Tensor], cfg: AdapterConfig | None = None) -> None:
-    """Inverse of :func:`adapter_state_dict`: copy tensors into (new, if needed) adapters and observers."""
+def load_adapter_state_dict(model, tensors: dict[str, torch.Tensor], cfg: AdapterConfig | None = None,
+                            source: str = "the adapter tensors") -> None:
+    """Inverse of :func:`adapter_state_dict`: copy tensors into (new, if needed) adapters and observers.
+
+    A tensor whose name, module or shape does not fit the model raises a one-line error naming ``source``.
+    """
     cfg = cfg or state(model).adapter_config or AdapterConfig()
     mods = {name: mod for _, name, mod in unit_modules(model)}
     for full, tensor in tensors.items():
-        name, key, part = full.split("::")
+        parts = full.split("::")
+        name, key, part = parts if len(parts) == 3 else ("", "", "")
+        if not name or not key or (key != "obs" and part not in PARTS):
+            raise BitswitchError(f"{source} hold {full!r}, not a <module>::<key>::lora_A|lora_B|obs name: {FIX}")
         if name not in mods:
             raise BitswitchError(f"adapter tensor {full!r} names a module the model lacks: load the adapters "
                                  "into the model they were trained on")
         mod = mods[name]
         if key == "obs":
+            if tuple(tensor.shape) != (2,):
+                raise BitswitchError(f"observer range {full!r} in {source} has shape {list(tensor.shape)}, not [2]: "
+                                     f"{FIX}")
             if part not in mod.observers:
                 mod.observer_key = part
                 mod.observer(create=True)
@@ -154,7 +175,12 @@ def load_adapter_state_dict(model, tensors: dict[str, torch.Tensor], cfg: Adapte
             continue
         if key not in mod.adapters:
             mod.add_adapter(key, cfg.r, cfg.alpha, cfg.dropout)
-        getattr(mod.adapters[key], part).data.copy_(tensor)
+        target = getattr(mod.adapters[key], part)
+        if tensor.shape != target.shape:
+            raise BitswitchError(f"adapter tensor {full!r} in {source} has shape {list(tensor.shape)} but the model "
+                                 f"(LoRA r={cfg.r}) needs {list(target.shape)}: load the adapters into the model "
+                                 f"they were trained on, or {FIX}")
+        target.data.copy_(tensor)
 
 
 def saved_options(meta: dict, directory: str | Path = "") -> QuantOptions | None:
@@ -163,10 +189,14 @@ def saved_options(meta: dict, directory: str | Path = "") -> QuantOptions | None
     if saved is None:
         return None
     try:
-        return QuantOptions(**saved)
-    except TypeError as exc:
+        options = QuantOptions(**saved)
+        options.precision(8, None, 8)   # the quantizer configs validate the values
+        if options.group_size is not None and (not isinstance(options.group_size, int) or options.group_size < 1):
+            raise ValueError(f"group size {options.group_size!r} is not a positive integer")
+    except (TypeError, ValueError) as exc:
         raise BitswitchError(f"quantizer options {saved} in {str(directory)!r} are not this bitswitch's "
-                             f"({exc}): re-save the adapters") from exc
+                             f"({exc}): {FIX}") from exc
+    return options
 
 
 def load_adapters(model, directory: str | Path) -> dict:
@@ -178,12 +208,23 @@ def load_adapters(model, directory: str | Path) -> dict:
     profiles are resolved anew with them); a model with the saved options loads as it is; a model
     with other non-default options is refused with a one-line error naming each difference. (Options
     equal to the defaults cannot be told from "not chosen", so they always yield to the saved ones.)
+
+    ``adapters.safetensors`` is checked against the sha256 that ``adapter_config.json`` records
+    (a one-line error on a mismatch: a corrupt file is never loaded); directories saved before
+    checksums existed (no ``sha256`` key) load unchecked.
     """
     meta = read_adapter_config(directory)
     st = state(model)
     if meta["keying"] != st.keying:
         raise BitswitchError(f"adapters in {str(directory)!r} are keyed by {meta['keying']!r} but the model by "
                              f"{st.keying!r}: make the model switchable with keying={meta['keying']!r}")
+    config, file = Path(directory) / CONFIG_FILE, Path(directory) / ADAPTER_FILE
+    try:
+        cfg = AdapterConfig(**meta["adapter"])
+    except BitswitchError as exc:
+        raise BitswitchError(f"{config}: {exc}") from exc
+    except (TypeError, ValueError) as exc:
+        raise BitswitchError(f"{config} has a malformed adapter entry ({exc}): {FIX}") from exc
     saved = saved_options(meta, directory)
     if saved is not None and saved != st.options:
         if st.options != QuantOptions():
@@ -191,10 +232,25 @@ def load_adapters(model, directory: str | Path) -> dict:
                              for k, v in asdict(saved).items() if getattr(st.options, k) != v)
             raise BitswitchError(f"adapters in {str(directory)!r} were trained with other quantizer options: "
                                  f"{diff}; drop the options to use the saved ones, or pass them as saved")
+        _check_group_size(model, saved, config)
+    check_sha256(directory, meta.get("sha256"), CONFIG_FILE, FIX)   # before the model changes at all
+    try:
+        tensors = load_file(str(file))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for a bad file
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BitswitchError(f"{file} is corrupt or truncated ({first[:160]}): {FIX}") from exc
+    if saved is not None and saved != st.options:
         st.options = saved
         st._resolved.clear()   # profiles resolve anew with the saved options (refresh below re-applies)
-    cfg = AdapterConfig(**meta["adapter"])
     st.adapter_config = cfg
-    load_adapter_state_dict(model, load_file(str(Path(directory) / ADAPTER_FILE)), cfg)
+    load_adapter_state_dict(model, tensors, cfg, source=str(file))
     refresh(model)
     return meta
+
+
+def _check_group_size(model, options: QuantOptions, config: Path) -> None:
+    g = options.group_size
+    for unit, _, mod in unit_modules(model):
+        if g is not None and mod.in_features % g:
+            raise BitswitchError(f"saved group size {g} in {config} does not divide the "
+                                 f"{mod.in_features} input columns of unit {unit}: {FIX}")

@@ -17,6 +17,8 @@ keeps its Hugging Face name (``transformer.wte.weight``), tied parameters stored
      "options": {...QuantOptions...}, "merge": "after", "unquantized_dtype": "fp16",
      "lora_dtype": "fp32", "dtype": "float32",            # the model's compute dtype
      "weights_file_bytes": 123456,                       # size of model.safetensors
+     "sha256": {"model.safetensors": "<64 hex digits>",   # every other file of the directory
+                "config.json": "...", "tokenizer.json": "...", ...},
      "modules": {"transformer.h.1.attn.c_attn": {
          "unit": "L1.attn_in", "shape": [out, in],
          "weight": {"bits": 4, "group_size": 32, "granularity": "group", "symmetric": true,
@@ -31,6 +33,11 @@ keeps its Hugging Face name (``transformer.wte.weight``), tied parameters stored
      "meta": {...}}
 
 Tensor kinds: ``codes``, ``scales``, ``zeros``, ``unquantized``, ``lora``, ``act_range``.
+
+On read, every file that ``sha256`` names is checked before anything is loaded: a flipped byte is a
+one-line error ("... is corrupt (sha256 mismatch)"), never a model with garbage weights. Exports
+written before checksums existed (no ``sha256`` key) load unchecked (the size and structure checks
+still apply).
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ import torch
 from safetensors import safe_open
 
 from ..errors import BitswitchError
+from ..io import check_sha256
 from ..quant.config import ActQuant, WeightQuant
 from ..quant.functional import scale_dtype
 from ..quant.pack import code_offset, packed_numel
@@ -120,15 +128,48 @@ def read_quant_map(path: str | Path) -> dict:
     if qmap.get("format_version") != FORMAT_VERSION:
         raise BitswitchError(f"{file} has format_version {qmap.get('format_version')!r} but this bitswitch "
                              f"reads version {FORMAT_VERSION}: {FIX} or use the bitswitch that wrote it")
-    missing = [k for k in ("profile", "units", "modules", "tensors", "ties", "dtype", "weights_file_bytes",
-                           "bytes", "avg_w_bits") if k not in qmap]
+    missing = [k for k in ("profile", "units", "modules", "tensors", "ties", "dtype", "merge",
+                           "weights_file_bytes", "bytes", "avg_w_bits") if k not in qmap]
     if missing:
         raise BitswitchError(f"{file} lacks {', '.join(missing)}: {FIX}")
+    bad = _malformed(qmap)
+    if bad:
+        raise BitswitchError(f"{file} has a malformed {bad!r} entry: {FIX}")
     return qmap
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_dict_of(d, check) -> bool:
+    return isinstance(d, dict) and all(isinstance(k, str) and check(v) for k, v in d.items())
+
+
+def _malformed(qmap: dict) -> str | None:
+    """The first top-level key of a quant map whose value has the wrong form (modules are checked
+    against the tensors in :func:`read_tensors`)."""
+    checks = {
+        "profile": lambda v: isinstance(v, str),
+        "units": lambda v: _is_dict_of(v, lambda e: isinstance(e, dict) and isinstance(e.get("spec"), str)),
+        "modules": lambda v: _is_dict_of(v, lambda e: isinstance(e, dict)),
+        "tensors": lambda v: _is_dict_of(v, lambda e: isinstance(e, dict) and isinstance(e.get("dtype"), str)
+                                         and isinstance(e.get("shape"), list)
+                                         and all(isinstance(n, int) for n in e["shape"])),
+        "ties": lambda v: _is_dict_of(v, lambda e: isinstance(e, str)),
+        "dtype": lambda v: isinstance(v, str),
+        "merge": lambda v: isinstance(v, str),
+        "weights_file_bytes": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "bytes": lambda v: _is_dict_of(v, _is_number) and all(k in v for k in KINDS),
+        "avg_w_bits": _is_number,
+        "sha256": lambda v: v is None or isinstance(v, dict),
+    }
+    return next((k for k, ok in checks.items() if not ok(qmap.get(k))), None)
+
+
 def read_tensors(path: str | Path, qmap: dict) -> dict[str, torch.Tensor]:
-    """Load ``model.safetensors`` and check it against the quant map: size, names, dtypes, shapes."""
+    """Load ``model.safetensors`` and check it against the quant map: size, the checksums of every
+    file the map records (config and tokenizer files too), names, dtypes, shapes."""
     file = Path(path) / WEIGHTS_FILE
     if not file.is_file():
         raise BitswitchError(f"{file} is missing: {FIX}")
@@ -136,6 +177,7 @@ def read_tensors(path: str | Path, qmap: dict) -> dict[str, torch.Tensor]:
     if size != qmap["weights_file_bytes"]:
         raise BitswitchError(f"{file} has {size} bytes but {MAP_FILE} records {qmap['weights_file_bytes']} "
                              f"(truncated or replaced): {FIX}")
+    check_sha256(path, qmap.get("sha256"), MAP_FILE, FIX)
     try:
         with safe_open(str(file), framework="pt") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
@@ -151,11 +193,13 @@ def read_tensors(path: str | Path, qmap: dict) -> dict[str, torch.Tensor]:
         _expect(path, name, t, table[name]["dtype"], table[name]["shape"])
     for mname, entry in qmap["modules"].items():
         try:
-            specs = module_tensor_specs(mname, entry)
             for part, make in (("weight", weight_quant), ("act", act_quant)):
                 if entry[part] is not None:
                     make(entry[part])
-        except (KeyError, TypeError, ValueError) as exc:
+            specs = module_tensor_specs(mname, entry)
+            if entry["lora"] is not None and not _is_number(entry["lora"]["scaling"]):
+                raise TypeError(f"LoRA scaling {entry['lora']['scaling']!r} is not a number")
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
             raise BitswitchError(f"module {mname!r} in {MAP_FILE} of {path} is malformed "
                                  f"({type(exc).__name__}: {exc}): {FIX}") from exc
         for name, (dtype, shape) in specs.items():

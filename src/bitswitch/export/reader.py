@@ -69,7 +69,12 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu", dtype: s
     wanted = dt != torch.float32 if int8_kernel is None else int8_kernel
     use_int8 = wanted and int8_kernel_works(dev.type)
     for name, entry in qmap["modules"].items():
-        _replace(model, path, name, _exported_linear(name, entry, tensors, dt, cache_weights, use_int8))
+        try:
+            module = _exported_linear(name, entry, tensors, dt, cache_weights, use_int8)
+        except ValueError as exc:   # tensors the map's entry does not call for (the specs check what it does)
+            raise BitswitchError(f"module {name!r} in {MAP_FILE} of {path} does not fit its tensors ({exc}): "
+                                 f"{FIX}") from exc
+        _replace(model, path, name, module)
     state = {n: tensors.pop(n).to(dt) for n in list(tensors)}  # popped: each fp16 original is freed
     try:
         _, unexpected = model.load_state_dict(state, strict=False, assign=True)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from ..accounting import profile_report
 from ..adapters import adapter_parameters
 from ..errors import BitswitchError
-from ..io import atomic_write_json
+from ..io import atomic_write_json, sha256_file
 from ..quant.functional import quantize_weight, scale_dtype
 from ..quant.pack import code_offset, pack
 from ..switching import state, unit_modules, use_profile
@@ -75,6 +75,7 @@ def export_model(model: nn.Module, tokenizer, profile, out_dir: str | os.PathLik
         qmap["weights_file_bytes"] = (tmp / WEIGHTS_FILE).stat().st_size
         model.config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        qmap["sha256"] = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()}
         atomic_write_json(tmp / MAP_FILE, qmap)
         _publish_modes(tmp)
         _install(tmp, out)

@@ -100,7 +100,17 @@ class Job:
         self.doc = {"kind": kind, "settings": self.settings, **run_metadata(argv, cfg.seed),
                     "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)), "records": []}
         self.previous_doc = self._previous()
-        self.previous = {self.key(r): r for r in self.previous_doc.get("records", [])}
+        self.previous = self._keyed(self.previous_doc.get("records", []))
+
+    def _keyed(self, records) -> dict:
+        """Records by key; a one-line error for a results file whose records this command cannot have written."""
+        try:
+            if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+                raise TypeError("'records' is not a list of objects")
+            return {self.key(r): r for r in records}
+        except (KeyError, TypeError) as exc:
+            raise BitswitchError(f"{self.path} has malformed records ({type(exc).__name__}: {exc}): move it away or "
+                                 "choose another --out") from None
 
     def _previous(self) -> dict:
         old = _read_json(self.path)
@@ -111,9 +121,11 @@ class Job:
                                  f"{self.kind!r}): choose another --out")
         if old.get("settings") == self.settings:
             return old
-        keep = self.path.with_name(f"{self.path.stem}-{old.get('settings') or 'old'}{self.path.suffix}")
+        settings = old.get("settings")
+        tag = settings if isinstance(settings, str) and settings.isalnum() else "old"
+        keep = self.path.with_name(f"{self.path.stem}-{tag}{self.path.suffix}")
         os.replace(self.path, keep)
-        diff = settings_differences(old.get("config") or {}, self.doc["config"])
+        diff = settings_differences(old["config"] if isinstance(old.get("config"), dict) else {}, self.doc["config"])
         diff = [d for d in diff if d.split(":")[0].split(".")[0] not in type(self.cfg).UNHASHED]
         self.log(f"note: {self.path} was measured with other settings ({'; '.join(diff[:4]) or 'older format'}"
                  f"{'; ...' if len(diff) > 4 else ''}): kept as {keep.name}, starting a new {self.path.name}")
