@@ -77,6 +77,24 @@ def test_library_configs_and_loaders_refuse_an_absent_device(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("model, argv, needles", [
+    ("tiny-llama", ["--profile", "w4g7a8"],
+     ["profile 'w4g7a8': group size 7 does not divide the input width 64 of L0.attn_in", "(6 units)",
+      "128 of L0.mlp_out, L1.mlp_out (2 units)", "such as 32 or 64"]),
+    ("tiny-gpt2", ["--profile", "w4g128a8"], ["group size 128", "width 64 of L0.attn_in", "(6 units)"]),
+    ("tiny-gpt2", ["--profile", "w4a8", "--group-size", "48"], ["--group-size 48", "256 of L0.mlp_out"]),
+])
+def test_group_sizes_that_do_not_divide_a_unit_width_are_one_line_errors(capsys, model, argv, needles):
+    err = _one_line_error(capsys, ["profiles", "--model", model, *argv])
+    assert all(n in err for n in needles), err
+
+
+def test_group_sizes_that_divide_the_widths_are_accepted(capsys):
+    assert main(["profiles", "--model", "tiny-gpt2", "--profile", "w4g32a8;L*.mlp_out=w4g128a8", "--json"]) == 0
+    units = {u["name"]: u["group_size"] for u in json.loads(capsys.readouterr().out)["units"]}
+    assert units["L0.attn_in"] == 32 and units["L1.mlp_out"] == 128
+
+
 def test_profiles_json(capsys):
     assert main(["profiles", "--model", "tiny-llama", "--profile", "w4a8;L0.*=fp", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)

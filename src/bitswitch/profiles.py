@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,8 +161,12 @@ def profile_to_mapping(profile: Profile | str) -> dict[str, str]:
     return mapping
 
 
-def resolve(profile: Profile | str, unit_names, options: QuantOptions = QuantOptions()) -> dict[str, UnitPrecision]:
-    """Per-unit table ``{unit: UnitPrecision}`` for every name in ``unit_names`` (fp where no rule applies)."""
+def resolve(profile: Profile | str, unit_names, options: QuantOptions = QuantOptions(),
+            widths: Mapping[str, int] | None = None) -> dict[str, UnitPrecision]:
+    """Per-unit table ``{unit: UnitPrecision}`` for every name in ``unit_names`` (fp where no rule applies).
+
+    ``widths`` (unit -> input width, what resolving against a model knows) checks weight group sizes:
+    a group size that does not divide a unit's input width is a one-line error naming the units."""
     if isinstance(profile, str):
         profile = parse_profile(profile)
     names = list(unit_names)
@@ -178,7 +183,39 @@ def resolve(profile: Profile | str, unit_names, options: QuantOptions = QuantOpt
             raise BitswitchError(f"{exc} in rule {rule.text!r} of profile {profile.name!r}") from exc
         for n in matched:
             table[n] = prec
+    if widths is not None:
+        check_group_sizes(profile, table, widths, options)
     return table
+
+
+def check_group_sizes(profile: Profile, table: Mapping[str, UnitPrecision], widths: Mapping[str, int],
+                      options: QuantOptions = QuantOptions()) -> None:
+    """A one-line error when a weight group size does not divide the input width of a unit it applies
+    to: the first offending group size, the units (first few + count) by width, and divisors to use."""
+    by_group: dict[int, list[str]] = {}
+    for unit, prec in table.items():
+        if prec.weight is not None and prec.weight.group_size and unit in widths:
+            by_group.setdefault(prec.weight.group_size, []).append(unit)
+    for g, units in sorted(by_group.items()):
+        bad: dict[int, list[str]] = {}
+        for u in units:
+            if widths[u] % g:
+                bad.setdefault(widths[u], []).append(u)
+        if not bad:
+            continue
+        explicit = any(r.group == g for r in profile.rules)
+        what = f"group size {g}" if explicit or options.group_size != g else f"--group-size {g} (the default group size)"
+        parts = []
+        for width, us in bad.items():
+            shown = ", ".join(us[:3]) + (", ..." if len(us) > 3 else "")
+            parts.append(f"{width} of {shown} ({len(us)} unit{'s' if len(us) != 1 else ''})")
+        common = math.gcd(*(widths[u] for u in units))
+        fits = [d for d in (16, 32, 64, 128, 256) if common % d == 0][-2:]
+        drop = f"g{g}" if explicit else "--group-size"
+        advice = (f"use a divisor of {common} such as {' or '.join(map(str, fits))}" if fits
+                  else f"use a divisor of {common}") + f" (or drop {drop} for one scale per output channel)"
+        raise BitswitchError(f"profile {profile.name!r}: {what} does not divide the input width "
+                             f"{' nor '.join(parts)}: {advice}")
 
 
 def _max_layer(names) -> int:

@@ -90,12 +90,17 @@ def unit_modules(model: nn.Module, unit: str | None = None):
                 yield u, name, model.get_submodule(name)
 
 
+def unit_widths(model: nn.Module) -> dict[str, int]:
+    """Each unit's input width (its modules read the same input, so they share it)."""
+    return {u: model.get_submodule(names[0]).in_features for u, names in state(model).units.items()}
+
+
 def resolve_profile(model: nn.Module, profile: str | Profile) -> tuple[Profile, dict[str, UnitPrecision]]:
     """Parse and resolve ``profile`` against the model's units (cached by profile text)."""
     st = state(model)
     prof = parse_profile(profile) if isinstance(profile, str) else profile
     if prof.name not in st._resolved:
-        st._resolved[prof.name] = resolve(prof, st.units, st.options)
+        st._resolved[prof.name] = resolve(prof, st.units, st.options, unit_widths(model))
     return prof, st._resolved[prof.name]
 
 
