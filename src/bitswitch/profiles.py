@@ -20,7 +20,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,7 +144,24 @@ def _parse_file(path: Path) -> Profile:
         raise BitswitchError(f"profile file {str(path)!r} must map selectors to specs, e.g. "
                              '{"L*": "w8a8", "L0.*": "fp"}')
     rules = tuple(_rule(None if str(k) == "default" else str(k), str(v), str(path)) for k, v in data.items())
-    return Profile(path.stem, rules)
+    return Profile(path.name if _names_another_profile(path.stem, rules) else path.stem, rules)
+
+
+def _meaning(rules) -> list[tuple]:
+    return [(r.selector, r.w_bits, r.group, r.a_bits) for r in rules]
+
+
+def _names_another_profile(stem: str, rules: tuple[Rule, ...]) -> bool:
+    """Whether a file's stem is itself a profile (``w8a8``, ``fp``, ``w4g32``) other than what the file
+    holds: such a file is named with its suffix (``w8a8.json``), so that it is never taken for the
+    profile its stem spells (its adapters, its records)."""
+    if Path(stem).suffix.lower() in (".json", ".yaml", ".yml"):
+        return False
+    try:
+        spelled = parse_profile(stem)
+    except BitswitchError:
+        return False
+    return _meaning(spelled.rules) != _meaning(rules)
 
 
 def profile_to_mapping(profile: Profile | str) -> dict[str, str]:
@@ -227,10 +244,46 @@ def table_to_string(table: dict[str, UnitPrecision]) -> str:
     """The profile grammar for a per-unit table, shortest first rule = the most common spec."""
     specs = {n: p.spec for n, p in table.items()}
     block = [s for n, s in specs.items() if n.startswith("L")]
-    common = max(set(block), key=block.count) if block else "fp"
+    common = max(dict.fromkeys(block), key=block.count) if block else "fp"   # ties: the first seen
     rules = [common] + [f"{n}={s}" for n, s in specs.items()
                         if (s != common if n.startswith("L") else s != "fp")]
     return ";".join(rules)
+
+
+# -- identity ------------------------------------------------------------------------------------
+
+def precision_text(prec: UnitPrecision) -> str:
+    """A unit's precision in full: its spec plus every quantizer setting the spec does not spell
+    (``w4g32a8``; ``w4a8/wasym/atensor`` for asymmetric weights and static activations)."""
+    if prec.is_fp:
+        return "fp"
+    extra = []
+    if prec.weight is not None:
+        extra += [] if prec.weight.symmetric else ["wasym"]
+        extra += [] if prec.weight.method == "uniform" else [f"w{prec.weight.method}"]
+    if prec.act is not None:
+        extra += [] if prec.act.mode == "token" else [f"a{prec.act.mode}"]
+        extra += ["asym"] if prec.act.symmetric else []
+        extra += [] if prec.act.method == "uniform" else [f"a{prec.act.method}"]
+    return "/".join([prec.spec, *extra])
+
+
+def table_id(entries: Mapping[str, UnitPrecision | str]) -> str:
+    """A profile's identity: a stable digest (12 hex digits) of what every unit runs at, ``{unit:
+    UnitPrecision}`` or ``{unit: text}`` (:func:`precision_text`, plus an adapter where one is
+    active). Two profiles share it exactly when they run the same; the name plays no part."""
+    text = ";".join(f"{u}={p if isinstance(p, str) else precision_text(p)}" for u, p in sorted(entries.items()))
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def distinct_names(profiles: list[tuple[str, str]], taken: Iterable[tuple[str, str]] = ()) -> list[str]:
+    """Display names for ``[(name, id), ...]``: a name stays as it is unless profiles of other ids
+    share it (in the list, or in ``taken``: the ``(name, id)`` of records already kept); then each
+    of this list's holders gets its short id appended (``search-avg4-1a2b3c``)."""
+    ids: dict[str, set[str]] = {}
+    for name, pid in [*profiles, *taken]:
+        ids.setdefault(name, set()).add(pid)
+    return [name if len(ids[name]) == 1 else f"{name}-{pid[:6]}" for name, pid in profiles]
 
 
 # -- byte accounting ------------------------------------------------------------------------------
