@@ -3,7 +3,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+from bitswitch import BitswitchError
+from bitswitch.models import resolve_device
 from bitswitch.cli import main
 
 
@@ -31,6 +34,65 @@ def test_unknown_model_and_task_and_args(capsys, tmp_path):
     _one_line_error(capsys, ["profiles", "--profile", "w8a8"])          # missing --model
     _one_line_error(capsys, ["eval", "--model", "tiny-gpt2", "--task", "wikitext", "--data",
                              str(tmp_path / "missing.txt"), "--out", str(tmp_path)])
+
+
+# every command that takes --device, with arguments that parse (the device must fail before anything else)
+DEVICE_ARGV = {
+    "eval": ["eval", "--model", "tiny-llama", "--task", "wikitext", "--out", "{out}"],
+    "profiles": ["profiles", "--model", "tiny-llama", "--profile", "w8a8"],
+    "export": ["export", "--model", "tiny-llama", "--profile", "w8a8", "--out", "{out}"],
+    "attack": ["attack", "--model", "tiny-llama", "--attack", "hotflip", "--out", "{out}"],
+    "sensitivity": ["sensitivity", "--model", "tiny-llama", "--out", "{out}"],
+    "search": ["search", "--model", "tiny-llama", "--out", "{out}"],
+    "train": ["train", "--model", "tiny-llama", "--data", "{missing}", "--steps", "1", "--out", "{out}"],
+    "demo": ["demo", "--model", "tiny-llama", "--steps", "1", "--eval-limit", "1", "--train-data", "{missing}",
+             "--dev-data", "{missing}", "--out", "{out}"],
+}
+ABSENT_DEVICES = ["cuda:99", "gpu", "meta",
+                  pytest.param("cuda", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is here")),
+                  pytest.param("mps", marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="MPS is here"))]
+
+
+@pytest.mark.parametrize("device", ABSENT_DEVICES)
+@pytest.mark.parametrize("command", list(DEVICE_ARGV))
+def test_a_device_this_machine_lacks_fails_alike_in_every_command_before_any_work(capsys, tmp_path, command,
+                                                                                  device):
+    with pytest.raises(BitswitchError) as expected:
+        resolve_device(device)
+    out = tmp_path / "out"
+    argv = [a.format(out=out, missing=tmp_path / "missing.json") for a in DEVICE_ARGV[command]]
+    err = _one_line_error(capsys, argv + ["--device", device])
+    assert err == f"bitswitch: error: {expected.value}" and repr(device) in err
+    assert not out.exists()   # nothing written, no results file moved aside: it failed before any work
+
+
+def test_library_configs_and_loaders_refuse_an_absent_device(tmp_path):
+    from bitswitch.evaluate.config import EvalConfig
+    from bitswitch.loading import load_switchable
+
+    with pytest.raises(BitswitchError, match="'cuda:99'"):
+        EvalConfig(model="tiny-llama", task="wikitext", out=str(tmp_path / "o"), device="cuda:99")
+    with pytest.raises(BitswitchError, match="'cuda:99'"):
+        load_switchable("tiny-llama", device="cuda:99")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("model, argv, needles", [
+    ("tiny-llama", ["--profile", "w4g7a8"],
+     ["profile 'w4g7a8': group size 7 does not divide the input width 64 of L0.attn_in", "(6 units)",
+      "128 of L0.mlp_out, L1.mlp_out (2 units)", "such as 32 or 64"]),
+    ("tiny-gpt2", ["--profile", "w4g128a8"], ["group size 128", "width 64 of L0.attn_in", "(6 units)"]),
+    ("tiny-gpt2", ["--profile", "w4a8", "--group-size", "48"], ["--group-size 48", "256 of L0.mlp_out"]),
+])
+def test_group_sizes_that_do_not_divide_a_unit_width_are_one_line_errors(capsys, model, argv, needles):
+    err = _one_line_error(capsys, ["profiles", "--model", model, *argv])
+    assert all(n in err for n in needles), err
+
+
+def test_group_sizes_that_divide_the_widths_are_accepted(capsys):
+    assert main(["profiles", "--model", "tiny-gpt2", "--profile", "w4g32a8;L*.mlp_out=w4g128a8", "--json"]) == 0
+    units = {u["name"]: u["group_size"] for u in json.loads(capsys.readouterr().out)["units"]}
+    assert units["L0.attn_in"] == 32 and units["L1.mlp_out"] == 128
 
 
 def test_profiles_json(capsys):

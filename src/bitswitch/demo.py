@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .evaluate.config import EvalConfig
 from .evaluate.runner import run_eval
+from .models import resolve_device
 from .train.checkpoint import find_checkpoint
 from .train.config import TrainConfig
 from .train.trainer import train
@@ -19,6 +20,7 @@ from .train.trainer import train
 def run_demo(model: str = "smollm2-135m", train_data: str = "squad", dev_data: str = "squad",
              profiles=("fp", "w8a8", "w6a8", "w4a8"), steps: int = 60, batch_size: int = 8, lr: float = 1e-3,
              eval_limit: int = 50, device: str = "auto", out: str = "runs/demo", argv=None, log=print) -> dict:
+    resolve_device(device)   # a device this machine lacks fails now, not after training fell back to the CPU
     out_dir = Path(out)
     # one adapter shared by every profile: on SmolLM2 it beat per-profile adapters at every profile
     # (docs/results.md), since each profile's adapter would see only a quarter of the steps

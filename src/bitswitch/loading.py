@@ -15,17 +15,19 @@ from pathlib import Path
 
 from .adapters import load_adapters, read_adapter_config
 from .export.reader import is_export_dir, is_exported, load_exported
-from .models import load_model
+from .models import load_model, resolve_device
 from .profiles import QuantOptions
 from .switching import make_switchable
 
-__all__ = ["is_export_dir", "is_exported", "load", "load_switchable"]
+__all__ = ["is_export_dir", "is_exported", "load", "load_switchable", "resolve_device"]
 
 
 def load(spec: str, device="auto", dtype="fp32", seed: int = 0):
     """``(model, tokenizer)`` in eval mode on ``device``: an export directory through
     :func:`~bitswitch.export.load_exported` (``dtype`` is its compute dtype), anything else through
-    :func:`~bitswitch.models.load_model` (the plain Hugging Face model; ``make_switchable`` wraps it)."""
+    :func:`~bitswitch.models.load_model` (the plain Hugging Face model; ``make_switchable`` wraps it).
+    ``device`` goes through :func:`~bitswitch.models.resolve_device` first, whatever the spec."""
+    device = resolve_device(device)
     if is_export_dir(spec):
         return load_exported(Path(spec).expanduser(), device, dtype)
     return load_model(spec, device=device, dtype=dtype, seed=seed)

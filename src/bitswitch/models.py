@@ -25,17 +25,45 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat1
           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
 
+DEVICE_HELP = "use auto, cpu, cuda, cuda:N or mps"
+
+
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` -> cuda when available, else cpu; anything else is passed to ``torch.device``."""
-    if device is None or str(device) == "auto":
+    """The one place a device spec becomes a ``torch.device``: every loader and command goes
+    through it, so a device that does not exist here fails the same way everywhere, as a one-line
+    :class:`BitswitchError`, before any work (never a silent fall-back to the CPU).
+
+    ``auto`` (or None) -> ``cuda`` when CUDA is available, else ``cpu``; ``cpu``; ``cuda`` /
+    ``cuda:N`` (N below the number of visible GPUs); ``mps`` where the MPS backend is available.
+    Anything else (``gpu``, ``meta``, ``xpu``, ``cpu:1``) is refused.
+    """
+    if device is None or (isinstance(device, str) and device.strip() == "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    text = str(device).strip() if isinstance(device, str) else str(device)
     try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise BitswitchError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BitswitchError(f"device {device!r} asked for but CUDA is not available: use --device cpu or auto")
-    return dev
+        dev = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        raise BitswitchError(f"unknown device {text!r}: {DEVICE_HELP}") from None
+    if dev.type == "cpu":
+        if dev.index not in (None, 0):
+            raise BitswitchError(f"device {text!r} does not exist: there is one cpu device; use --device cpu")
+        return torch.device("cpu")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BitswitchError(f"device {text!r} asked for but CUDA is not available on this machine: "
+                                 "use --device cpu or auto")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise BitswitchError(f"device {text!r} does not exist: this machine has {count} CUDA device"
+                                 f"{'s' if count != 1 else ''} (cuda:0{f'..cuda:{count - 1}' if count > 1 else ''})")
+        return dev
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise BitswitchError(f"device {text!r} asked for but the MPS backend is not available on this machine: "
+                                 "use --device cpu or auto")
+        return dev
+    raise BitswitchError(f"device {text!r} is not supported: {DEVICE_HELP}")
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:

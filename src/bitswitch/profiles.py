@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,7 +144,24 @@ def _parse_file(path: Path) -> Profile:
         raise BitswitchError(f"profile file {str(path)!r} must map selectors to specs, e.g. "
                              '{"L*": "w8a8", "L0.*": "fp"}')
     rules = tuple(_rule(None if str(k) == "default" else str(k), str(v), str(path)) for k, v in data.items())
-    return Profile(path.stem, rules)
+    return Profile(path.name if _names_another_profile(path.stem, rules) else path.stem, rules)
+
+
+def _meaning(rules) -> list[tuple]:
+    return [(r.selector, r.w_bits, r.group, r.a_bits) for r in rules]
+
+
+def _names_another_profile(stem: str, rules: tuple[Rule, ...]) -> bool:
+    """Whether a file's stem is itself a profile (``w8a8``, ``fp``, ``w4g32``) other than what the file
+    holds: such a file is named with its suffix (``w8a8.json``), so that it is never taken for the
+    profile its stem spells (its adapters, its records)."""
+    if Path(stem).suffix.lower() in (".json", ".yaml", ".yml"):
+        return False
+    try:
+        spelled = parse_profile(stem)
+    except BitswitchError:
+        return False
+    return _meaning(spelled.rules) != _meaning(rules)
 
 
 def profile_to_mapping(profile: Profile | str) -> dict[str, str]:
@@ -160,8 +178,12 @@ def profile_to_mapping(profile: Profile | str) -> dict[str, str]:
     return mapping
 
 
-def resolve(profile: Profile | str, unit_names, options: QuantOptions = QuantOptions()) -> dict[str, UnitPrecision]:
-    """Per-unit table ``{unit: UnitPrecision}`` for every name in ``unit_names`` (fp where no rule applies)."""
+def resolve(profile: Profile | str, unit_names, options: QuantOptions = QuantOptions(),
+            widths: Mapping[str, int] | None = None) -> dict[str, UnitPrecision]:
+    """Per-unit table ``{unit: UnitPrecision}`` for every name in ``unit_names`` (fp where no rule applies).
+
+    ``widths`` (unit -> input width, what resolving against a model knows) checks weight group sizes:
+    a group size that does not divide a unit's input width is a one-line error naming the units."""
     if isinstance(profile, str):
         profile = parse_profile(profile)
     names = list(unit_names)
@@ -178,7 +200,39 @@ def resolve(profile: Profile | str, unit_names, options: QuantOptions = QuantOpt
             raise BitswitchError(f"{exc} in rule {rule.text!r} of profile {profile.name!r}") from exc
         for n in matched:
             table[n] = prec
+    if widths is not None:
+        check_group_sizes(profile, table, widths, options)
     return table
+
+
+def check_group_sizes(profile: Profile, table: Mapping[str, UnitPrecision], widths: Mapping[str, int],
+                      options: QuantOptions = QuantOptions()) -> None:
+    """A one-line error when a weight group size does not divide the input width of a unit it applies
+    to: the first offending group size, the units (first few + count) by width, and divisors to use."""
+    by_group: dict[int, list[str]] = {}
+    for unit, prec in table.items():
+        if prec.weight is not None and prec.weight.group_size and unit in widths:
+            by_group.setdefault(prec.weight.group_size, []).append(unit)
+    for g, units in sorted(by_group.items()):
+        bad: dict[int, list[str]] = {}
+        for u in units:
+            if widths[u] % g:
+                bad.setdefault(widths[u], []).append(u)
+        if not bad:
+            continue
+        explicit = any(r.group == g for r in profile.rules)
+        what = f"group size {g}" if explicit or options.group_size != g else f"--group-size {g} (the default group size)"
+        parts = []
+        for width, us in bad.items():
+            shown = ", ".join(us[:3]) + (", ..." if len(us) > 3 else "")
+            parts.append(f"{width} of {shown} ({len(us)} unit{'s' if len(us) != 1 else ''})")
+        common = math.gcd(*(widths[u] for u in units))
+        fits = [d for d in (16, 32, 64, 128, 256) if common % d == 0][-2:]
+        drop = f"g{g}" if explicit else "--group-size"
+        advice = (f"use a divisor of {common} such as {' or '.join(map(str, fits))}" if fits
+                  else f"use a divisor of {common}") + f" (or drop {drop} for one scale per output channel)"
+        raise BitswitchError(f"profile {profile.name!r}: {what} does not divide the input width "
+                             f"{' nor '.join(parts)}: {advice}")
 
 
 def _max_layer(names) -> int:
@@ -190,10 +244,46 @@ def table_to_string(table: dict[str, UnitPrecision]) -> str:
     """The profile grammar for a per-unit table, shortest first rule = the most common spec."""
     specs = {n: p.spec for n, p in table.items()}
     block = [s for n, s in specs.items() if n.startswith("L")]
-    common = max(set(block), key=block.count) if block else "fp"
+    common = max(dict.fromkeys(block), key=block.count) if block else "fp"   # ties: the first seen
     rules = [common] + [f"{n}={s}" for n, s in specs.items()
                         if (s != common if n.startswith("L") else s != "fp")]
     return ";".join(rules)
+
+
+# -- identity ------------------------------------------------------------------------------------
+
+def precision_text(prec: UnitPrecision) -> str:
+    """A unit's precision in full: its spec plus every quantizer setting the spec does not spell
+    (``w4g32a8``; ``w4a8/wasym/atensor`` for asymmetric weights and static activations)."""
+    if prec.is_fp:
+        return "fp"
+    extra = []
+    if prec.weight is not None:
+        extra += [] if prec.weight.symmetric else ["wasym"]
+        extra += [] if prec.weight.method == "uniform" else [f"w{prec.weight.method}"]
+    if prec.act is not None:
+        extra += [] if prec.act.mode == "token" else [f"a{prec.act.mode}"]
+        extra += ["asym"] if prec.act.symmetric else []
+        extra += [] if prec.act.method == "uniform" else [f"a{prec.act.method}"]
+    return "/".join([prec.spec, *extra])
+
+
+def table_id(entries: Mapping[str, UnitPrecision | str]) -> str:
+    """A profile's identity: a stable digest (12 hex digits) of what every unit runs at, ``{unit:
+    UnitPrecision}`` or ``{unit: text}`` (:func:`precision_text`, plus an adapter where one is
+    active). Two profiles share it exactly when they run the same; the name plays no part."""
+    text = ";".join(f"{u}={p if isinstance(p, str) else precision_text(p)}" for u, p in sorted(entries.items()))
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def distinct_names(profiles: list[tuple[str, str]], taken: Iterable[tuple[str, str]] = ()) -> list[str]:
+    """Display names for ``[(name, id), ...]``: a name stays as it is unless profiles of other ids
+    share it (in the list, or in ``taken``: the ``(name, id)`` of records already kept); then each
+    of this list's holders gets its short id appended (``search-avg4-1a2b3c``)."""
+    ids: dict[str, set[str]] = {}
+    for name, pid in [*profiles, *taken]:
+        ids.setdefault(name, set()).add(pid)
+    return [name if len(ids[name]) == 1 else f"{name}-{pid[:6]}" for name, pid in profiles]
 
 
 # -- byte accounting ------------------------------------------------------------------------------

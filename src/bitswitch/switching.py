@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .errors import BitswitchError
-from .profiles import Profile, QuantOptions, parse_profile, resolve, safe_key, table_to_string
+from .profiles import Profile, QuantOptions, parse_profile, precision_text, resolve, table_id, table_to_string
 from .quant import QuantLinear, UnitPrecision
 from .units import find_units
 
@@ -46,7 +46,7 @@ class SwitchState:
     unit_profiles: dict[str, Profile] = field(default_factory=dict)
     adapters_on: bool = True
     adapter_config: object = None   # adapters.AdapterConfig once adapters exist
-    _resolved: dict[str, dict[str, UnitPrecision]] = field(default_factory=dict)
+    _resolved: dict[tuple, dict[str, UnitPrecision]] = field(default_factory=dict)   # by rules, not name
 
 
 def make_switchable(model: nn.Module, options: QuantOptions = QuantOptions(), keying: str = "profile") -> nn.Module:
@@ -90,13 +90,37 @@ def unit_modules(model: nn.Module, unit: str | None = None):
                 yield u, name, model.get_submodule(name)
 
 
+def unit_widths(model: nn.Module) -> dict[str, int]:
+    """Each unit's input width (its modules read the same input, so they share it)."""
+    return {u: model.get_submodule(names[0]).in_features for u, names in state(model).units.items()}
+
+
 def resolve_profile(model: nn.Module, profile: str | Profile) -> tuple[Profile, dict[str, UnitPrecision]]:
-    """Parse and resolve ``profile`` against the model's units (cached by profile text)."""
+    """Parse and resolve ``profile`` against the model's units. Resolutions are cached by the
+    profile's rules, never its name: two files of one name, or a file named like a built-in, each
+    resolve to what they hold."""
     st = state(model)
     prof = parse_profile(profile) if isinstance(profile, str) else profile
-    if prof.name not in st._resolved:
-        st._resolved[prof.name] = resolve(prof, st.units, st.options)
-    return prof, st._resolved[prof.name]
+    if prof.rules not in st._resolved:
+        st._resolved[prof.rules] = resolve(prof, st.units, st.options, unit_widths(model))
+    return prof, st._resolved[prof.rules]
+
+
+def profile_id(model: nn.Module, profile: str | Profile, adapters: bool = True) -> str:
+    """The identity of ``profile`` on this model (:func:`~bitswitch.profiles.table_id`): a digest of
+    what every unit runs at under it, its full precision and the adapter it uses (when ``adapters``
+    and one exists: with ``profile`` keying, the adapter follows the name). Two profiles share it
+    exactly when switching to either runs the model the same; results are keyed by it."""
+    st = state(model)
+    prof, table = resolve_profile(model, profile)
+    entries = {}
+    for unit, names in st.units.items():
+        prec, text = table[unit], precision_text(table[unit])
+        key = adapter_key(st.keying, prof, prec) if adapters else None
+        if key is not None and any(key in model.get_submodule(n).adapters for n in names):
+            text += f"@{key}"
+        entries[unit] = text
+    return table_id(entries)
 
 
 def adapter_key(keying: str, profile: Profile, precision: UnitPrecision) -> str:
@@ -122,16 +146,14 @@ def set_unit_profiles(model: nn.Module, profiles: Mapping[str, str | Profile], a
         wrong = sorted(set(profiles) ^ set(st.units))
         raise BitswitchError(f"unit profiles must name every unit of the model once; {wrong[0]!r} is "
                              f"{'not a unit' if wrong[0] in profiles else 'missing'}")
-    resolved: dict[str, tuple[Profile, dict[str, UnitPrecision]]] = {}
+    resolved: dict[str | Profile, tuple[Profile, dict[str, UnitPrecision]]] = {}   # by the value given
     for p in profiles.values():
-        name = p.name if isinstance(p, Profile) else p
-        if name not in resolved:
-            resolved[name] = resolve_profile(model, p)
+        if p not in resolved:
+            resolved[p] = resolve_profile(model, p)
     unit_profiles, table = {}, {}
     missing = 0
     for unit, _, mod in unit_modules(model):
-        p = profiles[unit]
-        prof, prof_table = resolved[p.name if isinstance(p, Profile) else p]
+        prof, prof_table = resolved[profiles[unit]]
         prec = prof_table[unit]
         unit_profiles[unit], table[unit] = prof, prec
         mod.precision = None if prec.is_fp else prec
@@ -141,8 +163,8 @@ def set_unit_profiles(model: nn.Module, profiles: Mapping[str, str | Profile], a
             missing += bool(len(mod.adapters))
             key = None
         mod.active_adapter = key
-    if len(resolved) == 1:
-        (recorded, _), = resolved.values()
+    if len({prof for prof, _ in resolved.values()}) == 1:
+        (recorded, _), *_ = resolved.values()
     else:
         recorded = parse_profile(table_to_string(table))
     if missing:

@@ -65,8 +65,8 @@ class SquadTask:
         seconds = time.perf_counter() - t0
         rows = [{"id": r["id"], "question": ex.question, "prediction": r["prediction"], "answers": list(ex.answers),
                  "em": r["em"], "f1": r["f1"]} for ex, r in zip(self.examples, scores["rows"])]
-        name = model.bitswitch.profile.name if hasattr(model, "bitswitch") else profile
-        atomic_write_text(Path(out_dir) / f"predictions-{safe_key(name)}.jsonl",
+        # ``profile``: the display name the runner records (distinct within a results file)
+        atomic_write_text(Path(out_dir) / f"predictions-{safe_key(profile)}.jsonl",
                           "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         n = scores["n"]
         return {"em": scores["em"], "f1": scores["f1"], "answer_ppl": scores["answer_ppl"], "n": n,

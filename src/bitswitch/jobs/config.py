@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..errors import BitswitchError
+from ..models import resolve_device
 from ..profiles import QuantOptions
 
 ORDERS = ("stratified", "file")   # question selection: a seeded sample across articles, or file order
@@ -44,6 +45,7 @@ class RunConfig:
 
     def validate(self) -> None:
         """One-line errors for impossible values; subclasses call ``super().validate()``."""
+        resolve_device(self.device)   # a device this machine lacks: one line now, before any output
         if self.dtype not in ("fp32", "bf16", "fp16"):
             raise BitswitchError(f"--dtype {self.dtype!r}: use fp32, bf16 or fp16")
         if self.limit is not None and self.limit < 1:

@@ -101,6 +101,7 @@ class Job:
                     "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)), "records": []}
         self.previous_doc = self._previous()
         self.previous = self._keyed(self.previous_doc.get("records", []))
+        self.dropped: set[str] = set()
 
     def _keyed(self, records) -> dict:
         """Records by key; a one-line error for a results file whose records this command cannot have written."""
@@ -143,6 +144,11 @@ class Job:
         """What an earlier run with the same settings left under ``name`` (records, or another list)."""
         return list(self.previous_doc.get(name) or [])
 
+    def drop(self, key: str) -> None:
+        """Forget the earlier record under ``key``: it is neither reused nor kept in the file."""
+        self.dropped.add(key)
+        self.previous.pop(key, None)
+
     def add(self, record: dict, log: str | None = None) -> dict:
         """Add (or replace, by key) one record and write the file."""
         k = self.key(record)
@@ -164,7 +170,7 @@ class Job:
         with _locked(self.path.with_name(f".{self.path.stem}.lock")):
             on_disk = _read_json(self.path) or {}
             theirs = on_disk.get("records", []) if on_disk.get("settings") == self.settings else []
-            mine = {self.key(r) for r in self.doc["records"]}
+            mine = {self.key(r) for r in self.doc["records"]} | self.dropped
             extra = [r for r in [*self.previous_doc.get("records", []), *theirs] if self.key(r) not in mine]
             seen, merged = set(), []
             for r in [*self.doc["records"], *extra]:   # this run's records first, then the kept ones
