@@ -240,3 +240,26 @@ def test_results_file_that_is_valid_json(tmp_path, capfd, text, edit, code):
         assert _files(out) == before
     else:
         assert json.loads((out / "results-old.json").read_text()) == doc
+
+
+# -- training checkpoints -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def checkpointed(tmp_path_factory, text) -> Path:
+    """A finished one-step run with its checkpoint: ``train --resume DIR --steps 2`` continues it."""
+    run = tmp_path_factory.mktemp("ckpt") / "run"
+    assert main(["train", "--model", "tiny-gpt2", "--device", "cpu", "--task", "text", "--data", str(text),
+                 "--steps", "1", "--save-every", "1", "--batch-size", "2", "--profiles", "fp", "w8a8",
+                 "--out", str(run)]) == 0
+    return run
+
+
+@pytest.mark.parametrize("name, must_fail", [("checkpoint/adapters.safetensors", True),
+                                             ("checkpoint/state.pt", True), ("checkpoint/step.json", False),
+                                             ("config.yaml", False)])
+def test_checkpoint_files(tmp_path, capfd, checkpointed, name, must_fail):
+    run = tmp_path / "run"
+    reset = _restore(checkpointed, run)
+    reset()
+    run_cases(capfd, run / name, ["train", "--resume", str(run), "--steps", "2"], run, SEED + 6, must_fail,
+              reset=reset, flips=3)

@@ -17,6 +17,10 @@ TRAIN_FLAGS = {
 }
 
 
+# keys every config.yaml that train writes holds (a resumed run continues them)
+RUN_KEYS = ("model", "data", "task", "profiles", "schedule", "steps", "batch_size", "lr", "seed")
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="switchable-precision QAT of LoRA adapters")
     p.add_argument("--config", default=None, help="YAML file of TrainConfig keys")
@@ -58,6 +62,10 @@ def run(a, argv) -> int:
         saved = Path(a.resume) / "config.yaml"
         if not saved.is_file():
             raise BitswitchError(f"--resume {a.resume!r} has no config.yaml: pass the --out directory of a run")
+        missing = [k for k in RUN_KEYS if k not in read_yaml(str(saved))]
+        if missing:   # train writes every key: a file without them is damaged, not a run to continue
+            raise BitswitchError(f"{saved} lacks {', '.join(missing)}: it is damaged or was not written by "
+                                 "bitswitch train, so the run cannot be continued; start a new --out")
         if a.config:   # the keys it sets are checked against the saved run as flags are
             overrides = {**read_yaml(a.config), **overrides}
         config = str(saved)

@@ -189,7 +189,9 @@ def read_yaml(path: str) -> dict:
     if not p.is_file():
         raise BitswitchError(f"config file {path!r} does not exist: pass an existing YAML file")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise BitswitchError(f"config file {path!r} is not UTF-8 text (damaged?): pass a YAML file") from None
     except yaml.YAMLError as exc:
         raise BitswitchError(f"config file {path!r} is not valid YAML ({str(exc).splitlines()[0]})") from exc
     if not isinstance(data, dict):
