@@ -44,8 +44,12 @@ def prepare_model(cfg: EvalConfig):
 
 
 def record_key(record: dict) -> str:
-    """A record's key in ``results.json``: its profile id (records from before ids: ``name:<profile>``)."""
-    return record.get("profile_id") or f"name:{record['profile']}"
+    """A record's key in ``results.json``: its profile id (records from before ids: ``name:<profile>``).
+    KeyError / TypeError for a record eval cannot have written (the job reports it in one line)."""
+    name, pid = record["profile"], record.get("profile_id")
+    if not isinstance(name, str) or not isinstance(pid, (str, type(None))):
+        raise TypeError("'profile' and 'profile_id' must be strings")
+    return pid or f"name:{name}"
 
 
 def plan_profiles(model, profiles: list[str], job: Job, log=print) -> list[dict]:
