@@ -172,13 +172,10 @@ class Job:
             theirs = on_disk.get("records", []) if on_disk.get("settings") == self.settings else []
             mine = {self.key(r) for r in self.doc["records"]} | self.dropped
             extra = [r for r in [*self.previous_doc.get("records", []), *theirs] if self.key(r) not in mine]
-            seen, merged = set(), []
-            for r in [*self.doc["records"], *extra]:   # this run's records first, then the kept ones
-                k = self.key(r)
-                if k not in seen:
-                    seen.add(k)
-                    merged.append(r)
-            self.doc["records"][:] = merged if extra else self.doc["records"]
+            kept = {}   # this run's records first, then the kept ones, one per key
+            for r in [*self.doc["records"], *extra]:
+                kept.setdefault(self.key(r), r)
+            self.doc["records"][:] = kept.values()
             atomic_write_json(self.path, self.doc)
 
     def finish(self, columns: list[str], title: str, notes: str = "") -> str:
