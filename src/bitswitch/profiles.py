@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import BitswitchError
-from .quant.config import ACT_BITS, WEIGHT_BITS, ActQuant, UnitPrecision, WeightQuant
+from .quant.config import ACT_BITS, GRIDS, WEIGHT_BITS, ActQuant, UnitPrecision, WeightQuant
 
 BUILTIN = ("fp", "w8a8", "w6a8", "w4a8", "w4a16", "w8a16")
 _SPEC = re.compile(r"^(?:fp|w(?P<w>\d+|fp)(?:g(?P<g>\d+))?(?:a(?P<a>\d+|fp))?)$")
@@ -41,11 +41,20 @@ class QuantOptions:
     act_mode: str = "token"              # token (dynamic) | tensor (static, needs calibration)
     act_symmetric: bool = False
     method: str = "uniform"              # uniform | log
+    weight_grid: str = "independent"     # independent | nested (widths sliced from one int8 master)
+
+    def __post_init__(self):
+        if self.weight_grid not in GRIDS:
+            raise BitswitchError(f"weight grid must be one of {', '.join(GRIDS)}, got {self.weight_grid!r}")
+        if self.weight_grid == "nested" and (not self.weight_symmetric or self.method != "uniform"):
+            raise BitswitchError("the nested weight grid slices a symmetric uniform int8 master: "
+                                 "drop --weight-asym / --quantizer log")
 
     def precision(self, w_bits: int | None, group: int | None, a_bits: int | None) -> UnitPrecision:
         weight = act = None
         if w_bits is not None:
-            weight = WeightQuant(w_bits, group or self.group_size, self.weight_symmetric, self.method)
+            weight = WeightQuant(w_bits, group or self.group_size, self.weight_symmetric, self.method,
+                                 self.weight_grid if w_bits <= 8 else "independent")
         if a_bits is not None:
             act = ActQuant(a_bits, self.act_mode, self.act_symmetric or self.method == "log", self.method)
         return UnitPrecision(weight, act)

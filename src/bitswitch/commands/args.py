@@ -33,6 +33,9 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-asym", action="store_true", help="asymmetric weight quantization")
     g.add_argument("--act-sym", action="store_true", help="symmetric activation quantization")
     g.add_argument("--quantizer", choices=["uniform", "log"], default="uniform")
+    g.add_argument("--weight-grid", choices=["independent", "nested"], default="independent",
+                   help="nested: every weight width is the top bits of one int8 master (what the runtime "
+                        "and export --nested run)")
 
 
 def add_run_args(p: argparse.ArgumentParser, data_help: str, adapters: bool = True) -> None:
@@ -58,7 +61,8 @@ def quant_options(a):
     if a.group_size is not None and a.group_size < 1:
         raise BitswitchError(f"--group-size must be a positive number of input columns, got {a.group_size}")
     return QuantOptions(weight_symmetric=not a.weight_asym, group_size=a.group_size, act_mode=a.act_mode,
-                        act_symmetric=a.act_sym, method=a.quantizer)
+                        act_symmetric=a.act_sym, method=a.quantizer,
+                        weight_grid=getattr(a, "weight_grid", "independent"))
 
 
 def config_from_args(cls, a: argparse.Namespace, **overrides):

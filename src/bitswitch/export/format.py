@@ -72,11 +72,12 @@ def weight_entry(cfg: WeightQuant) -> dict:
     return {"bits": cfg.bits, "group_size": cfg.group_size,
             "granularity": "channel" if cfg.group_size is None else "group",
             "symmetric": cfg.symmetric, "method": cfg.method, "layout": LAYOUT,
-            "offset": code_offset(cfg.bits, cfg.symmetric)}
+            "offset": code_offset(cfg.bits, cfg.symmetric), "grid": cfg.grid}
 
 
 def weight_quant(entry: dict) -> WeightQuant:
-    return WeightQuant(entry["bits"], entry["group_size"], entry["symmetric"], entry["method"])
+    return WeightQuant(entry["bits"], entry["group_size"], entry["symmetric"], entry["method"],
+                       entry.get("grid", "independent"))
 
 
 def act_entry(cfg: ActQuant) -> dict:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 WEIGHT_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 ACT_BITS = tuple(range(4, 17))
 METHODS = ("uniform", "log")
+GRIDS = ("independent", "nested")
 ACT_MODES = ("token", "tensor")
 
 
@@ -22,12 +23,15 @@ class WeightQuant:
     bits: 2-8 or 16. group_size: None = one scale per output channel, N = one per N input columns.
     symmetric: zero point fixed at 0 (codes in [-(2^(b-1)-1), 2^(b-1)-1]) or asymmetric
     (codes in [0, 2^b-1] with a zero point). method: ``uniform`` or ``log`` (powers of two).
+    grid: ``independent`` (each width its own scale) or ``nested`` (every width the most
+    significant bits of one symmetric int8 master, see ``quant.functional.slice_codes``).
     """
 
     bits: int
     group_size: int | None = None
     symmetric: bool = True
     method: str = "uniform"
+    grid: str = "independent"
 
     def __post_init__(self):
         if self.bits not in WEIGHT_BITS:
@@ -38,6 +42,11 @@ class WeightQuant:
             raise ValueError(f"quantizer method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.method == "log" and not self.symmetric:
             raise ValueError("the log quantizer is symmetric (sign + power-of-two magnitude)")
+        if self.grid not in GRIDS:
+            raise ValueError(f"weight grid must be one of {', '.join(GRIDS)}, got {self.grid!r}")
+        if self.grid == "nested" and (self.bits > 8 or not self.symmetric or self.method != "uniform"):
+            raise ValueError("the nested grid slices a symmetric uniform int8 master: it takes 2-8 bits, "
+                             "symmetric, uniform")
 
 
 @dataclass(frozen=True)

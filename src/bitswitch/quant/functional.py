@@ -9,6 +9,11 @@ Conventions (shared by fake quantization and export, so the two agree bit for bi
 * log (symmetric): ``x_hat = sign(x) * s * 2^-k`` for ``k`` in ``0 .. 2^(b-1)-2`` or ``x_hat = 0``,
   ``s = amax``; code ``0`` is zero, ``+-(k+1)`` the magnitudes (at most 2^b - 1 levels).
 
+* nested (symmetric, 2-8 bits): one int8 master per weight, ``c8`` and ``s8`` as symmetric 8 bits
+  above; width ``b`` keeps the ``b`` most significant bits of ``c8`` (:func:`slice_codes`:
+  ``c_b = clamp(sign(c8) * floor((|c8| + 2^(7-b)) / 2^(8-b)), -(2^(b-1)-1), 2^(b-1)-1)``, i.e.
+  round half away from zero, then clip), ``s_b = s8 * 2^(8-b)`` (exact: a power of two).
+
 Weight scales are rounded to fp16 for ``bits <= 8`` (fp32 for 16 bits) because export stores them
 that way; activation scales are computed on the fly and stay in float32.
 """
@@ -108,8 +113,30 @@ def _grouped(w: Tensor, group_size: int | None) -> Tensor:
     return w.reshape(out, inp // group_size, group_size)
 
 
+def nested_master(cfg: WeightQuant) -> WeightQuant:
+    """The int8 master quantizer a nested ``cfg`` slices (same groups)."""
+    return WeightQuant(8, cfg.group_size, True, "uniform")
+
+
+def slice_codes(master: Tensor, bits: int) -> Tensor:
+    """The ``bits`` most significant bits of symmetric int8 codes ``master`` (any shape, integers
+    in -127..127): ``clamp(sign(c) * floor((|c| + 2^(7-bits)) / 2^(8-bits)), -(2^(bits-1)-1),
+    2^(bits-1)-1)``, computed in integers (round half away from zero, so ``slice(-c) ==
+    -slice(c)``). Returns int32; ``bits == 8`` returns the codes unchanged."""
+    c = master.to(torch.int32)
+    shift = 8 - bits
+    if shift == 0:
+        return c
+    mag = (c.abs() + (1 << (shift - 1))) >> shift
+    q = 2 ** (bits - 1) - 1
+    return (torch.sign(c) * mag).clamp_(-q, q)
+
+
 def quantize_weight(w: Tensor, cfg: WeightQuant) -> tuple[Tensor, Tensor, Tensor | None]:
     """``(codes, scale, zero)`` of a weight (out, in): codes (out, in) as int32, scale/zero (out, groups)."""
+    if cfg.grid == "nested":
+        codes, scale, _ = quantize_weight(w, nested_master(cfg))
+        return slice_codes(codes, cfg.bits), scale * 2.0 ** (8 - cfg.bits), None
     scale, zero = weight_qparams(w, cfg)
     wg = _grouped(w.float(), cfg.group_size)
     code = quantize(wg, scale.unsqueeze(-1), None if zero is None else zero.unsqueeze(-1), cfg.bits, cfg.method)

@@ -6,7 +6,7 @@ It is a :class:`~bitswitch.jobs.RunConfig` (the base every command shares): ``mo
 train's defaults). Two base fields are not keys of their own here:
 
 * ``options`` (the base's :class:`QuantOptions`) is derived from the flat quantizer keys
-  ``act_mode``, ``group_size`` and ``weight_symmetric``; it is neither a YAML nor a ``--set`` key
+  ``act_mode``, ``group_size``, ``weight_symmetric`` and ``weight_grid``; it is neither a YAML nor a ``--set`` key
   and is not saved in ``config.yaml``.
 * ``adapters`` must stay empty: train creates new adapters (continue a run with ``--resume``).
 
@@ -65,6 +65,7 @@ class TrainConfig(RunConfig):
     act_mode: str = "token"
     group_size: int | None = None
     weight_symmetric: bool = True
+    weight_grid: str = "independent"     # independent | nested (widths sliced from one int8 master)
     options: QuantOptions = field(default_factory=QuantOptions, init=False)
     # optimisation (batch_size: RunConfig's)
     steps: int = 100
@@ -148,7 +149,7 @@ class TrainConfig(RunConfig):
         if self.group_size is not None and self.group_size < 1:
             raise BitswitchError(f"group_size must be a positive number of input columns, got {self.group_size}")
         self.options = QuantOptions(weight_symmetric=self.weight_symmetric, group_size=self.group_size,
-                                    act_mode=self.act_mode)
+                                    act_mode=self.act_mode, weight_grid=self.weight_grid)
 
     @classmethod
     def keys(cls) -> list[str]:
