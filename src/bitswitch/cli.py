@@ -14,8 +14,8 @@ from .commands.args import Parser
 from .errors import BitswitchError
 
 # the subcommands, in the order ``bitswitch --help`` lists them; each is bitswitch.commands.<name>
-COMMANDS: tuple[str, ...] = ("eval", "train", "demo", "export", "profiles", "run", "report", "attack",
-                             "sensitivity", "search")
+COMMANDS: tuple[str, ...] = ("eval", "generate", "train", "demo", "export", "profiles", "run", "report",
+                             "attack", "sensitivity", "search")
 
 
 def _command(name: str):

@@ -24,6 +24,9 @@ def add_parser(sub) -> None:
     p.add_argument("--chat", action="store_true", help="squad: wrap prompts in the chat template")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--calib-batches", type=int, default=4, help="batches for static activation ranges")
+    p.add_argument("--engine", choices=["auto", "fake", "runtime"], default="auto",
+                   help="fake: fake quantization (exact grids, float compute); runtime: packed int4/int8 kernels "
+                        "in bf16 (bitswitch generate's engine); auto (default): runtime for a nested checkpoint")
     p.add_argument("--weight-cache", choices=["codes", "float"], default="codes",
                    help="cache quantized weights as 1-byte codes (default, least memory) or as float "
                         "(faster token-by-token decoding, as large as the float units); same results")

@@ -9,12 +9,16 @@ from ..errors import BitswitchError
 from ..jobs import RunConfig
 
 
+ENGINES = ("auto", "fake", "runtime")   # auto: the runtime for a nested checkpoint, else fake quantization
+
+
 @dataclass(kw_only=True)
 class EvalConfig(RunConfig):
     task: str
     out: str = "runs/eval"
     profiles: list[str] | None = None     # None: fp, or the profile an exported model was made at
     weight_cache: str = "codes"           # switching.WEIGHT_CACHES; never changes results, only memory/speed
+    engine: str = "auto"                  # fake (fake quantization) | runtime (packed kernels, bf16) | auto
     # wikitext
     max_tokens: int | None = None
     window: int = 1024
@@ -29,6 +33,13 @@ class EvalConfig(RunConfig):
 
     UNHASHED: ClassVar[tuple[str, ...]] = ("out", "device", "profiles", "weight_cache")
 
+    def settings(self) -> dict:
+        # fake quantization was the only engine once: leaving it out keeps earlier results resumable
+        d = super().settings()
+        if d.get("engine") in ("fake", "auto"):
+            d.pop("engine")
+        return d
+
     def validate(self) -> None:
         super().validate()
         if self.profiles is not None and not self.profiles:
@@ -42,6 +53,10 @@ class EvalConfig(RunConfig):
                 raise BitswitchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.stride is not None and not 0 < self.stride <= self.window:
             raise BitswitchError(f"--stride must be in 1..--window ({self.window}), got {self.stride}")
+        if self.engine not in ENGINES:
+            raise BitswitchError(f"--engine {self.engine!r}: use {', '.join(ENGINES)}")
+        if self.engine == "runtime" and self.task.startswith("lm-eval:"):
+            raise BitswitchError("lm-eval tasks run through fake quantization only: drop --engine runtime")
         if self.weight_cache not in ("codes", "float"):
             raise BitswitchError(f"--weight-cache must be codes or float, got {self.weight_cache!r}")
         if self.offset and self.task.startswith("lm-eval:"):
