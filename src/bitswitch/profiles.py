@@ -61,7 +61,9 @@ class QuantOptions:
     def precision(self, w_bits: int | None, group: int | None, a_bits: int | None) -> UnitPrecision:
         weight = act = None
         if w_bits is not None and self.weight_grid == "gguf":  # the block is fixed: g32 or none given
-            weight = WeightQuant(w_bits, group or GGUF_BLOCK, self.weight_symmetric, self.method, "gguf")
+            # w8 is Q8_0 either way: llama.cpp has no asymmetric 8-bit weight type
+            weight = WeightQuant(w_bits, group or GGUF_BLOCK, self.weight_symmetric or w_bits == 8, self.method,
+                                 "gguf")
         elif w_bits is not None:
             weight = WeightQuant(w_bits, group or self.group_size, self.weight_symmetric, self.method,
                                  self.weight_grid if w_bits <= 8 else "independent")

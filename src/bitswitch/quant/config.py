@@ -28,8 +28,9 @@ class WeightQuant:
     grid: ``independent`` (each width its own scale), ``nested`` (every width the most
     significant bits of one symmetric int8 master, see ``quant.functional.slice_codes``) or
     ``gguf`` (llama.cpp's block formats bit for bit, see ``quant.gguf_grid``: blocks of 32 input
-    columns, fp16 scale per block; w8 = Q8_0, w4 = Q4_0 (symmetric) or Q4_1 (asymmetric: fp16
-    scale and fp16 minimum per block), w5 = Q5_0 / Q5_1; group size 32, uniform, no other width).
+    columns, fp16 scale per block; w8 = Q8_0 (symmetric only), w4 = Q4_0 (symmetric) or Q4_1
+    (asymmetric: fp16 scale and fp16 minimum per block), w5 = Q5_0 / Q5_1; group size 32, uniform,
+    no other width).
     """
 
     bits: int
