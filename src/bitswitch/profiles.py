@@ -42,7 +42,8 @@ class QuantOptions:
     act_symmetric: bool = False
     method: str = "uniform"              # uniform | log
     # independent | nested (widths sliced from one int8 master) | gguf (llama.cpp's Q8_0, Q4_0/Q4_1,
-    # Q5_0/Q5_1 bit for bit: w8, w4, w5 only, blocks of 32 input columns, see quant.gguf_grid)
+    # Q5_0/Q5_1 bit for bit: w8, w4, w5 only, blocks of 32 input columns, see quant.gguf_grid; with
+    # per-token activations, a8 becomes llama.cpp's q8_0 activation blocks)
     weight_grid: str = "independent"
 
     def __post_init__(self):
@@ -67,7 +68,9 @@ class QuantOptions:
         elif w_bits is not None:
             weight = WeightQuant(w_bits, group or self.group_size, self.weight_symmetric, self.method,
                                  self.weight_grid if w_bits <= 8 else "independent")
-        if a_bits is not None:
+        if a_bits == 8 and self.weight_grid == "gguf" and self.act_mode == "token":
+            act = ActQuant(8, "q8_0", True)   # a8 means what llama.cpp does to activations (see ActQuant)
+        elif a_bits is not None:
             act = ActQuant(a_bits, self.act_mode, self.act_symmetric or self.method == "log", self.method)
         return UnitPrecision(weight, act)
 

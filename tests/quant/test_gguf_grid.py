@@ -171,3 +171,27 @@ def test_cli_flag():
                                    "--profiles", "w4a8", "--weight-grid", "gguf",
                                    "--weight-asym"])
     assert quant_options(a) == QuantOptions(weight_symmetric=False, weight_grid="gguf")
+
+
+def test_a8_on_the_gguf_grid_is_llama_cpps_q8_0_activation_blocks():
+    from bitswitch.quant.config import ActQuant
+    from bitswitch.quant.functional import fake_quantize_act
+
+    o = QuantOptions(weight_grid="gguf")
+    act = o.precision(4, None, 8).act
+    assert act == ActQuant(8, "q8_0", True)
+    assert o.precision(4, None, 6).act.mode == "token"                 # other widths keep bitswitch's modes
+    assert QuantOptions(weight_grid="gguf", act_mode="tensor").precision(4, None, 8).act.mode == "tensor"
+    x = torch.randn(3, 5, 96, generator=torch.Generator().manual_seed(2)) * 4
+    x[0, 0, :32] = 0.0                                                   # an all-zero block
+    ref = reference(x.reshape(15, 96), "Q8_0").reshape(x.shape)
+    assert_bitwise(fake_quantize_act(x, act), ref)
+    xg = x.clone().requires_grad_(True)
+    y = fake_quantize_act(xg, act)
+    assert_bitwise(y.detach(), ref)
+    y.backward(torch.arange(x.numel(), dtype=torch.float32).reshape(x.shape))
+    assert torch.equal(xg.grad, torch.arange(x.numel(), dtype=torch.float32).reshape(x.shape))   # straight through
+    with pytest.raises(ValueError, match="multiple of 32"):
+        fake_quantize_act(torch.randn(2, 48), act)
+    with pytest.raises(ValueError, match="a8 only"):
+        ActQuant(4, "q8_0", True)

@@ -15,7 +15,7 @@ METHODS = ("uniform", "log")
 GRIDS = ("independent", "nested", "gguf")
 GGUF_BLOCK = 32           # llama.cpp's block of input columns (quant.gguf_grid.BLOCK)
 GGUF_BITS = (4, 5, 8)
-ACT_MODES = ("token", "tensor")
+ACT_MODES = ("token", "tensor", "q8_0")
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,10 @@ class ActQuant:
 
     mode ``token``: dynamic, one range per token (last dim), nothing to calibrate.
     mode ``tensor``: static, one range per tensor from an EMA observer filled by calibration.
+    mode ``q8_0``: what llama.cpp does to the activations of its Q4/Q5/Q8 dot products on the CPU:
+    dynamic, symmetric 8 bits in blocks of 32 along the last dim, ``d = amax / 127``,
+    ``c = roundf(x / d)``, ``x_hat = c * fp16(d)`` (Q8_0; the Q8_1 blocks paired with Q4_1/Q5_1
+    hold the same values plus a block sum). The gguf weight grid resolves ``a8`` to it.
     """
 
     bits: int
@@ -84,6 +88,8 @@ class ActQuant:
             raise ValueError(f"quantizer method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.method == "log" and not self.symmetric:
             raise ValueError("the log quantizer is symmetric (sign + power-of-two magnitude)")
+        if self.mode == "q8_0" and (self.bits != 8 or not self.symmetric or self.method != "uniform"):
+            raise ValueError("q8_0 activations are llama.cpp's symmetric uniform 8-bit blocks: a8 only")
 
 
 @dataclass(frozen=True)

@@ -207,6 +207,18 @@ def _fake_quant(x: Tensor, scale: Tensor, zero: Tensor | None, bits: int, method
     return out.to(x.dtype)
 
 
+class _BlockQ8STE(torch.autograd.Function):
+    """llama.cpp's q8_0 activation blocks with a straight-through gradient (amax ranges clip nothing)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return gguf_grid.fake_quantize_q8_blocks(x).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
 class _FakeQuantSTE(torch.autograd.Function):
     """Fake quantization with a straight-through estimator.
 
@@ -242,7 +254,12 @@ def fake_quantize_act(x: Tensor, cfg: ActQuant, static_range: tuple[Tensor, Tens
 
     ``cfg.mode == 'token'``: the range comes from each token (last dim) of ``x`` itself.
     ``cfg.mode == 'tensor'``: ``static_range`` (min, max scalars from an observer) is required.
+    ``cfg.mode == 'q8_0'``: llama.cpp's blocks of 32 (:func:`gguf_grid.fake_quantize_q8_blocks`).
     """
+    if cfg.mode == "q8_0":
+        if not (x.requires_grad and torch.is_grad_enabled()):
+            return gguf_grid.fake_quantize_q8_blocks(x).to(x.dtype)
+        return _BlockQ8STE.apply(x)
     if cfg.mode == "token":
         lo, hi = act_range(x, "token")
         clip = False

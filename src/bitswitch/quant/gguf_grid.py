@@ -103,3 +103,18 @@ def dequantize_blocks(codes: Tensor, d: Tensor, m: Tensor | None, out: Tensor | 
     if m is not None:
         ob.add_(m.unsqueeze(-1))
     return out
+
+
+def fake_quantize_q8_blocks(x: Tensor) -> Tensor:
+    """llama.cpp's Q8_0 quantization of activations, quantized then dequantized: ``x`` (..., C) with C a
+    multiple of 32 -> float32 of the same shape (blocks of 32 along the last dim, as the weights').
+
+    Exactly the Q8_0 weight rule (``d = amax / 127``, ``roundf``, ``c * fp16(d)``). llama.cpp's SIMD
+    quantizers round exact ties to even where the reference rounds them away from zero: activations
+    that land exactly on ``k + 0.5`` may differ by one step there."""
+    shape = x.shape
+    if shape[-1] % BLOCK:
+        raise ValueError(f"q8_0 activations are blocks of {BLOCK}: the input width {shape[-1]} is not a multiple "
+                         f"of {BLOCK}")
+    codes, d, _ = quantize_blocks(x.reshape(-1, shape[-1]), 8, True)
+    return dequantize_blocks(codes, d, None).reshape(shape)
