@@ -56,7 +56,8 @@ def run_gguf(a, argv) -> int:
 
     options = quant_options(a)
     if a.merge != "after":
-        raise BitswitchError("--format gguf keeps the LoRA apart (adapter.gguf, applied by llama.cpp): drop --merge before")
+        raise BitswitchError("--format gguf keeps the LoRA apart (adapter.gguf, applied by llama.cpp): "
+                             "drop --merge before")
     if options.weight_grid == "nested":
         raise BitswitchError("--format gguf writes llama.cpp's block formats: use --weight-grid gguf, not nested")
     check_output_dir(a.out)
@@ -70,6 +71,9 @@ def run_gguf(a, argv) -> int:
     files = ", ".join(f"{n} {b:,} bytes" for n, b in rep["files"].items())
     print(f"\nexported {a.profile!r} as GGUF ({rep['arch']}) to {a.out}: {files}; quantized weights equal the "
           f"accounting of bitswitch profiles: {rep['matches_accounting']}")
-    if rep["act_quantized"]:
-        print("note: activation quantizers are not part of GGUF; llama.cpp quantizes activations its own way")
+    other = sorted(u for u, mode in rep["act_modes"].items() if mode != "q8_0")
+    if other:
+        print(f"note: the activation quantizers of {', '.join(other[:4])}{', ...' if len(other) > 4 else ''} are not "
+              "part of GGUF; llama.cpp quantizes activations its own way (q8 blocks of 32, what a8 on the gguf grid "
+              "runs)")
     return 0

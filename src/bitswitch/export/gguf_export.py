@@ -15,7 +15,8 @@ llama.cpp LoRA adapter (``general.type = adapter``, ``adapter.type = lora``, ``a
 ``<tensor>.lora_a`` (r, in) / ``.lora_b`` (out, r), q/k rows of B permuted like the base). llama.cpp
 adds ``alpha / r * B A x`` to the quantized base's output: the merge-after semantics bitswitch
 trains with. Activation quantizers are not part of GGUF: llama.cpp quantizes activations its own
-way (on the CPU, q8 blocks of 32 for these types).
+way (on the CPU, q8 blocks of 32 for these types: what ``a8`` on the gguf grid, ActQuant mode
+``q8_0``, fake-quantizes).
 
 Files go into a temporary sibling directory renamed into place at the end, with ``gguf_export.json``
 (profile, per-unit types, sha256 of every file).
@@ -82,8 +83,8 @@ def export_gguf(model: nn.Module, tokenizer, profile, out_dir: str | os.PathLike
         writer.add_type(gguf.GGUFType.MODEL)
         if source_gguf:
             blocks = model.config.num_hidden_layers if arch == "llama" else model.config.n_layer
-            copy_metadata(writer, source_gguf, {f"{arch}.block_count": blocks,
-                                                f"{arch}.embedding_length": model.get_input_embeddings().weight.shape[1]})
+            width = model.get_input_embeddings().weight.shape[1]
+            copy_metadata(writer, source_gguf, {f"{arch}.block_count": blocks, f"{arch}.embedding_length": width})
         else:
             writer.add_name(str(getattr(model.config, "_name_or_path", "") or "bitswitch export"))
             add_hparams(writer, arch, model.config, n_vocab)
@@ -120,7 +121,7 @@ def export_gguf(model: nn.Module, tokenizer, profile, out_dir: str | os.PathLike
             "quantized_bytes": quantized_bytes, "accounted_quantized_bytes": accounted["quantized_bytes"],
             "matches_accounting": quantized_bytes == accounted["quantized_bytes"],
             "fp16_bytes": accounted["fp16_weight_bytes"], "fp32_bytes": accounted["fp32_weight_bytes"],
-            "act_quantized": sorted(u for u, p in table.items() if p.act is not None)}
+            "act_modes": {u: p.act.mode for u, p in table.items() if p.act is not None}}
 
 
 def _check_types(profile: str, table: dict) -> None:
