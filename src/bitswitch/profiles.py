@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import BitswitchError
-from .quant.config import ACT_BITS, GRIDS, WEIGHT_BITS, ActQuant, UnitPrecision, WeightQuant
+from .quant.config import ACT_BITS, GGUF_BLOCK, GRIDS, WEIGHT_BITS, ActQuant, UnitPrecision, WeightQuant
 
 BUILTIN = ("fp", "w8a8", "w6a8", "w4a8", "w4a16", "w8a16")
 _SPEC = re.compile(r"^(?:fp|w(?P<w>\d+|fp)(?:g(?P<g>\d+))?(?:a(?P<a>\d+|fp))?)$")
@@ -41,7 +41,10 @@ class QuantOptions:
     act_mode: str = "token"              # token (dynamic) | tensor (static, needs calibration)
     act_symmetric: bool = False
     method: str = "uniform"              # uniform | log
-    weight_grid: str = "independent"     # independent | nested (widths sliced from one int8 master)
+    # independent | nested (widths sliced from one int8 master) | gguf (llama.cpp's Q8_0, Q4_0/Q4_1,
+    # Q5_0/Q5_1 bit for bit: w8, w4, w5 only, blocks of 32 input columns, see quant.gguf_grid; with
+    # per-token activations, a8 becomes llama.cpp's q8_0 activation blocks)
+    weight_grid: str = "independent"
 
     def __post_init__(self):
         if self.weight_grid not in GRIDS:
@@ -49,13 +52,25 @@ class QuantOptions:
         if self.weight_grid == "nested" and (not self.weight_symmetric or self.method != "uniform"):
             raise BitswitchError("the nested weight grid slices a symmetric uniform int8 master: "
                                  "drop --weight-asym / --quantizer log")
+        if self.weight_grid == "gguf":
+            if self.method != "uniform":
+                raise BitswitchError("the gguf weight grid is llama.cpp's uniform block formats: drop --quantizer log")
+            if self.group_size not in (None, GGUF_BLOCK):
+                raise BitswitchError(f"the gguf weight grid quantizes blocks of {GGUF_BLOCK} input columns: "
+                                     f"drop --group-size {self.group_size} (or pass {GGUF_BLOCK})")
 
     def precision(self, w_bits: int | None, group: int | None, a_bits: int | None) -> UnitPrecision:
         weight = act = None
-        if w_bits is not None:
+        if w_bits is not None and self.weight_grid == "gguf":  # the block is fixed: g32 or none given
+            # w8 is Q8_0 either way: llama.cpp has no asymmetric 8-bit weight type
+            weight = WeightQuant(w_bits, group or GGUF_BLOCK, self.weight_symmetric or w_bits == 8, self.method,
+                                 "gguf")
+        elif w_bits is not None:
             weight = WeightQuant(w_bits, group or self.group_size, self.weight_symmetric, self.method,
                                  self.weight_grid if w_bits <= 8 else "independent")
-        if a_bits is not None:
+        if a_bits == 8 and self.weight_grid == "gguf" and self.act_mode == "token":
+            act = ActQuant(8, "q8_0", True)   # a8 means what llama.cpp does to activations (see ActQuant)
+        elif a_bits is not None:
             act = ActQuant(a_bits, self.act_mode, self.act_symmetric or self.method == "log", self.method)
         return UnitPrecision(weight, act)
 
@@ -235,6 +250,10 @@ def check_group_sizes(profile: Profile, table: Mapping[str, UnitPrecision], widt
         for width, us in bad.items():
             shown = ", ".join(us[:3]) + (", ..." if len(us) > 3 else "")
             parts.append(f"{width} of {shown} ({len(us)} unit{'s' if len(us) != 1 else ''})")
+        if any(table[u].weight.grid == "gguf" for u in units):  # the block is llama.cpp's, not a choice
+            raise BitswitchError(f"profile {profile.name!r}: the gguf weight grid quantizes blocks of {g} input "
+                                 f"columns, and {g} does not divide the input width {' nor '.join(parts)}: "
+                                 "keep those units at fp (e.g. a rule UNIT=fp) or use another --weight-grid")
         common = math.gcd(*(widths[u] for u in units))
         fits = [d for d in (16, 32, 64, 128, 256) if common % d == 0][-2:]
         drop = f"g{g}" if explicit else "--group-size"
@@ -301,9 +320,11 @@ def quantized_tensor_bytes(out_features: int, in_features: int, cfg: WeightQuant
     """Bytes of one weight (out, in) stored at ``cfg``: densely packed codes, scales, zero points.
 
     Scales are fp16 for bits <= 8 and fp32 for 16 bits; asymmetric zero points take ceil(bits/8)
-    bytes per group. This is exactly what ``bitswitch export`` writes.
+    bytes per group. This is exactly what ``bitswitch export`` writes. The gguf grid's asymmetric
+    formats keep an fp16 block minimum instead (2 bytes), so every gguf weight counts exactly its
+    llama.cpp bytes (Q4_0 18, Q4_1 20, Q5_0 22, Q5_1 24, Q8_0 34 per block of 32).
     """
     groups = out_features * (1 if cfg.group_size is None else in_features // cfg.group_size)
     return {"codes": math.ceil(out_features * in_features * cfg.bits / 8),
             "scales": groups * (2 if cfg.bits <= 8 else 4),
-            "zeros": 0 if cfg.symmetric else groups * math.ceil(cfg.bits / 8)}
+            "zeros": 0 if cfg.symmetric else groups * (2 if cfg.grid == "gguf" else math.ceil(cfg.bits / 8))}

@@ -33,9 +33,10 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-asym", action="store_true", help="asymmetric weight quantization")
     g.add_argument("--act-sym", action="store_true", help="symmetric activation quantization")
     g.add_argument("--quantizer", choices=["uniform", "log"], default="uniform")
-    g.add_argument("--weight-grid", choices=["independent", "nested"], default="independent",
+    g.add_argument("--weight-grid", choices=["independent", "nested", "gguf"], default="independent",
                    help="nested: every weight width is the top bits of one int8 master (what the runtime "
-                        "and export --nested run)")
+                        "and export --nested run); gguf: llama.cpp's block formats bit for bit (w8 Q8_0, "
+                        "w4 Q4_0 or with --weight-asym Q4_1, w5 Q5_0 / Q5_1; blocks of 32; export --format gguf)")
 
 
 def add_run_args(p: argparse.ArgumentParser, data_help: str, adapters: bool = True) -> None:

@@ -69,6 +69,8 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def weight_entry(cfg: WeightQuant) -> dict:
+    if cfg.grid == "gguf":  # its blocks (d * q + m, codes -8..7) are not this format's packed codes
+        raise BitswitchError("the gguf weight grid exports as GGUF: use bitswitch export --format gguf")
     return {"bits": cfg.bits, "group_size": cfg.group_size,
             "granularity": "channel" if cfg.group_size is None else "group",
             "symmetric": cfg.symmetric, "method": cfg.method, "layout": LAYOUT,

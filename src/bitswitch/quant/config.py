@@ -12,8 +12,10 @@ from dataclasses import dataclass
 WEIGHT_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 ACT_BITS = tuple(range(4, 17))
 METHODS = ("uniform", "log")
-GRIDS = ("independent", "nested")
-ACT_MODES = ("token", "tensor")
+GRIDS = ("independent", "nested", "gguf")
+GGUF_BLOCK = 32           # llama.cpp's block of input columns (quant.gguf_grid.BLOCK)
+GGUF_BITS = (4, 5, 8)
+ACT_MODES = ("token", "tensor", "q8_0")
 
 
 @dataclass(frozen=True)
@@ -23,8 +25,12 @@ class WeightQuant:
     bits: 2-8 or 16. group_size: None = one scale per output channel, N = one per N input columns.
     symmetric: zero point fixed at 0 (codes in [-(2^(b-1)-1), 2^(b-1)-1]) or asymmetric
     (codes in [0, 2^b-1] with a zero point). method: ``uniform`` or ``log`` (powers of two).
-    grid: ``independent`` (each width its own scale) or ``nested`` (every width the most
-    significant bits of one symmetric int8 master, see ``quant.functional.slice_codes``).
+    grid: ``independent`` (each width its own scale), ``nested`` (every width the most
+    significant bits of one symmetric int8 master, see ``quant.functional.slice_codes``) or
+    ``gguf`` (llama.cpp's block formats bit for bit, see ``quant.gguf_grid``: blocks of 32 input
+    columns, fp16 scale per block; w8 = Q8_0 (symmetric only), w4 = Q4_0 (symmetric) or Q4_1
+    (asymmetric: fp16 scale and fp16 minimum per block), w5 = Q5_0 / Q5_1; group size 32, uniform,
+    no other width).
     """
 
     bits: int
@@ -47,6 +53,13 @@ class WeightQuant:
         if self.grid == "nested" and (self.bits > 8 or not self.symmetric or self.method != "uniform"):
             raise ValueError("the nested grid slices a symmetric uniform int8 master: it takes 2-8 bits, "
                              "symmetric, uniform")
+        if self.grid == "gguf":
+            if self.bits not in GGUF_BITS:
+                raise ValueError(f"the gguf grid has Q8_0, Q4_0/Q4_1 and Q5_0/Q5_1: w{self.bits} has no GGUF type "
+                                 "(use w4, w5 or w8)")
+            if self.group_size != GGUF_BLOCK or self.method != "uniform":
+                raise ValueError(f"the gguf grid is uniform in blocks of {GGUF_BLOCK} input columns, got "
+                                 f"group size {self.group_size} and method {self.method!r}")
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,10 @@ class ActQuant:
 
     mode ``token``: dynamic, one range per token (last dim), nothing to calibrate.
     mode ``tensor``: static, one range per tensor from an EMA observer filled by calibration.
+    mode ``q8_0``: what llama.cpp does to the activations of its Q4/Q5/Q8 dot products on the CPU:
+    dynamic, symmetric 8 bits in blocks of 32 along the last dim, ``d = amax / 127``,
+    ``c = roundf(x / d)``, ``x_hat = c * fp16(d)`` (Q8_0; the Q8_1 blocks paired with Q4_1/Q5_1
+    hold the same values plus a block sum). The gguf weight grid resolves ``a8`` to it.
     """
 
     bits: int
@@ -71,6 +88,8 @@ class ActQuant:
             raise ValueError(f"quantizer method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.method == "log" and not self.symmetric:
             raise ValueError("the log quantizer is symmetric (sign + power-of-two magnitude)")
+        if self.mode == "q8_0" and (self.bits != 8 or not self.symmetric or self.method != "uniform"):
+            raise ValueError("q8_0 activations are llama.cpp's symmetric uniform 8-bit blocks: a8 only")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,11 @@ Conventions (shared by fake quantization and export, so the two agree bit for bi
   ``c_b = clamp(sign(c8) * floor((|c8| + 2^(7-b)) / 2^(8-b)), -(2^(b-1)-1), 2^(b-1)-1)``, i.e.
   round half away from zero, then clip), ``s_b = s8 * 2^(8-b)`` (exact: a power of two).
 
+* gguf (4, 5, 8 bits, blocks of 32 input columns): llama.cpp's Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0,
+  bit for bit (:mod:`bitswitch.quant.gguf_grid`). Symmetric codes ``c`` give ``c * d``; asymmetric
+  ones give ``d * q + m``, where the "zero" these functions pass around is the fp16 block minimum
+  ``m`` (a value, not a zero point).
+
 Weight scales are rounded to fp16 for ``bits <= 8`` (fp32 for 16 bits) because export stores them
 that way; activation scales are computed on the fly and stay in float32.
 """
@@ -23,6 +28,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import gguf_grid
 from .config import ActQuant, WeightQuant
 
 
@@ -133,7 +139,10 @@ def slice_codes(master: Tensor, bits: int) -> Tensor:
 
 
 def quantize_weight(w: Tensor, cfg: WeightQuant) -> tuple[Tensor, Tensor, Tensor | None]:
-    """``(codes, scale, zero)`` of a weight (out, in): codes (out, in) as int32, scale/zero (out, groups)."""
+    """``(codes, scale, zero)`` of a weight (out, in): codes (out, in) as int32, scale/zero (out, groups)
+    (for the gguf grid, ``zero`` is the block minimum ``m`` of the asymmetric formats)."""
+    if cfg.grid == "gguf":
+        return gguf_grid.quantize_blocks(w, cfg.bits, cfg.symmetric)
     if cfg.grid == "nested":
         codes, scale, _ = quantize_weight(w, nested_master(cfg))
         return slice_codes(codes, cfg.bits), scale * 2.0 ** (8 - cfg.bits), None
@@ -150,6 +159,9 @@ def dequantize_weight(code: Tensor, scale: Tensor, zero: Tensor | None, cfg: Wei
     ``out``: a float32 (out, in) buffer to write into instead of allocating (uniform quantizers;
     the same float ops in the same order, so bitwise the allocating result).
     """
+    if cfg.grid == "gguf":
+        buf = out if out is not None and out.dtype == torch.float32 == dtype else None
+        return gguf_grid.dequantize_blocks(code, scale, zero, out=buf).to(dtype)
     if out is not None and cfg.method == "uniform" and out.dtype == torch.float32 == dtype:
         og = _grouped(out, cfg.group_size)
         og.copy_(_grouped(code, cfg.group_size))
@@ -195,6 +207,18 @@ def _fake_quant(x: Tensor, scale: Tensor, zero: Tensor | None, bits: int, method
     return out.to(x.dtype)
 
 
+class _BlockQ8STE(torch.autograd.Function):
+    """llama.cpp's q8_0 activation blocks with a straight-through gradient (amax ranges clip nothing)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return gguf_grid.fake_quantize_q8_blocks(x).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
 class _FakeQuantSTE(torch.autograd.Function):
     """Fake quantization with a straight-through estimator.
 
@@ -230,7 +254,12 @@ def fake_quantize_act(x: Tensor, cfg: ActQuant, static_range: tuple[Tensor, Tens
 
     ``cfg.mode == 'token'``: the range comes from each token (last dim) of ``x`` itself.
     ``cfg.mode == 'tensor'``: ``static_range`` (min, max scalars from an observer) is required.
+    ``cfg.mode == 'q8_0'``: llama.cpp's blocks of 32 (:func:`gguf_grid.fake_quantize_q8_blocks`).
     """
+    if cfg.mode == "q8_0":
+        if not (x.requires_grad and torch.is_grad_enabled()):
+            return gguf_grid.fake_quantize_q8_blocks(x).to(x.dtype)
+        return _BlockQ8STE.apply(x)
     if cfg.mode == "token":
         lo, hi = act_range(x, "token")
         clip = False

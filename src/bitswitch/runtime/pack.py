@@ -280,6 +280,8 @@ def int4_from_quant(codes: Tensor, scale: Tensor, zero: Tensor | None, cfg: Weig
     if cfg.bits > 4 or cfg.method != "uniform":
         raise BitswitchError(f"the int4 kernel runs uniform grids of 4 bits or fewer, got w{cfg.bits} "
                              f"{cfg.method}: use kernel='dequant'")
+    if zero is not None and cfg.grid == "gguf":   # its "zero" is a block minimum (d * q + m), not a zero point
+        raise BitswitchError("the int4 kernel has no map for the gguf grid's asymmetric blocks: use kernel='dequant'")
     k = codes.shape[1]
     group = _int4_group(k, cfg.group_size)
     s = scale.to(torch.bfloat16).float()
@@ -315,7 +317,8 @@ def choose_kernel(shape: tuple[int, int], cfg: WeightQuant) -> str:
     in the module docstring: int4 for uniform grids of <= 4 bits, int8 for symmetric per-channel
     grids of 5-8 bits, else dequant."""
     n, k = shape
-    if cfg.method == "uniform" and cfg.bits <= 4 and int4_available() and n % INT4_N_MULTIPLE == 0:
+    if (cfg.method == "uniform" and cfg.bits <= 4 and int4_available() and n % INT4_N_MULTIPLE == 0
+            and (cfg.symmetric or cfg.grid != "gguf")):
         g = cfg.group_size
         if (g in INT4_GROUPS and k % g == 0) or (g is None and any(k % x == 0 for x in INT4_GROUPS)):
             return "int4"
