@@ -17,6 +17,7 @@ from bitswitch.io import sha256_file
 from bitswitch.quant.config import WeightQuant
 from bitswitch.quant.functional import quantize_weight, slice_codes
 from bitswitch.switching import unit_modules
+from tests.conftest import require_smollm2
 
 SPECS = ["tiny-gpt2", "tiny-llama"]
 ADAPTED = ["w8", "w4a8", "w2"]          # adapter keys (keying by profile)
@@ -372,3 +373,25 @@ def test_cli_eval_of_a_nested_checkpoint_refuses_adapters_and_other_group_sizes(
     assert main([*common, "--group-size", "32"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "drop --adapters" in err[0] and "group_size 32 cannot apply" in err[1]
+
+
+# -- the real model ------------------------------------------------------------------------------------------
+
+@pytest.mark.integration
+def test_smollm2_nested_checkpoint_is_the_8_bit_size_and_exact(tmp_path):
+    require_smollm2()
+    torch.set_num_threads(2)
+    model, tok = bs.load_model("smollm2-135m", device="cpu")
+    bs.make_switchable(model, bs.QuantOptions(group_size=32))
+    rep = export_nested(model, tok, tmp_path / "n")
+    assert rep["matches_w8"] and rep["restabilized_groups"] == 0 and rep["masters"] == 30 * 7
+    assert 1.0 < rep["vs_w8"] < 1.001 and rep["vs_fp16"] < 0.64
+    ckpt = read_nested(tmp_path / "n")
+    loaded, _ = load_nested_model(tmp_path / "n")
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+    for name in ("model.layers.0.self_attn.q_proj", "model.layers.29.mlp.down_proj"):
+        c8, s8, _ = ckpt.masters[name]
+        w = loaded.get_submodule(name).weight_out_in()
+        for bits in WIDTHS:
+            codes, scale, _ = quantize_weight(w, WeightQuant(bits, 32, grid="nested"))
+            assert torch.equal(codes, slice_codes(c8, bits)) and torch.equal(scale, s8.float() * 2.0 ** (8 - bits))
