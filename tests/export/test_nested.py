@@ -388,7 +388,7 @@ def test_smollm2_nested_checkpoint_is_the_8_bit_size_and_exact(tmp_path):
     assert 1.0 < rep["vs_w8"] < 1.001 and rep["vs_fp16"] < 0.64
     ckpt = read_nested(tmp_path / "n")
     loaded, _ = load_nested_model(tmp_path / "n")
-    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+    assert loaded.lm_head.base.weight is loaded.model.embed_tokens.weight        # tied, stored once
     for name in ("model.layers.0.self_attn.q_proj", "model.layers.29.mlp.down_proj"):
         c8, s8, _ = ckpt.masters[name]
         w = loaded.get_submodule(name).weight_out_in()
