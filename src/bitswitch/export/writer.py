@@ -182,22 +182,23 @@ def _publish_modes(directory: Path) -> None:
         f.chmod((0o777 if f.is_dir() else 0o666) & ~mask)
 
 
-def _is_export(path: Path) -> bool:
-    return (path / MAP_FILE).is_file()
+def _is_export(path: Path, marker: str = MAP_FILE) -> bool:
+    return (path / marker).is_file()
 
 
-def _check_target(out: Path) -> None:
-    """Refuse to overwrite anything but an empty directory or a previous export."""
+def _check_target(out: Path, marker: str = MAP_FILE) -> None:
+    """Refuse to overwrite anything but an empty directory or a previous export (a directory holding
+    ``marker``: the quant map, or ``nested.json`` for a nested checkpoint)."""
     if out.exists() and not out.is_dir():
         raise BitswitchError(f"export target {str(out)!r} is a file: pass a new directory")
-    if out.is_dir() and any(out.iterdir()) and not _is_export(out):
+    if out.is_dir() and any(out.iterdir()) and not _is_export(out, marker):
         raise BitswitchError(f"export target {str(out)!r} is not empty and not a bitswitch export: "
                              "pass a new or empty directory")
 
 
-def _install(tmp: Path, out: Path) -> None:
+def _install(tmp: Path, out: Path, marker: str = MAP_FILE) -> None:
     """Rename the finished ``tmp`` to ``out``, replacing an empty directory or a previous export."""
-    _check_target(out)  # again: something may have appeared while exporting
+    _check_target(out, marker)  # again: something may have appeared while exporting
     if not out.exists():
         os.replace(tmp, out)
         return
