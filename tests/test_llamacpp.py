@@ -144,6 +144,8 @@ def test_greedy_generation_is_deterministic(llm):
     assert a["prompt_tokens"] == len(ids) and a["new_tokens"] == len(a["tokens"]) >= 1
     assert a["prefill_s"] > 0 and a["decode_s"] >= 0
     assert "Paris" in a["text"]                 # SmolLM2-Instruct knows this one
+    drawn = [llm.generate(ids, max_new_tokens=12, greedy=False, seed=s)["tokens"] for s in (1, 1, 2)]
+    assert drawn[0] == drawn[1] != drawn[2]     # sampling is seeded
 
 
 @pytest.mark.integration
@@ -190,3 +192,70 @@ def test_logprobs_and_perplexity_match_the_hf_model(llm, hf_smollm2):
     assert ours["tokens"] == ref["tokens"] == 158
     assert 5 < ours["ppl"] < 200
     assert abs(ours["ppl"] - ref["ppl"]) / ref["ppl"] < 0.04, (ours, ref)
+
+
+def write_lora_gguf(path, targets: dict, rank: int, alpha: float, seed: int = 0) -> dict:
+    """A GGUF LoRA adapter as llama.cpp reads one (``general.type = adapter``, ``<tensor>.lora_a/_b``):
+    ``targets`` maps GGUF weight names to their (out, in) shape and B's scale; returns {name: (A, B)}."""
+    import numpy as np
+
+    gguf = pytest.importorskip("gguf")
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_string("general.type", "adapter")
+    writer.add_string("adapter.type", "lora")
+    writer.add_float32("adapter.lora.alpha", alpha)
+    rng, weights = np.random.default_rng(seed), {}
+    for name, ((out_f, in_f), b_scale) in targets.items():
+        a = (rng.standard_normal((rank, in_f)) * 0.1).astype(np.float32)
+        b = (rng.standard_normal((out_f, rank)) * b_scale).astype(np.float32)
+        writer.add_tensor(f"{name}.lora_a", a)
+        writer.add_tensor(f"{name}.lora_b", b)
+        weights[name] = (a, b)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return weights
+
+
+@pytest.mark.integration
+def test_lora_adapter_and_scale(tmp_path, smollm2_gguf, hf_smollm2):
+    """A LoRA on layer 0's down projection: zero B or scale 0 leave llama.cpp's log-probs bitwise
+    unchanged; a real one moves them as the same delta (scale x alpha / rank x B @ A) added to the
+    HF model's weight does (mean NLL within the 4% both engines agree to without it)."""
+    import torch
+
+    needs_llama_cpp()
+    model, tok = hf_smollm2
+    ids = tok("The capital of France is Paris. The capital of Italy is Rome. The capital of Spain is")["input_ids"]
+    target = "blk.0.ffn_down.weight"   # not attn_q/k: GGUF permutes their rows for RoPE, HF undoes it
+    write_lora_gguf(tmp_path / "zero.gguf", {target: ((576, 1536), 0.0)}, rank=4, alpha=8.0)
+    lora = write_lora_gguf(tmp_path / "lora.gguf", {target: ((576, 1536), 2.0)}, rank=4, alpha=8.0)
+    lp = {}
+    for name, kw in [("base", {}), ("zero", {"lora": tmp_path / "zero.gguf"}),
+                     ("scale0", {"lora": tmp_path / "lora.gguf", "lora_scale": 0.0}),
+                     ("lora", {"lora": tmp_path / "lora.gguf", "lora_scale": 0.5})]:
+        with LlamaCpp(smollm2_gguf, threads=2, context=64, **kw) as engine:
+            lp[name] = engine.logprobs(ids)
+    assert lp["zero"] == lp["base"] and lp["scale0"] == lp["base"]
+
+    def hf_nll() -> float:
+        with torch.inference_mode():
+            logits = model(torch.tensor([ids])).logits[0, :-1].float()
+        return torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:])).item()
+
+    weight = model.model.layers[0].mlp.down_proj.weight
+    a, b = (torch.from_numpy(x) for x in lora[target])
+    saved = weight.detach().clone()
+    try:
+        base_nll = hf_nll()
+        with torch.no_grad():
+            weight += 0.5 * 8.0 / 4 * (b @ a)     # user scale x alpha / rank
+        lora_nll = hf_nll()
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+    nll = {k: -sum(v) / len(v) for k, v in lp.items()}
+    assert abs(nll["base"] - base_nll) / base_nll < 0.04
+    assert lora_nll > 1.5 * base_nll     # the adapter matters (measured: NLL 1.42 -> 5.17) ...
+    assert abs(nll["lora"] - lora_nll) / lora_nll < 0.04, (nll, base_nll, lora_nll)   # ... alike
