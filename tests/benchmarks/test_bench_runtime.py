@@ -77,6 +77,22 @@ def test_quick_run_of_the_transformers_rows(tmp_path):
     assert not any(Path(x).is_absolute() for x in [*shlex.split(meta["command"]), meta["squad"]])
 
 
+def test_quick_run_of_the_runtime_rows(tmp_path, bench):
+    if not bench.runtime_available():
+        pytest.skip(bench.NO_RUNTIME)
+    shared_data("squad-v1.1", "dev-part1-v1.1.json")
+    cmd = [sys.executable, str(BENCH / "bench_runtime.py"), "--quick", "--rows", "w4g32", "alt", "--threads", "1",
+           "--batch", "1", "2", "--repeats", "1", "--out", "runtime.json"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "runtime.json").read_text())["rows"]
+    assert [(r["row"], r["batch"]) for r in rows] == [("w4g32", 1), ("alt", 1), ("w4g32", 2), ("alt", 2)]
+    for r in rows:
+        assert "error" not in r, r
+        assert r["decode_tok_s"] > 0 and r["resident_mb"] > 0 and r["peak_rss_mb"] > 0
+    assert rows[1]["profiles"] == ["w4g32", "w8"]
+
+
 def test_bad_input_is_exit_2_with_one_line(tmp_path):
     cmd = [sys.executable, str(BENCH / "bench_runtime.py"), "--quick", "--squad", str(tmp_path / "absent.json")]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
