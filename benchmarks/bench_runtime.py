@@ -109,7 +109,7 @@ def _hf_row(spec: dict):
     from transformers.generation.streamers import BaseStreamer
 
     class StepClock(BaseStreamer):
-        """The time of every ``put`` (the prompt, then each new token) and of ``end``."""
+        """The time of every ``put``: the prompt's (before the prefill), then each new token's."""
 
         def __init__(self):
             self.times = []
@@ -133,7 +133,7 @@ def _hf_row(spec: dict):
         t = clock.times
         return t[1] - t[0], t[-1] - t[1], out.shape[1] - ids.shape[1]
 
-    return once, {}
+    return once, {}, None
 
 
 NO_RUNTIME = "bitswitch.runtime has no Runtime yet: the runtime rows need Runtime.load and Runtime.generate"
@@ -162,7 +162,7 @@ def _runtime_row(spec: dict):
                           schedule=ALTERNATING if row == "alt" else None)
         return out.prefill_s, out.decode_s, min(len(t) for t in out.tokens)   # new ids per row
 
-    return once, {"resident_mb": rt.resident_bytes()["total"] / 2**20, "profiles": profiles}
+    return once, {"resident_mb": rt.resident_bytes()["total"] / 2**20, "profiles": profiles}, None
 
 
 def _llama_cpp_row(spec: dict):
@@ -180,7 +180,15 @@ def _llama_cpp_row(spec: dict):
         out = llm.generate_batch([spec["prompt"]] * batch, n, min_new_tokens=n, eos=False)
         return out["prefill_s"], out["decode_s"], min(out["new_tokens"])
 
-    return once, {"close": llm.close, "node_peak_rss": llm.peak_rss_mb}
+    def finish() -> dict:
+        # llama.cpp runs in node: that process's peak is the row's memory, this one only drives it
+        from bitswitch.results import peak_rss_mb
+
+        out = {"peak_rss_mb": llm.peak_rss_mb(), "rss_mb": None, "driver_peak_rss_mb": peak_rss_mb()}
+        llm.close()
+        return out
+
+    return once, {}, finish
 
 
 def run_row(spec: dict) -> dict:
@@ -192,7 +200,7 @@ def run_row(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     t0 = time.perf_counter()
     make = _hf_row if spec["row"] in HF_ROWS else _llama_cpp_row if spec["row"] == "llama.cpp" else _runtime_row
-    once, extra = make(spec)
+    once, info, finish = make(spec)
     load_s = time.perf_counter() - t0
     once()   # warm-up: first-call allocations, one-time compilation
     runs = [once() for _ in range(spec["repeats"])]
@@ -200,15 +208,9 @@ def run_row(spec: dict) -> dict:
     if short:
         raise BitswitchError(f"{spec['row']} generated {short[0]} tokens, not {spec['new_tokens']}: "
                              "min_new_tokens did not hold")
-    out = {"prefill_s": [r[0] for r in runs], "decode_s": [r[1] for r in runs], "load_s": load_s}
-    if "node_peak_rss" in extra:   # llama.cpp runs in node: its process is the row's memory
-        out["peak_rss_mb"] = extra.pop("node_peak_rss")()
-        extra.pop("close")()
-        out["driver_peak_rss_mb"] = peak_rss_mb()
-    else:
-        out["peak_rss_mb"] = peak_rss_mb()
-    out["rss_mb"] = current_rss_mb()
-    return {**out, **extra}
+    out = {"prefill_s": [r[0] for r in runs], "decode_s": [r[1] for r in runs], "load_s": load_s,
+           "peak_rss_mb": peak_rss_mb(), "rss_mb": current_rss_mb(), **info}
+    return {**out, **(finish() if finish else {})}
 
 
 def current_rss_mb() -> float | None:
