@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-unit test-integration demo bench clean
+.PHONY: install test test-unit test-integration demo bench llama-cpp clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -38,6 +38,12 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_switch.py --out benchmarks/results/switch.json
 	$(BIN)/python benchmarks/bench_squad.py --out benchmarks/results/squad.json
+
+# llama.cpp for the reference rows of benchmarks/bench_runtime.py and bitswitch.llamacpp: node-llama-cpp's
+# prebuilt CPU binaries (no build scripts run) in .llama-cpp/, where bitswitch.llamacpp looks for them.
+LLAMA_CPP_VERSION := 3.21.1
+llama-cpp:
+	npm i -E node-llama-cpp@$(LLAMA_CPP_VERSION) --ignore-scripts --no-audit --no-fund --prefix .llama-cpp
 
 clean:
 	rm -rf $(VENV) runs
