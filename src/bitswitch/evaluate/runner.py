@@ -17,6 +17,7 @@ fails at once.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from tqdm.auto import tqdm
@@ -41,6 +42,27 @@ def prepare_model(cfg: EvalConfig):
     else:
         set_weight_cache(model, cfg.weight_cache)
     return model, tok
+
+
+def resolve_engine(cfg: EvalConfig) -> str:
+    """``fake`` or ``runtime``: ``auto`` runs a nested checkpoint on the runtime, anything else fake."""
+    if cfg.engine != "auto":
+        return cfg.engine
+    from ..export.nested_format import is_nested_dir
+
+    return "runtime" if is_nested_dir(cfg.model) else "fake"
+
+
+def build_runtime(cfg: EvalConfig, model, tok, plan: list[dict]):
+    """The runtime holding every planned profile (packed once); refuses what it cannot run."""
+    from ..runtime import Runtime
+
+    if is_exported(model):
+        raise BitswitchError(f"{cfg.model!r} is a single-profile export: the runtime loads models, adapters and "
+                             "nested checkpoints (bitswitch export --nested); use --engine fake")
+    if cfg.options.act_mode != "token":
+        raise BitswitchError("the runtime quantizes activations per token: drop --act-mode tensor or use --engine fake")
+    return Runtime.from_model(model, tok, [it["spec"] for it in plan])
 
 
 def record_key(record: dict) -> str:
@@ -86,6 +108,7 @@ def plan_profiles(model, profiles: list[str], job: Job, log=print) -> list[dict]
 
 def run_eval(cfg: EvalConfig, argv: list[str] | None = None, log=print) -> dict:
     """Evaluate every profile of ``cfg``; returns the results dict written to ``OUT/results.json``."""
+    cfg = dataclasses.replace(cfg, engine=resolve_engine(cfg))
     task = make_task(cfg)
     kind = "eval-lm-eval" if cfg.task.startswith("lm-eval:") else f"eval-{cfg.task}"   # the report's section
     job = Job(cfg, kind, argv, key=record_key, log=log)
@@ -99,7 +122,16 @@ def run_eval(cfg: EvalConfig, argv: list[str] | None = None, log=print) -> dict:
         profiles = [exported["profile"]]
     plan = plan_profiles(model, profiles, job, log)
     task.setup(model, tok)
-    job.describe(model, task=cfg.task, model=cfg.model, data=cfg.data, adapters=cfg.adapters)
+    job.describe(model, task=cfg.task, model=cfg.model, data=cfg.data, adapters=cfg.adapters, engine=cfg.engine)
+    runtime = None
+    if cfg.engine == "runtime":
+        accounts = {it["id"]: profile_report(model, it["spec"]) for it in plan if it["id"] not in job.previous}
+        adapters = {}
+        for it in plan:
+            set_profile(model, it["spec"])
+            adapters[it["id"]] = next(m for _, _, m in unit_modules(model)).active_adapter
+        runtime = build_runtime(cfg, model, tok, plan)
+        del model   # the runtime holds its own packed weights: the float model is not needed again
     for item in plan:
         profile, name, pid = item["spec"], item["name"], item["id"]
         if pid in job.previous:
@@ -109,7 +141,10 @@ def run_eval(cfg: EvalConfig, argv: list[str] | None = None, log=print) -> dict:
                 + ": skipped")
             job.add(earlier)
             continue
-        if exported is None:
+        if runtime is not None:
+            runtime.set_profile(profile)
+            acct, adapter = accounts[pid], adapters[pid]
+        elif exported is None:
             clear_caches(model)   # the previous profile's quantized weights are not needed again
             set_profile(model, profile)
             if needs_calibration(model, profile):
@@ -121,7 +156,7 @@ def run_eval(cfg: EvalConfig, argv: list[str] | None = None, log=print) -> dict:
         t0 = time.perf_counter()
         with tqdm(total=task.total(), desc=f"{cfg.task} {name}", unit=getattr(task, "unit", "tok"),
                   dynamic_ncols=True, leave=False) as bar:
-            metrics = task.evaluate(model, tok, name, job.out, bar)
+            metrics = task.evaluate(model if runtime is None else runtime, tok, name, job.out, bar)
         seconds = time.perf_counter() - t0
         record = {"profile": name, "profile_id": pid, **metrics, "seconds": round(seconds, 3),
                   "avg_w_bits": round(acct["avg_w_bits"], 4), "weight_bytes": acct["weight_bytes"],

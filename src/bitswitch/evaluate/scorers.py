@@ -7,6 +7,8 @@ the same prompts gives the same floats whichever command measured it.
 
 - SQuAD: :func:`score_squad` (greedy answers, EM / F1 per question and their means, answer
   perplexity in the same pass) and :func:`score_answer_ppl` (teacher forcing only).
+- Both run on fake quantization (a torch model) or on the runtime (:mod:`.runtime_scoring`), whichever
+  ``model`` is.
 - Text: :func:`load_text_ids` (the tokens a perplexity is taken over) and :func:`score_text`
   (sliding-window perplexity).
 
@@ -23,6 +25,9 @@ from ..errors import BitswitchError
 from ..models import context_length  # noqa: F401 - the scorers' callers take it from here
 from .generate import answer_nll, generate_and_score
 from .perplexity import perplexity
+from .runtime_scoring import generate_and_score as runtime_generate_and_score
+from .runtime_scoring import is_runtime
+from .runtime_scoring import perplexity as runtime_perplexity
 from .squad_metrics import exact_match, f1
 
 TEXT_DEFAULT = "wikitext"
@@ -45,7 +50,12 @@ def score_squad(model, tokenizer, prompts: list[list[int]], examples: Sequence, 
     if len(prompts) != len(examples):
         raise ValueError(f"got {len(prompts)} prompts but {len(examples)} examples")
     golds = [ex.answers[0] for ex in examples]
-    if per_question is None:
+    if is_runtime(model):
+        if per_question is not None:
+            raise BitswitchError("per-question perturbations need fake quantization: use --engine fake")
+        preds, nll, count = runtime_generate_and_score(model, tokenizer, prompts, golds, max_new_tokens, batch_size,
+                                                       progress=progress)
+    elif per_question is None:
         preds, nll, count = generate_and_score(model, tokenizer, prompts, golds, max_new_tokens, batch_size,
                                                progress=progress)
     else:
@@ -88,5 +98,7 @@ def load_text_ids(model, tokenizer, data: str | None, max_tokens: int | None, of
 
 def score_text(model, ids, window: int, stride: int | None = None, progress=None) -> dict:
     """Sliding-window perplexity of ``ids`` (1, N): ``{"ppl", "nll", "tokens"}``
-    (:func:`.perplexity.perplexity`)."""
+    (:func:`.perplexity.perplexity`; on the runtime, :func:`.runtime_scoring.perplexity`)."""
+    if is_runtime(model):
+        return runtime_perplexity(model, ids, window, stride, progress)
     return perplexity(model, ids, window, stride, progress)
