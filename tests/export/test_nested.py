@@ -345,12 +345,16 @@ def test_cli_export_nested_then_eval_it(tmp_path, capsys):
     assert "| codes | 98,304 |" in printed and "8-bit model (w8g16)" in printed
     assert "weights equal the 8-bit model's bytes: True" in printed
     common = ["--task", "wikitext", "--data", str(text), "--window", "64", "--profiles", "w4", "w2", "--device", "cpu"]
-    assert main(["eval", "--model", str(out), *common, "--out", str(tmp_path / "a")]) == 0
+    assert main(["eval", "--model", str(out), *common, "--engine", "fake", "--out", str(tmp_path / "a")]) == 0
     assert main(["eval", "--model", "tiny-gpt2", "--weight-grid", "nested", "--group-size", "16", *common,
                  "--out", str(tmp_path / "b")]) == 0
-    a, b = (json.loads((tmp_path / d / "results.json").read_text())["records"] for d in "ab")
+    assert main(["eval", "--model", str(out), *common, "--out", str(tmp_path / "c")]) == 0   # auto: the runtime
+    a, b, c = (json.loads((tmp_path / d / "results.json").read_text())["records"] for d in "abc")
     assert [r["ppl"] for r in a] == [r["ppl"] for r in b]        # the same model, bitwise
     assert a[0]["ppl"] != a[1]["ppl"]
+    # the runtime's bf16 matmuls: the same perplexity within 2% on this tiny model
+    assert all(abs(x["ppl"] / y["ppl"] - 1) < 0.02 for x, y in zip(a, c))
+    assert json.loads((tmp_path / "c" / "results.json").read_text())["engine"] == "runtime"
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -44,12 +44,13 @@ class RuntimeLinear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: Tensor | None = None,
-                 options: QuantOptions = QuantOptions()):
+                 options: QuantOptions = QuantOptions(), dtype: torch.dtype = torch.bfloat16):
         super().__init__()
         if options.act_mode != "token":
             raise BitswitchError("the runtime quantizes activations per token only: use act_mode='token'")
         self.in_features, self.out_features, self.options = in_features, out_features, options
-        self.bias = None if bias is None else bias.detach().to(torch.bfloat16).contiguous()
+        self.dtype = dtype   # bf16 on the kernels; float32 only with the reference kernel
+        self.bias = None if bias is None else bias.detach().to(dtype).contiguous()
         self.weights: dict[str, Packed] = {}
         self.precisions: dict[str, tuple[str, ActQuant | None]] = {}
         self.loras: dict[str, tuple[Tensor, Tensor, float]] = {}
@@ -72,11 +73,21 @@ class RuntimeLinear(nn.Module):
         mod.active = specs[0].strip()
         return mod
 
-    def add_width(self, spec: str, weight: Tensor | None = None, kernel: str = "auto") -> None:
-        """Make ``spec`` runnable; packs ``weight`` (out, in) float only if its weight key is new."""
+    def add_width(self, spec: str, weight: Tensor | None = None, kernel: str = "auto",
+                  name: str | None = None) -> None:
+        """Make ``spec`` runnable, as mode ``name`` (default: the spec itself; the runtime names modes
+        by profile, since two profiles may share a spec but not an adapter); packs ``weight``
+        (out, in) float only if its weight key is new."""
         spec = spec.strip()
         w_bits, group, a_bits = parse_spec(spec, spec)
-        p = self.options.precision(w_bits, group, a_bits)
+        self.add_precision(name or spec, self.options.precision(w_bits, group, a_bits), weight, kernel)
+
+    def add_precision(self, name: str, p: UnitPrecision, weight: Tensor | None = None, kernel: str = "auto") -> None:
+        """Mode ``name`` runs precision ``p`` (as resolved from a profile); packs ``weight`` only if
+        its weight key is new."""
+        if p.act is not None and p.act.mode == "tensor":
+            raise BitswitchError("the runtime quantizes activations per token (or in q8_0 blocks), not with "
+                                 "static ranges: drop --act-mode tensor or use --engine fake")
         key = weight_key(p.weight)
         if key not in self.weights:
             if weight is None:
@@ -88,10 +99,11 @@ class RuntimeLinear(nn.Module):
                                      f"({self.out_features}, {self.in_features})")
             self.weights[key] = pack_weight(weight, p.weight, kernel)
             self.pack_count += 1
-        self.precisions[spec] = (key, p.act)
+        self.precisions[name] = (key, p.act)
 
     def add_lora(self, spec: str, lora_A: Tensor, lora_B: Tensor, scaling: float) -> None:
-        """An unmerged adapter for ``spec``: A (r, in), B (out, r), stored in bf16."""
+        """An unmerged adapter for mode ``spec``: A (r, in), B (out, r), stored in bf16 (tensors
+        already bf16 and contiguous are kept as they are, so modes sharing an adapter share memory)."""
         if spec not in self.precisions:
             raise BitswitchError(f"no width {spec!r} in this unit: add it first "
                                  f"(have {', '.join(self.precisions)})")
@@ -99,17 +111,17 @@ class RuntimeLinear(nn.Module):
         if tuple(lora_A.shape) != (r, self.in_features) or tuple(lora_B.shape) != (self.out_features, r):
             raise BitswitchError(f"LoRA A must be (r, {self.in_features}) and B ({self.out_features}, r), "
                                  f"got {tuple(lora_A.shape)} and {tuple(lora_B.shape)}")
-        bf = torch.bfloat16
-        self.loras[spec] = (lora_A.detach().to(bf).contiguous(), lora_B.detach().to(bf).contiguous(),
+        dt = self.dtype
+        self.loras[spec] = (lora_A.detach().to(dt).contiguous(), lora_B.detach().to(dt).contiguous(),
                             float(scaling))
 
     def forward(self, x: Tensor) -> Tensor:
-        """x (..., in) any float dtype -> (..., out) bf16."""
+        """x (..., in) any float dtype -> (..., out) bf16 (float32 with the reference kernel)."""
         if self.active is None:
             raise BitswitchError("no width is active: call bitswitch.runtime.set_width(module, spec)")
         key, act = self.precisions[self.active]
         lead = x.shape[:-1]
-        x = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()
+        x = x.reshape(-1, self.in_features).to(self.dtype).contiguous()
         xq = x if act is None else fake_quantize_act(x, act)
         y = self.weights[key].matmul(xq)
         if self.bias is not None:

@@ -64,12 +64,12 @@ from torch import Tensor
 
 from ..errors import BitswitchError
 from ..quant.config import WeightQuant
-from ..quant.functional import dequantize_weight, qrange, quantize_weight
+from ..quant.functional import dequantize_weight, fake_quantize_weight, qrange, quantize_weight
 
 INT4_GROUPS = (32, 64, 128, 256)   # what _weight_int4pack_mm_for_cpu accepts
 INT4_N_MULTIPLE = 16               # _convert_weight_to_int4pack_for_cpu: N % 16 == 0
 INT8_K_MULTIPLE = 16               # _weight_int8pack_mm segfaults for other K on this build
-KERNELS = ("auto", "int4", "int8", "dequant")
+KERNELS = ("auto", "int4", "int8", "dequant", "reference")
 
 
 def int4_available() -> bool:
@@ -188,7 +188,27 @@ class PackedDequant:
         return self.codes.numel() * self.codes.element_size() + self.scale.numel() * 4 + zero
 
 
-Packed = PackedBF16 | PackedInt8 | PackedInt4 | PackedDequant
+class PackedFloat:
+    """The reference kernel: bitswitch's fake-quantized weight (N, K) in float32, bitwise, and a
+    float32 matmul. No speed; it checks the runtime's decoder against fake quantization exactly."""
+
+    kind = "float32"
+
+    def __init__(self, weight: Tensor):
+        self.weight = weight.detach().float().contiguous()
+        self.shape = tuple(self.weight.shape)
+
+    def matmul(self, x: Tensor) -> Tensor:
+        return F.linear(x.float(), self.weight)
+
+    def dequantize(self) -> Tensor:
+        return self.weight
+
+    def nbytes(self) -> int:
+        return self.weight.numel() * 4
+
+
+Packed = PackedBF16 | PackedInt8 | PackedInt4 | PackedDequant | PackedFloat
 
 
 @functools.lru_cache(maxsize=8)
@@ -339,6 +359,8 @@ def pack_weight(weight: Tensor, cfg: WeightQuant | None, kernel: str = "auto") -
         raise BitswitchError(f"unknown kernel {kernel!r}: use one of {', '.join(KERNELS)}")
     if weight.dim() != 2:
         raise BitswitchError(f"a weight is (out_features, in_features), got {tuple(weight.shape)}")
+    if kernel == "reference":
+        return PackedFloat(weight if cfg is None else fake_quantize_weight(weight.detach().float(), cfg))
     if cfg is None:
         return PackedBF16(weight)
     if cfg.group_size is not None and weight.shape[1] % cfg.group_size:

@@ -1,0 +1,158 @@
+"""``Runtime``: a model packed at every profile it will run, switched per request, per token or per
+unit by module state (never repacked), generating with a KV cache.
+
+    rt = Runtime.load("smollm2-135m", profiles=["w4g32", "w8"])     # or a nested checkpoint
+    rt.set_profile("w4g32")
+    out = rt.generate(["The capital of France is"], max_new_tokens=16)
+    rt.generate(prompts, schedule=["w4g32", "w8"])                  # per-token switching
+
+It computes in bf16 on the CPU's int4 / int8 weight-only kernels (see ``pack.py``); on CUDA every
+width runs through the dequantizing path.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..errors import BitswitchError
+from .build import build_runtime_model
+from .generate import GenerateOutput, run
+
+
+class Runtime:
+    """``model``: the :class:`~bitswitch.runtime.model.RuntimeModel`; ``tokenizer``; ``config``: the
+    transformers config (for context length); ``profiles``: the profiles held, in load order."""
+
+    is_runtime = True   # how the scorers tell a runtime from a torch module (no import of this package)
+
+    def __init__(self, model, tokenizer, config, profiles: list[str]):
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.profiles = list(profiles)
+        self.profile = self.profiles[0]
+        self._units = dict(model.units())
+
+    # -- building --------------------------------------------------------------------------------
+    @classmethod
+    def from_model(cls, model, tokenizer, profiles, compile: str = "auto", kernel: str = "auto") -> Runtime:
+        """Pack a switchable model (adapters loaded; a plain one is made switchable with default
+        options) at every profile of ``profiles``; the first is active. The float model is not kept."""
+        from ..switching import make_switchable
+
+        if compile not in ("auto", "on", "off"):
+            raise BitswitchError(f"compile must be auto, on or off, got {compile!r}")
+        if compile == "on":
+            raise BitswitchError("compile=on: the runtime runs eager here (its decode step is already lean); "
+                                 "use auto or off")
+        profiles = [profiles] if isinstance(profiles, str) else list(dict.fromkeys(p.strip() for p in profiles))
+        if not hasattr(model, "bitswitch"):
+            make_switchable(model)
+        device = next(model.parameters()).device
+        if device.type != "cpu":
+            kernel = "dequant"   # the int4 / int8 kernels are the CPU's
+        with torch.no_grad():
+            rm = build_runtime_model(model, profiles, kernel)
+        return cls(rm, tokenizer, model.config, profiles)
+
+    @classmethod
+    def load(cls, spec: str, adapters: str | None = None, profiles=("fp",), options=None, compile: str = "auto",
+             kernel: str = "auto", device: str = "auto") -> Runtime:
+        """Load ``spec`` (a nested checkpoint, or a model plus ``adapters``) and pack it at ``profiles``."""
+        from ..loading import load_switchable
+        from ..models import resolve_device
+
+        dev = resolve_device(device)
+        model, tok = load_switchable(spec, adapters, options, device=dev)
+        rt = cls.from_model(model, tok, profiles, compile=compile, kernel=kernel)
+        del model
+        return rt
+
+    # -- switching -------------------------------------------------------------------------------
+    def check_profile(self, profile: str) -> str:
+        p = profile.strip()
+        if p not in self.profiles:
+            raise BitswitchError(f"profile {profile!r} is not packed in this runtime (it holds "
+                                 f"{', '.join(self.profiles)}): load it with profiles=[...]")
+        return p
+
+    def set_profile(self, profile: str) -> None:
+        """Every unit to ``profile`` (its weights and adapter): attribute writes, no packing."""
+        p = self.check_profile(profile)
+        for unit in self._units.values():
+            unit.active = p
+        self.profile = p
+
+    def set_unit_profiles(self, profiles: dict[str, str]) -> None:
+        """Some units each to its own profile (``{unit: profile}``); the others stay as they are."""
+        for unit, p in profiles.items():
+            if unit not in self._units:
+                raise BitswitchError(f"{unit!r} is not a unit of this model (units are L0.attn_in ... head)")
+            self.check_profile(p)
+        for unit, p in profiles.items():
+            self._units[unit].active = p.strip()
+        actives = {u.active for u in self._units.values()}
+        self.profile = actives.pop() if len(actives) == 1 else "mixed"
+
+    @property
+    def units(self) -> list[str]:
+        return list(self._units)
+
+    @property
+    def pack_count(self) -> int:
+        """Weights packed so far, over every unit (switching never adds to it)."""
+        return sum(u.pack_count for u in self._units.values())
+
+    # -- running ---------------------------------------------------------------------------------
+    def encode(self, prompts) -> list[list[int]]:
+        """Prompts as ids: strings through the tokenizer, id lists as they are."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        return [list(p) if not isinstance(p, str) else self.tokenizer(p).input_ids for p in prompts]
+
+    def generate(self, prompts, max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int = 0, stop=("\n",),
+                 eos: bool = True, min_new_tokens: int = 0, schedule: list[str] | None = None) -> GenerateOutput:
+        """Generate for ``prompts`` (strings or id lists) at the current profile, or per step at
+        ``schedule`` (cycled; the profile afterwards is the last step's). See :func:`.generate.run`."""
+        return run(self, self.encode(prompts), max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop,
+                   eos, min_new_tokens, schedule)
+
+    def logits(self, ids: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Teacher-forced logits (B, L, V) float32 of left-padded ``ids`` (B, L) (``mask`` 1 = token)."""
+        ids = ids.to(self.model.embed.device)
+        b, length = ids.shape
+        cache = self.model.new_cache(b, length)
+        cache.valid[:, :length] = True if mask is None else mask.to(cache.valid.device).bool()
+        with torch.inference_mode():
+            return self.model(ids, cache, 0)
+
+    def resident_bytes(self) -> dict:
+        """Bytes held: ``by_width`` (packed weights per weight key over every unit), ``adapters``,
+        ``float`` (embeddings, norms, positions, biases), ``total``; shared tensors counted once."""
+        seen: set[int] = set()
+
+        def size(t: Tensor) -> int:
+            ptr = t.untyped_storage().data_ptr()
+            if ptr in seen:
+                return 0
+            seen.add(ptr)
+            return t.untyped_storage().nbytes()
+
+        def packed_size(p) -> int:
+            return sum(size(t) for t in vars(p).values() if isinstance(t, Tensor))
+
+        m = self.model
+        by_width: dict[str, int] = {}
+        adapters = other = 0
+        other += size(m.embed) + (size(m.wpe) if m.wpe is not None else 0)
+        other += sum(size(t) for t in m.final.values())
+        for layer in m.layers:
+            other += sum(size(t) for t in layer.norms.values())
+        for unit in self._units.values():
+            for key, packed in unit.weights.items():
+                by_width[key] = by_width.get(key, 0) + packed_size(packed)
+            for a, b, _ in unit.loras.values():
+                adapters += size(a) + size(b)
+            other += size(unit.bias) if unit.bias is not None else 0
+        return {"by_width": by_width, "adapters": adapters, "float": other,
+                "total": sum(by_width.values()) + adapters + other}
