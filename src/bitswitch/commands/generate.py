@@ -26,8 +26,8 @@ def add_parser(sub) -> None:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--chat", action="store_true", help="wrap prompts in the tokenizer's chat template")
-    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
-                   help="torch.compile the decode step (auto: where a compiler works, else eager)")
+    p.add_argument("--compile", choices=["auto", "off"], default="auto",
+                   help="the decode step runs eager (its Python per token is small); kept for a compiled step")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--out", default="", help="also write texts and timings to this JSON file")
     add_quant_args(p)

@@ -39,11 +39,8 @@ class Runtime:
         options) at every profile of ``profiles``; the first is active. The float model is not kept."""
         from ..switching import make_switchable
 
-        if compile not in ("auto", "on", "off"):
-            raise BitswitchError(f"compile must be auto, on or off, got {compile!r}")
-        if compile == "on":
-            raise BitswitchError("compile=on: the runtime runs eager here (its decode step is already lean); "
-                                 "use auto or off")
+        if compile not in ("auto", "off"):   # the decode step runs eager: no compiled variant yet
+            raise BitswitchError(f"compile must be auto or off, got {compile!r}")
         profiles = [profiles] if isinstance(profiles, str) else list(dict.fromkeys(p.strip() for p in profiles))
         if not hasattr(model, "bitswitch"):
             make_switchable(model)

@@ -50,7 +50,7 @@ def pick(logits: Tensor, do_sample: bool, temperature: float, top_k: int | None,
         kth = logits.topk(top_k, -1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1:
-        sorted_logits, order = logits.sort(-1, descending=True)
+        sorted_logits, order = logits.sort(dim=-1, descending=True, stable=True)   # ties as argmax breaks them
         probs = sorted_logits.softmax(-1)
         drop = probs.cumsum(-1) - probs >= top_p
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
