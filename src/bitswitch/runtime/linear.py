@@ -121,8 +121,10 @@ class RuntimeLinear(nn.Module):
             raise BitswitchError("no width is active: call bitswitch.runtime.set_width(module, spec)")
         key, act = self.precisions[self.active]
         lead = x.shape[:-1]
-        x = x.reshape(-1, self.in_features).to(self.dtype).contiguous()
-        xq = x if act is None else fake_quantize_act(x, act)
+        x = x.reshape(-1, self.in_features)
+        # quantize before the cast: fake quantization's levels come from the float32 input
+        xq = (x if act is None else fake_quantize_act(x, act)).to(self.dtype).contiguous()
+        x = x.to(self.dtype)
         y = self.weights[key].matmul(xq)
         if self.bias is not None:
             y = y + self.bias
