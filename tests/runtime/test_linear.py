@@ -48,8 +48,9 @@ def test_forward_is_the_packed_kernel_on_quantized_bf16_input(linear, x, spec):
     y = m(x)
     assert y.dtype == torch.bfloat16 and y.shape == (2, 3, 48)
     key, act = m.precisions[spec]
-    xb = x.reshape(6, 128).to(torch.bfloat16)
-    xq = xb if act is None else fake_quantize_act(xb, act)
+    xf = x.reshape(6, 128)
+    # activations are quantized in float32 (fake quantization's levels), then cast to bf16
+    xq = (xf if act is None else fake_quantize_act(xf, act)).to(torch.bfloat16)
     assert torch.equal(y.reshape(6, 48), m.weights[key].matmul(xq) + m.bias)
 
 
