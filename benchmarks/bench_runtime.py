@@ -11,6 +11,9 @@ repeated: no padding). Each (threads, batch, row) runs in a fresh subprocess, so
 - ``w8``, ``w4g32``, ``w4g32a8``, ``mixed`` (``--mixed``), ``alt`` (w4g32 and w8 alternating every
   step, step 0 being the prefill): :class:`bitswitch.runtime.Runtime` holding only the profiles the
   row needs;
+- ``nested``: the runtime at ``w4g32`` loaded from a nested checkpoint (``--nested``, or one the
+  benchmark exports first in its own process), packed straight from its int8 masters: the
+  deployment path, whose peak RSS is the memory goal's;
 - ``llama.cpp``: SmolLM2's Q4_1 GGUF through :mod:`bitswitch.llamacpp` (node-llama-cpp 3.21.1), batch
   B as B sequences of one context decoded together; its peak RSS is the node process's.
 
@@ -33,6 +36,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,7 +49,7 @@ from bitswitch.results import markdown_table, run_metadata
 ROOT = Path(__file__).resolve().parents[1]
 SQUAD = ROOT.parent / "shared" / "data" / "squad-v1.1" / "dev-part1-v1.1.json"
 HF_ROWS = {"hf-fp32": "fp32", "hf-bf16": "bf16"}
-RUNTIME_ROWS = ("w8", "w4g32", "w4g32a8", "mixed", "alt")
+RUNTIME_ROWS = ("w8", "w4g32", "w4g32a8", "mixed", "alt", "nested")
 ROWS = (*HF_ROWS, *RUNTIME_ROWS, "llama.cpp")
 ALTERNATING = ["w4g32", "w8"]
 LAYERS = {"smollm2-135m": 30, "tiny-llama": 2}
@@ -59,6 +63,7 @@ GOALS = [("w4g32 decode / hf-fp32 decode", "w4g32", ["hf-fp32"], "decode", "min"
          ("w8 decode / hf-fp32 decode", "w8", ["hf-fp32"], "decode", "min", 1.5),
          ("alt decode / mean(w4g32, w8) decode", "alt", ["w4g32", "w8"], "decode", "near", 0.10),
          ("w4g32 peak RSS / hf-fp32 peak RSS", "w4g32", ["hf-fp32"], "rss", "max", 0.5),
+         ("nested w4g32 peak RSS / hf-fp32 peak RSS", "nested", ["hf-fp32"], "rss", "max", 0.5),
          ("w4g32 decode / llama.cpp decode", "w4g32", ["llama.cpp"], "decode", "min", 0.7)]
 
 
@@ -151,8 +156,10 @@ def _runtime_row(spec: dict):
     from bitswitch.runtime import Runtime
 
     row = spec["row"]
-    profiles = ALTERNATING if row == "alt" else [spec["mixed"] if row == "mixed" else row]
-    rt = Runtime.load(spec["model"], adapters=None, profiles=profiles, compile=spec["compile"])
+    profiles = (ALTERNATING if row == "alt" else [spec["mixed"]] if row == "mixed"
+                else ["w4g32"] if row == "nested" else [row])
+    source = spec["nested"] if row == "nested" else spec["model"]
+    rt = Runtime.load(source, adapters=None, profiles=profiles, compile=spec["compile"])
     rt.set_profile(profiles[0])
     prompts = [list(spec["prompt"]) for _ in range(spec["batch"])]
     n = spec["new_tokens"]
@@ -195,9 +202,10 @@ def run_row(spec: dict) -> dict:
     """Load the row's engine, warm up once, time ``repeats`` generations; peak RSS at the end."""
     import torch
 
-    from bitswitch.results import peak_rss_mb
+    from bitswitch.results import bound_heap_retention, peak_rss_mb
 
     torch.set_num_threads(spec["threads"])
+    bound_heap_retention()   # what the bitswitch CLI does
     t0 = time.perf_counter()
     make = _hf_row if spec["row"] in HF_ROWS else _llama_cpp_row if spec["row"] == "llama.cpp" else _runtime_row
     once, info, finish = make(spec)
@@ -296,6 +304,9 @@ def main(argv=None):
     ap.add_argument("--prompt-tokens", type=int, default=119)
     ap.add_argument("--mixed", default=None,
                     help="the mixed row's profile (default: w4g32 with the first and last layers at w8)")
+    ap.add_argument("--nested", default=None,
+                    help="the nested row's checkpoint (bitswitch export --nested --group-size 32; default: "
+                         "one exported first, in its own process, to a temporary directory)")
     ap.add_argument("--compile", default="auto", help="Runtime.load's compile argument")
     ap.add_argument("--squad", default=str(SQUAD), help="SQuAD v1.1 JSON the prompt comes from")
     ap.add_argument("--quick", action="store_true", help="tiny-llama and 8 new tokens: a smoke test")
@@ -329,6 +340,27 @@ def run(a) -> int:
     prompt, question = build_prompt(tokenizer_for(model), squad, a.prompt_tokens)
     print(f"prompt: {len(prompt)} tokens (question {question}); {new_tokens} new tokens; rows {' '.join(rows)}",
           flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        nested = a.nested or (export_nested_checkpoint(model, tmp) if "nested" in rows else None)
+        return _run_rows(a, model, rows, new_tokens, mixed, squad, prompt, question, nested)
+
+
+def export_nested_checkpoint(model: str, out_dir: str) -> str:
+    """``bitswitch export --nested`` of ``model`` at groups of 32, in a process of its own (its memory
+    is not the nested row's)."""
+    path = os.path.join(out_dir, "nested")
+    print(f"exporting a nested checkpoint of {model} for the nested row", flush=True)
+    proc = subprocess.run([sys.executable, "-m", "bitswitch.cli", "export", "--nested", "--model", model,
+                           "--group-size", "32", "--device", "cpu", "--out", path], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                              [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])})
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
+        raise BitswitchError(f"exporting the nested row's checkpoint failed: {tail}")
+    return path
+
+
+def _run_rows(a, model, rows, new_tokens, mixed, squad, prompt, question, nested) -> int:
     load_before = os.getloadavg()[0]
     have_runtime = runtime_available()   # without it, the runtime rows fail alike: no process for each
     results = []
@@ -336,7 +368,8 @@ def run(a) -> int:
         for batch in a.batch:
             for row in rows:
                 spec = {"model": model, "row": row, "threads": threads, "batch": batch, "prompt": prompt,
-                        "new_tokens": new_tokens, "repeats": a.repeats, "mixed": mixed, "compile": a.compile}
+                        "new_tokens": new_tokens, "repeats": a.repeats, "mixed": mixed, "compile": a.compile,
+                        "nested": nested}
                 t0 = time.perf_counter()
                 result = ({"error": NO_RUNTIME} if row in RUNTIME_ROWS and not have_runtime
                           else spawn(spec, a.row_timeout, a.verbose))

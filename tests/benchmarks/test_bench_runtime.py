@@ -32,7 +32,7 @@ def row(name, decode, rss=100.0, threads=2, batch=1):
 
 def test_goals_are_ratios_within_each_thread_and_batch_group(bench):
     rows = [row("hf-fp32", 20.0, rss=800.0), row("hf-bf16", 40.0), row("w8", 30.0), row("w4g32", 50.0, rss=400.0),
-            row("alt", 42.0), row("llama.cpp", 80.0),
+            row("alt", 42.0), row("llama.cpp", 80.0), row("nested", 50.0, rss=480.0),
             row("hf-fp32", 10.0, threads=1), {**row("w4g32", None, threads=1), "error": "boom"}]
     checks = {(c["threads"], c["goal"]): c for c in bench.goals(rows)}
     assert len(checks) == 2 * len(bench.GOALS)
@@ -42,6 +42,7 @@ def test_goals_are_ratios_within_each_thread_and_batch_group(bench):
     assert two["w8 decode / hf-fp32 decode"] == (1.5, "yes")
     assert two["alt decode / mean(w4g32, w8) decode"] == (1.05, "yes")   # 42 / 40: within 10 %
     assert two["w4g32 peak RSS / hf-fp32 peak RSS"] == (0.5, "yes")
+    assert two["nested w4g32 peak RSS / hf-fp32 peak RSS"] == (0.6, "NO")
     assert two["w4g32 decode / llama.cpp decode"] == (0.625, "NO")
     one = [c for (t, _), c in checks.items() if t == 1]
     assert all(c["ratio"] is None and c["met"] == "not measured" for c in one)   # w4g32 failed there
@@ -81,16 +82,17 @@ def test_quick_run_of_the_runtime_rows(tmp_path, bench):
     if not bench.runtime_available():
         pytest.skip(bench.NO_RUNTIME)
     shared_data("squad-v1.1", "dev-part1-v1.1.json")
-    cmd = [sys.executable, str(BENCH / "bench_runtime.py"), "--quick", "--rows", "w4g32", "alt", "--threads", "1",
+    cmd = [sys.executable, str(BENCH / "bench_runtime.py"), "--quick", "--rows", "w4g32", "alt", "nested", "--threads", "1",
            "--batch", "1", "2", "--repeats", "1", "--out", "runtime.json"]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads((tmp_path / "runtime.json").read_text())["rows"]
-    assert [(r["row"], r["batch"]) for r in rows] == [("w4g32", 1), ("alt", 1), ("w4g32", 2), ("alt", 2)]
+    assert [(r["row"], r["batch"]) for r in rows] == [("w4g32", 1), ("alt", 1), ("nested", 1), ("w4g32", 2),
+                                                      ("alt", 2), ("nested", 2)]
     for r in rows:
         assert "error" not in r, r
         assert r["decode_tok_s"] > 0 and r["resident_mb"] > 0 and r["peak_rss_mb"] > 0
-    assert rows[1]["profiles"] == ["w4g32", "w8"]
+    assert rows[1]["profiles"] == ["w4g32", "w8"] and rows[2]["profiles"] == ["w4g32"]
 
 
 def test_bad_input_is_exit_2_with_one_line(tmp_path):

@@ -56,7 +56,7 @@ def generate_and_score(rt, tokenizer, prompts: list[list[int]], answers: list[st
         ids, mask = _pad(seqs, pad, "cpu")                                           # (b, L), left-padded
         lengths = torch.tensor([len(targets[i]) for i in rows])                     # (b,)
         width = int(lengths.max())                                                   # A
-        logits = rt.logits(ids, mask)[:, -(width + 1):]                              # (b, A + 1, V)
+        logits = rt.logits(ids, mask, last=width + 1)                              # (b, A + 1, V)
         nll = token_nll(logits, ids[:, -width:])                                     # (b, A)
         is_answer = torch.arange(width) >= width - lengths[:, None]
         total += nll[is_answer].double().sum().item()

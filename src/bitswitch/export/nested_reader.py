@@ -124,12 +124,16 @@ def is_nested(model: nn.Module) -> bool:
 
 
 def load_nested_base(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "fp32",
-                     checkpoint: NestedCheckpoint | None = None):
+                     checkpoint: NestedCheckpoint | None = None, hollow: bool = False):
     """``(model, tokenizer)``: the plain Hugging Face model of a nested checkpoint in eval mode on
     ``device``, each master module's weight ``codes * scales`` (float32, then ``dtype``), no adapters.
 
     What :func:`bitswitch.load_model` returns for a nested directory; :func:`load_nested_model` adds
-    the switching and the adapters."""
+    the switching and the adapters.
+
+    hollow: a skeleton for a builder that reads the masters itself (:func:`master_weight`): every
+    master module's weight is a zero-stride placeholder of its shape (no memory; never run it) and
+    the other tensors keep their stored dtype, so the float model is never materialized."""
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -143,16 +147,21 @@ def load_nested_base(path: str | Path, device: str | torch.device = "cpu", dtype
                              f"{FIX}") from None
     with init_empty_weights(include_buffers=False):   # no random init of weights about to be replaced
         model = AutoModelForCausalLM.from_config(ckpt.config)
-    state_dict = {n: t.to(dt) for n, t in ckpt.params.items()}
-    state_dict.update({f"{m}.bias": b.to(dt) for m, b in ckpt.biases.items()})
+    cast = (lambda t: t) if hollow else (lambda t: t.to(dt))
+    state_dict = {n: cast(t) for n, t in ckpt.params.items()}
+    state_dict.update({f"{m}.bias": cast(b) for m, b in ckpt.biases.items()})
     for m, (codes, scales, g) in ckpt.masters.items():
-        w = dequantize_weight(codes, scales.float(), None, master_quant(g))   # (out, in) float32, exact
+        if hollow:   # (out, in) of zero stride: the shape without the memory
+            w = torch.zeros((), dtype=torch.float32).expand(codes.shape)
+        else:
+            w = dequantize_weight(codes, scales.float(), None, master_quant(g))   # (out, in) float32, exact
         try:
             conv1d = is_conv1d(model.get_submodule(m))
         except AttributeError:
             raise BitswitchError(f"{INFO_FILE} of {ckpt.path} names master {m!r}, a module the model of its "
                                  f"config.json does not have: {FIX}") from None
-        state_dict[f"{m}.weight"] = (w.t() if conv1d else w).contiguous().to(dt)
+        w = w.t() if conv1d else w
+        state_dict[f"{m}.weight"] = w if hollow else w.contiguous().to(dt)
     try:
         _, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
         for target, source in ckpt.ties.items():
@@ -178,22 +187,33 @@ def load_nested_base(path: str | Path, device: str | torch.device = "cpu", dtype
     return model.to(dev).eval(), tokenizer
 
 
+def master_weight(ckpt: NestedCheckpoint, module: str, release: bool = False) -> Tensor:
+    """The (out, in) float32 weight ``codes * scales`` of master ``module`` (exact); ``release``
+    drops the master from ``ckpt`` once read, so a builder's peak memory holds one at a time."""
+    codes, scales, g = ckpt.masters.pop(module) if release else ckpt.masters[module]
+    return dequantize_weight(codes, scales.float(), None, master_quant(g))
+
+
 def load_nested_model(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "fp32",
-                      options: QuantOptions | None = None, keying: str = "profile"):
+                      options: QuantOptions | None = None, keying: str = "profile", hollow: bool = False):
     """``(model, tokenizer)``: :func:`load_nested_base`, made switchable on the nested grid at the
     checkpoint's group size, with its adapters (and calibrated static ranges) loaded.
 
     options: activation options to run at (act mode, symmetry); the weight options are the stored
     ones, and another group size, symmetry, method or grid is refused (:func:`merge_options`).
     keying: for a checkpoint without adapters (one with adapters takes their keying).
+    hollow: see :func:`load_nested_base`; ``model.bitswitch_nested["checkpoint"]`` then holds the
+    masters, read with :func:`master_weight` (what the runtime packs from).
     """
     ckpt = read_nested(path)
     opts = merge_options(ckpt.options, options, ckpt.path)
-    model, tok = load_nested_base(path, device, dtype, checkpoint=ckpt)
+    model, tok = load_nested_base(path, device, dtype, checkpoint=ckpt, hollow=hollow)
     meta = ckpt.adapter_meta
     make_switchable(model, opts, meta["keying"] if meta else keying)
     if meta is not None:
         _load_adapters(model, ckpt)
+    if hollow:
+        model.bitswitch_nested["checkpoint"] = ckpt   # the masters, for master_weight
     return model, tok
 
 

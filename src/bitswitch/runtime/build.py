@@ -25,9 +25,12 @@ def compute_dtype(kernel: str) -> torch.dtype:
     return torch.float32 if kernel == "reference" else torch.bfloat16
 
 
-def _fused_weight(mods) -> Tensor:
-    """The unit's modules' weights (out, in), rows stacked: (sum out, in) float32."""
-    return torch.cat([m.weight_out_in().detach().float() for m in mods], 0)
+def _fused_weight(mods, names, weight_of) -> Tensor:
+    """The unit's modules' weights (out, in), rows stacked: (sum out, in) float32. ``weight_of``
+    (module name -> (out, in) float32 or None) supplies the weights a hollow model does not hold."""
+    ws = [weight_of(n) if weight_of is not None else None for n in names]
+    ws = [m.weight_out_in().detach().float() if w is None else w for m, w in zip(mods, ws)]
+    return ws[0] if len(ws) == 1 else torch.cat(ws, 0)
 
 
 def _fused_bias(mods) -> Tensor | None:
@@ -52,9 +55,9 @@ def _fused_lora(mods, key: str, dtype: torch.dtype) -> tuple[Tensor, Tensor] | N
     return a.to(dtype).contiguous(), b.to(dtype).contiguous()
 
 
-def _unit(mods, options, modes: dict, kernel: str, lora_cache: dict) -> RuntimeLinear:
+def _unit(mods, names, options, modes: dict, kernel: str, lora_cache: dict, weight_of=None) -> RuntimeLinear:
     """One RuntimeLinear holding every mode ``{name: (UnitPrecision, adapter key | None)}``."""
-    w = _fused_weight(mods)
+    w = _fused_weight(mods, names, weight_of)
     dtype = compute_dtype(kernel)
     unit = RuntimeLinear(w.shape[1], w.shape[0], _fused_bias(mods), options, dtype)
     for name, (prec, key) in modes.items():
@@ -74,9 +77,13 @@ def _norm(mod: nn.Module) -> tuple[Tensor, Tensor | None]:
     return w, None if b is None else b.detach().float().clone()
 
 
-def build_runtime_model(model: nn.Module, profiles: list[str], kernel: str = "auto") -> RuntimeModel:
+def build_runtime_model(model: nn.Module, profiles: list[str], kernel: str = "auto", weight_of=None) -> RuntimeModel:
     """Pack ``model`` (made switchable, adapters loaded) at every profile of ``profiles``; the
-    first is active. One-line errors for a profile the runtime cannot run (static activation ranges)."""
+    first is active. One-line errors for a profile the runtime cannot run (static activation ranges).
+
+    weight_of: module name -> its (out, in) float32 weight, or None to read the module's own; how a
+    hollow nested model (:func:`bitswitch.export.nested_reader.load_nested_model`) is packed one unit
+    at a time without its float weights ever being in memory together."""
     st = state(model)
     if not profiles:
         raise BitswitchError("the runtime needs at least one profile, e.g. ['w4g32']")
@@ -86,17 +93,12 @@ def build_runtime_model(model: nn.Module, profiles: list[str], kernel: str = "au
         prof, table = resolve_profile(model, p)
         tables[p] = (prof, table)
     mods_by_unit: dict[str, list] = {}
-    for unit, _, mod in unit_modules(model):
+    names_by_unit: dict[str, list] = {}
+    for unit, name, mod in unit_modules(model):
         mods_by_unit.setdefault(unit, []).append(mod)
+        names_by_unit.setdefault(unit, []).append(name)
     if "head" not in mods_by_unit:
         raise BitswitchError("the runtime needs the model's LM head as a unit (lm_head)")
-    units: dict[str, RuntimeLinear] = {}
-    for unit, mods in mods_by_unit.items():
-        modes = {}
-        for p, (prof, table) in tables.items():
-            prec = table[unit]
-            modes[p] = (prec, adapter_key(st.keying, prof, prec) if st.adapters_on else None)
-        units[unit] = _unit(mods, st.options, modes, kernel, {})
     if arch.kind == "gpt2":
         tr = model.transformer
         embed, wpe = tr.wte.weight, tr.wpe.weight.detach().to(compute_dtype(kernel)).contiguous()
@@ -106,15 +108,27 @@ def build_runtime_model(model: nn.Module, profiles: list[str], kernel: str = "au
         embed, wpe = model.model.embed_tokens.weight, None
         blocks, final = model.model.layers, model.model.norm
         norm_names = ("input_layernorm", "post_attention_layernorm")
+    embed_c = embed.detach().to(compute_dtype(kernel)).contiguous()
+    tied = model.get_submodule(st.units["head"][0]).base.weight is embed
+    units: dict[str, RuntimeLinear] = {}
+    for unit, mods in mods_by_unit.items():
+        modes = {}
+        for p, (prof, table) in tables.items():
+            prec = table[unit]
+            modes[p] = (prec, adapter_key(st.keying, prof, prec) if st.adapters_on else None)
+        weights = weight_of
+        if unit == "head" and tied and all(prec.weight is None for prec, _ in modes.values()):
+            # an fp head tied to the embedding is the embedding: no float32 copy of (vocab, d) to pack
+            weights = lambda name: embed_c   # noqa: E731
+        units[unit] = _unit(mods, names_by_unit[unit], st.options, modes, kernel, {}, weights)
     layers = []
     for i, block in enumerate(blocks):
         (w1, b1), (w2, b2) = (_norm(block.get_submodule(n)) for n in norm_names)
         norms = {"in_w": w1, "post_w": w2, **({"in_b": b1, "post_b": b2} if b1 is not None else {})}
         layers.append(Layer({r: units[f"L{i}.{r}"] for r in ROLES}, norms))
     fw, fb = _norm(final)
-    embed_c = embed.detach().to(compute_dtype(kernel)).contiguous()
     head = units["head"]
-    if model.get_submodule(st.units["head"][0]).base.weight is embed:   # tied: the fp head is the embedding
+    if tied:   # the fp head is the embedding
         for key, packed in head.weights.items():
             if packed.kind in ("bf16", "float32") and packed.weight.dtype == embed_c.dtype:
                 packed.weight = embed_c

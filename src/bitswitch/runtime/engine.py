@@ -12,6 +12,8 @@ width runs through the dequantizing path.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor
 
@@ -34,9 +36,11 @@ class Runtime:
 
     # -- building --------------------------------------------------------------------------------
     @classmethod
-    def from_model(cls, model, tokenizer, profiles, compile: str = "auto", kernel: str = "auto") -> Runtime:
+    def from_model(cls, model, tokenizer, profiles, compile: str = "auto", kernel: str = "auto",
+                   weight_of=None) -> Runtime:
         """Pack a switchable model (adapters loaded; a plain one is made switchable with default
-        options) at every profile of ``profiles``; the first is active. The float model is not kept."""
+        options) at every profile of ``profiles``; the first is active. The float model is not kept.
+        ``weight_of``: see :func:`.build.build_runtime_model` (a hollow model's weights)."""
         from ..switching import make_switchable
 
         if compile not in ("auto", "off"):   # the decode step runs eager: no compiled variant yet
@@ -48,17 +52,32 @@ class Runtime:
         if device.type != "cpu":
             kernel = "dequant"   # the int4 / int8 kernels are the CPU's
         with torch.no_grad():
-            rm = build_runtime_model(model, profiles, kernel)
+            rm = build_runtime_model(model, profiles, kernel, weight_of)
         return cls(rm, tokenizer, model.config, profiles)
 
     @classmethod
     def load(cls, spec: str, adapters: str | None = None, profiles=("fp",), options=None, compile: str = "auto",
              kernel: str = "auto", device: str = "auto") -> Runtime:
-        """Load ``spec`` (a nested checkpoint, or a model plus ``adapters``) and pack it at ``profiles``."""
-        from ..loading import load_switchable
+        """Load ``spec`` (a nested checkpoint, or a model plus ``adapters``) and pack it at ``profiles``.
+
+        A nested checkpoint on the CPU is packed straight from its int8 masters, one unit at a time
+        (each master freed once packed): the float model never exists, so the peak memory is about
+        the masters plus the packed widths."""
+        from ..export.nested_reader import load_nested_model, master_weight
+        from ..loading import is_nested_dir, load_switchable
         from ..models import resolve_device
 
         dev = resolve_device(device)
+        if is_nested_dir(spec) and dev.type == "cpu" and adapters is None:
+            model, tok = load_nested_model(Path(spec).expanduser(), dev, options=options, hollow=True)
+            ckpt = model.bitswitch_nested.pop("checkpoint")
+
+            def weight_of(module):
+                return master_weight(ckpt, module, release=True) if module in ckpt.masters else None
+
+            rt = cls.from_model(model, tok, profiles, compile=compile, kernel=kernel, weight_of=weight_of)
+            del model, ckpt
+            return rt
         model, tok = load_switchable(spec, adapters, options, device=dev)
         rt = cls.from_model(model, tok, profiles, compile=compile, kernel=kernel)
         del model
@@ -114,14 +133,15 @@ class Runtime:
         return run(self, self.encode(prompts), max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop,
                    eos, min_new_tokens, schedule)
 
-    def logits(self, ids: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Teacher-forced logits (B, L, V) float32 of left-padded ``ids`` (B, L) (``mask`` 1 = token)."""
+    def logits(self, ids: Tensor, mask: Tensor | None = None, last: int | None = None) -> Tensor:
+        """Teacher-forced logits (B, L, V) float32 of left-padded ``ids`` (B, L) (``mask`` 1 = token);
+        ``last``: only the last ``last`` columns' (B, last, V) (the head runs only there)."""
         ids = ids.to(self.model.embed.device)
         b, length = ids.shape
         cache = self.model.new_cache(b, length)
         cache.valid[:, :length] = True if mask is None else mask.to(cache.valid.device).bool()
         with torch.inference_mode():
-            return self.model(ids, cache, 0)
+            return self.model(ids, cache, 0, last_only=last or False)
 
     def resident_bytes(self) -> dict:
         """Bytes held: ``by_width`` (packed weights per weight key over every unit), ``adapters``,

@@ -80,9 +80,10 @@ class RuntimeModel(nn.Module):
         rot = torch.cat((-x[..., half:], x[..., :half]), -1)
         return x * cos + rot * sin
 
-    def forward(self, ids: Tensor, cache: KVCache, pos: int, last_only: bool = False) -> Tensor:
+    def forward(self, ids: Tensor, cache: KVCache, pos: int, last_only: bool | int = False) -> Tensor:
         """ids (B, T) at cache columns pos..pos+T-1 (``cache.valid`` set for them by the caller)
-        -> logits (B, T, V) float32, or (B, 1, V) of the last column when ``last_only``."""
+        -> logits (B, T, V) float32, or (B, k, V) of the last k columns when ``last_only`` is k
+        (True: 1); the head, a (V, H) matmul per column, runs only there."""
         a = self.arch
         b, t = ids.shape
         pos_ids = positions(cache.valid, pos, t)                              # (B, T)
@@ -116,6 +117,6 @@ class RuntimeModel(nn.Module):
                 h = F.silu(g) * up
             x = x + u["mlp_out"](h).float()
         if last_only:
-            x = x[:, -1:]
+            x = x[:, -int(last_only):]
         x = self._norm(x, self.final["w"], self.final.get("b"))
         return self.head(x).float()
