@@ -1,0 +1,93 @@
+"""SQuAD through the runtime against fake quantization: the same questions, paired per profile.
+
+Runs ``bitswitch eval --task squad`` twice with the same settings, ``--engine fake`` and ``--engine
+runtime`` (each resumable in its own output directory), then pairs the two engines' per-question
+scores for every profile: F1 / EM of each, the mean difference runtime - fake with its standard
+error, the fraction of identical answers, and answer perplexity of each.
+
+    python benchmarks/bench_runtime_squad.py --limit 200 --profiles w8 w4g32 w4g32a8 \
+        --runs runs/rt-squad --out benchmarks/results/runtime_squad.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from common import rel, write
+
+from bitswitch.io import atomic_write_text
+from bitswitch.results import markdown_table, se_of_mean
+
+ROOT = Path(__file__).resolve().parents[1]
+SQUAD = ROOT.parent / "shared" / "data" / "squad-v1.1" / "dev-part1-v1.1.json"
+COLUMNS = ["profile", "n", "f1_fake", "f1_runtime", "d_f1", "se_d_f1", "em_fake", "em_runtime", "d_em",
+           "same_answer", "answer_ppl_fake", "answer_ppl_runtime", "goal_met"]
+
+
+def per_question(path: Path) -> dict[str, dict]:
+    return {r["id"]: r for r in map(json.loads, path.read_text().splitlines()) if r}
+
+
+def pair(fake: dict[str, dict], runtime: dict[str, dict]) -> dict:
+    """Paired differences (runtime - fake, in points) over the questions both answered."""
+    ids = [i for i in fake if i in runtime]
+    if not ids:
+        raise SystemExit("error: the two engines share no question: were they run with the same settings?")
+    out = {"n": len(ids)}
+    for m in ("f1", "em"):
+        a = [100 * float(fake[i][m]) for i in ids]
+        b = [100 * float(runtime[i][m]) for i in ids]
+        d = [y - x for x, y in zip(a, b)]
+        out[f"{m}_fake"], out[f"{m}_runtime"] = sum(a) / len(a), sum(b) / len(b)
+        out[f"d_{m}"], out[f"se_d_{m}"] = sum(d) / len(d), se_of_mean(d)
+    out["same_answer"] = sum(fake[i]["prediction"] == runtime[i]["prediction"] for i in ids) / len(ids)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--adapters", default=None)
+    ap.add_argument("--data", default=str(SQUAD))
+    ap.add_argument("--limit", type=int, default=200, help="questions, a seeded sample stratified over articles")
+    ap.add_argument("--profiles", nargs="+", default=["w8", "w4g32", "w4g32a8"])
+    ap.add_argument("--runs", default="runs/rt-squad", help="the two evals' output directories: RUNS-fake, RUNS-runtime")
+    ap.add_argument("--goal", type=float, default=0.5, help="|F1 runtime - F1 fake| at most this, in points")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    records = {}
+    for engine in ("fake", "runtime"):
+        out = Path(f"{a.runs}-{engine}")
+        cmd = [sys.executable, "-m", "bitswitch.cli", "eval", "--model", a.model, "--task", "squad", "--data",
+               rel(a.data), "--limit", str(a.limit), "--profiles", *a.profiles, "--engine", engine, "--out", str(out)]
+        if a.adapters:
+            cmd += ["--adapters", a.adapters]
+        print(" ".join(cmd[2:]), flush=True)
+        if subprocess.run(cmd).returncode != 0:
+            return 2
+        records[engine] = {r["profile"]: r for r in json.loads((out / "results.json").read_text())["records"]}
+    rows = []
+    for p in a.profiles:
+        fake = per_question(Path(f"{a.runs}-fake") / f"predictions-{p}.jsonl")
+        runtime = per_question(Path(f"{a.runs}-runtime") / f"predictions-{p}.jsonl")
+        row = {"profile": p, **pair(fake, runtime), "answer_ppl_fake": records["fake"][p]["answer_ppl"],
+               "answer_ppl_runtime": records["runtime"][p]["answer_ppl"]}
+        row["goal_met"] = abs(row["d_f1"]) <= a.goal
+        rows.append(row)
+    write(a.out, rows, COLUMNS, model=a.model, adapters=a.adapters, data=rel(a.data), limit=a.limit,
+          order="stratified", goal_abs_d_f1=a.goal)
+    if a.out:
+        atomic_write_text(Path(a.out).with_suffix(".md"),
+            f"# SQuAD through the runtime vs fake quantization ({a.model})\n\n"
+            f"`python benchmarks/bench_runtime_squad.py --limit {a.limit} --profiles {' '.join(a.profiles)}`\n\n"
+            "d_f1, d_em: runtime - fake in points over the same questions; se_d_f1: its standard error.\n\n"
+            + markdown_table(rows, COLUMNS) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
