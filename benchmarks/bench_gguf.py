@@ -16,11 +16,16 @@ adapters are tied to the quantizer options they were trained with, so ``w4-asym`
 
     python benchmarks/bench_gguf.py --adapters runs/gguf-train/adapters --out benchmarks/results/gguf.json
     python benchmarks/bench_gguf.py --quick --rows w4 --out runs/bench-gguf-quick.json      # smoke test
+
+Rows may run as separate processes (``--rows w8 --out runs/w8.json`` ...) and be combined:
+
+    python benchmarks/bench_gguf.py --combine runs/w8.json runs/w4.json --out benchmarks/results/gguf.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import time
@@ -48,7 +53,7 @@ def parse(argv=None):
     ap.add_argument("--wikitext", default=str(DATA / "wikitext-2-raw" / "wiki.test.raw"))
     ap.add_argument("--limit", type=int, default=200)
     ap.add_argument("--windows", type=int, default=8)
-    ap.add_argument("--window", type=int, default=512)
+    ap.add_argument("--window", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--speed-tokens", type=int, default=64)
     ap.add_argument("--speed-repeats", type=int, default=3)
@@ -57,6 +62,8 @@ def parse(argv=None):
     ap.add_argument("--quick", action="store_true", help=f"smoke test sizes: {QUICK}")
     ap.add_argument("--work", default="runs/bench-gguf", help="where the exports go (never committed)")
     ap.add_argument("--out", default="benchmarks/results/gguf.json")
+    ap.add_argument("--combine", nargs="+", default=None, metavar="JSON",
+                    help="only write --out (+ .md) from these results files of separately run rows")
     a = ap.parse_args(argv)
     if a.quick:
         for k, v in QUICK.items():
@@ -115,10 +122,37 @@ def markdown(records: list[dict], settings: dict) -> str:
         markdown_table(sizes, ["row", "file", "type", "tensors", "weights", "bits_per_weight", "bytes"])]) + "\n"
 
 
-def main(argv=None) -> None:
+def write(out: str, meta: dict, records: list[dict], settings: dict) -> None:
     from bitswitch.verify.runner import flat_metrics
 
+    records = sorted(records, key=lambda r: list(ROWS).index(r["row"]))
+    doc = {"meta": meta, "rows": [{"row": r["row"], **flat_metrics(r)} for r in records], "records": records}
+    atomic_write_json(out, doc)
+    atomic_write_text(Path(out).with_suffix(".md"), markdown(records, settings))
+
+
+SETTINGS = ("model", "adapters", "asym_adapters", "squad", "limit", "order", "wikitext", "windows", "window",
+            "threads", "speed_tokens", "speed_repeats", "unquantized_dtype", "quick", "cpu")
+
+
+def combine(files: list[str], out: str) -> None:
+    """One results file from the files of rows run apart (their settings must agree but for the rows)."""
+    docs = [json.loads(Path(f).read_text()) for f in files]
+    settings = [{k: d["meta"].get(k) for k in SETTINGS} for d in docs]
+    differ = sorted(k for k in SETTINGS if k != "adapters" and len({json.dumps(s[k]) for s in settings}) > 1)
+    if differ:
+        raise SystemExit(f"the files differ in {', '.join(differ)}: combine runs of one setting")
+    records = [r for d in docs for r in d["records"]]
+    meta = {**docs[0]["meta"], "command": [d["meta"]["command"] for d in docs], "combined": [rel(f) for f in files],
+            "adapters": sorted({str(s["adapters"]) for s in settings})}
+    write(out, meta, records, {**settings[0], "rows": [r["row"] for r in records], "adapters": meta["adapters"]})
+    print(f"written: {out}")
+
+
+def main(argv=None) -> None:
     a = parse(argv)
+    if a.combine:
+        return combine(a.combine, a.out)
     settings = {"model": a.model, "rows": a.rows, "adapters": rel(a.adapters) if a.adapters else None,
                 "asym_adapters": rel(a.asym_adapters) if a.asym_adapters else None, "squad": rel(a.squad),
                 "limit": a.limit, "order": "stratified", "wikitext": rel(a.wikitext), "windows": a.windows,
@@ -129,9 +163,7 @@ def main(argv=None) -> None:
     records = []
     for name in a.rows:
         records.append(run_row(name, a))
-        doc = {"meta": meta, "rows": [{"row": r["row"], **flat_metrics(r)} for r in records], "records": records}
-        atomic_write_json(a.out, doc)       # after every row: a stopped run keeps what it measured
-        atomic_write_text(Path(a.out).with_suffix(".md"), markdown(records, settings))
+        write(a.out, meta, records, settings)     # after every row: a stopped run keeps what it measured
         print(f"[{name}] done in {records[-1]['seconds']:.0f} s; written: {a.out}")
     print(markdown(records, settings))
 

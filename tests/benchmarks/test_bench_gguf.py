@@ -30,7 +30,7 @@ def test_rows_and_quick_sizes(bench):
     a = bench.parse(["--quick", "--rows", "w4"])
     assert (a.limit, a.windows, a.window, a.speed_repeats, a.rows) == (6, 2, 64, 1, ["w4"])
     full = bench.parse([])
-    assert (full.limit, full.windows, full.window, full.threads, full.unquantized_dtype) == (200, 8, 512, 1, "fp16")
+    assert (full.limit, full.windows, full.window, full.threads, full.unquantized_dtype) == (200, 8, 256, 1, "fp16")
 
 
 def test_markdown_of_a_record(bench):
@@ -48,3 +48,33 @@ def test_markdown_of_a_record(bench):
     assert "| w4 | model.gguf | 1,100 | 1,000 | 100 | 4.5 |" in md
     assert "| w4 | model.gguf | Q4_0 | 1 | 64 | 4.5 | 36 |" in md
     assert md.count("| yes |") == 3
+
+
+def test_combine_rows_run_apart(bench, tmp_path):
+    import json
+
+    from bitswitch.verify import stats as st
+
+    def doc(row, adapters, threads=1):
+        rec = {"row": row, "profile": bench.ROWS[row][0], "adapter": adapters is not None,
+               "tensor_types": {"Q4_0": 1}, "sizes": {"model.gguf": {
+                   "file_bytes": 40, "theoretical_bytes": 36, "overhead_bytes": 4, "quantized_bits_per_weight": 4.5,
+                   "by_type": st.theoretical_bytes([("Q4_0", 64)])["by_type"]}},
+               "goals": st.goal_checks({})}
+        meta = {"command": f"bench --rows {row}", "adapters": adapters, "threads": threads,
+                **{k: None for k in bench.SETTINGS if k not in ("adapters", "threads")}}
+        return {"meta": meta, "rows": [], "records": [rec]}
+
+    files = []
+    for row, adapters in (("mixed", "runs/a"), ("w4-asym", None), ("w8", "runs/a")):
+        files.append(tmp_path / f"{row}.json")
+        files[-1].write_text(json.dumps(doc(row, adapters)))
+    out = tmp_path / "gguf.json"
+    bench.main(["--combine", *map(str, files), "--out", str(out)])
+    got = json.loads(out.read_text())
+    assert [r["row"] for r in got["records"]] == ["w8", "w4-asym", "mixed"]       # the ROWS order
+    assert got["meta"]["adapters"] == ["None", "runs/a"] and len(got["meta"]["command"]) == 3
+    assert (tmp_path / "gguf.md").read_text().count("| model.gguf | Q4_0 |") == 3
+    files[0].write_text(json.dumps(doc("mixed", "runs/a", threads=2)))
+    with pytest.raises(SystemExit, match="differ in threads"):
+        bench.main(["--combine", *map(str, files), "--out", str(out)])

@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="bitswitch's decoding batch")
     p.add_argument("--wikitext", default=None, help="WikiText-2 raw test file (omit to skip perplexity)")
     p.add_argument("--windows", type=int, default=None, help="WikiText windows (default 8)")
-    p.add_argument("--window", type=int, default=None, help="tokens per window (default 512)")
+    p.add_argument("--window", type=int, default=None, help="tokens per window (default 256)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads of both engines (default 1)")
     p.add_argument("--speed-tokens", type=int, default=None, help="tokens per timed generation (default 64)")
     p.add_argument("--speed-repeats", type=int, default=None, help="timed generations per file (default 3; 0 skips)")

@@ -28,7 +28,7 @@ class VerifyConfig(RunConfig):
     limit: int | None = 200
     max_new_tokens: int = 32
     windows: int = 8
-    window: int = 512
+    window: int = 256
     threads: int = 1
     speed_tokens: int = 64
     speed_repeats: int = 3

@@ -17,8 +17,8 @@ from ..results import se_of_mean
 #: the goals of a verification: (name, metric key, kind, target); kind "min": value >= target,
 #: "abs_max": |value| <= target
 GOALS = (("identical answers >= 95%", "agreement", "min", 0.95),
-         ("|F1 llama.cpp - bitswitch| <= 1", "d_f1", "abs_max", 1.0),
-         ("|PPL llama.cpp / bitswitch - 1| <= 1%", "ppl_rel_diff", "abs_max", 0.01))
+         ("F1 llama.cpp - bitswitch within 1", "d_f1", "abs_max", 1.0),
+         ("PPL llama.cpp / bitswitch - 1 within 1%", "ppl_rel_diff", "abs_max", 0.01))
 
 
 def agreement(a: Sequence[str], b: Sequence[str]) -> float:
