@@ -44,7 +44,7 @@ def test_markdown_of_a_record(bench):
               "sizes": {"model.gguf": size}}
     record["goals"] = stats.goal_checks({"agreement": 1.0, "d_f1": 0.0, "ppl_rel_diff": 0.005})
     md = bench.markdown([record], {"threads": 1})
-    assert "| w4a8 | Q4_0 | True | 2 | 1 | 50 | 50 | 60 | 60 | 0 | 0 | 20 | 20.1 | 0.005 |" in md
+    assert "| w4 | w4a8 | Q4_0 | True | 2 | 1 | 50 | 50 | 60 | 60 | 0 | 0 | 20 | 20.1 | 0.005 |" in md
     assert "| w4 | model.gguf | 1,100 | 1,000 | 100 | 4.5 |" in md
     assert "| w4 | model.gguf | Q4_0 | 1 | 64 | 4.5 | 36 |" in md
     assert md.count("| yes |") == 3

@@ -252,11 +252,13 @@ SPEED_SIZE = ["profile", "decode_tok_s", "decode_tok_s_no_adapter", "ref_decode_
 
 
 def summary_markdown(records: list[dict]) -> str:
-    """Quality, speed and sizes, and the goals, one row per record."""
-    rows = [flat_metrics(r) for r in records]
-    goals = [{"profile": r["profile"], **g} for r in records for g in r["goals"]]
-    return "\n\n".join([markdown_table(rows, SUMMARY), markdown_table(rows, SPEED_SIZE),
-                        markdown_table(goals, ["profile", "goal", "value", "target", "met"])])
+    """Quality, speed and sizes, and the goals, one row per record (led by its ``row`` name when every
+    record has one, as a benchmark's do)."""
+    lead = ["row"] if records and all("row" in r for r in records) else []
+    rows = [{**{k: r[k] for k in lead}, **flat_metrics(r)} for r in records]
+    goals = [{**{k: r[k] for k in lead}, "profile": r["profile"], **g} for r in records for g in r["goals"]]
+    return "\n\n".join([markdown_table(rows, lead + SUMMARY), markdown_table(rows, lead + SPEED_SIZE),
+                        markdown_table(goals, lead + ["profile", "goal", "value", "target", "met"])])
 
 
 def write_report(record: dict, out: str) -> None:
