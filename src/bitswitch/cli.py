@@ -13,13 +13,13 @@ import sys
 from .commands.args import Parser
 from .errors import BitswitchError
 
-# the subcommands, in the order ``bitswitch --help`` lists them; each is bitswitch.commands.<name>
+# the subcommands, in the order ``bitswitch --help`` lists them; each is bitswitch.commands.<name> ('-' as '_')
 COMMANDS: tuple[str, ...] = ("eval", "generate", "train", "demo", "export", "profiles", "run", "report",
-                             "attack", "sensitivity", "search")
+                             "attack", "sensitivity", "search", "verify-gguf")
 
 
 def _command(name: str):
-    return importlib.import_module(f".commands.{name}", __package__)
+    return importlib.import_module(f".commands.{name.replace('-', '_')}", __package__)
 
 
 def build_parser() -> Parser:

@@ -202,6 +202,13 @@ def _cache_kwarg(model) -> str:
 
 
 def _answer_text(text: str, stop_at_newline: bool) -> str:
+    return answer_text(text, stop_at_newline)
+
+
+def answer_text(text: str, stop_at_newline: bool = True) -> str:
+    """The answer a decoded continuation gives: leading blanks dropped, cut at its first line break
+    (with ``stop_at_newline``), stripped. Public for engines outside torch (llama.cpp) to apply the
+    same rule to their tokens."""
     text = text.lstrip()  # leading blank lines are not an answer terminator
     return (text.split("\n", 1)[0] if stop_at_newline else text).strip()
 

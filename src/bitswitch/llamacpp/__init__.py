@@ -3,7 +3,7 @@
 ``install.py`` finds node and the package (:func:`find_llama_cpp`, :func:`require_llama_cpp`);
 ``protocol.py`` speaks JSON lines to ``run.mjs`` (shipped as package data) in a node process;
 ``bridge.py`` is :class:`LlamaCpp`, the API on top.
-Nothing else in bitswitch imports this package.
+Only :mod:`bitswitch.verify` (``bitswitch verify-gguf``) imports this package.
 """
 
 from .bridge import LlamaCpp

@@ -157,10 +157,10 @@ class LlamaCpp:
         self._fits(len(tokens) - 1, "logprobs input")
         return self._call("logprobs", tokens=tokens)
 
-    def perplexity(self, tokens, window: int, stride: int | None = None) -> dict:
+    def perplexity(self, tokens, window: int, stride: int | None = None, progress=None) -> dict:
         """Sliding-window perplexity of ``tokens``, the protocol of
         :func:`bitswitch.evaluate.perplexity.perplexity` (same windows, same scored tokens):
-        ``{"ppl", "nll", "tokens"}``."""
+        ``{"ppl", "nll", "tokens"}``. ``progress`` (e.g. a ``tqdm``) is advanced as that one is."""
         from ..evaluate.perplexity import windows
 
         tokens = self._tokens(tokens, minimum=2)
@@ -171,12 +171,13 @@ class LlamaCpp:
             raise BitswitchError(f"perplexity stride must be in 1..window ({window}), got {stride}")
         nll_sum, scored = 0.0, 0
         for begin, end, n_target in windows(len(tokens), window, stride):
-            if end - begin < 2:
-                continue   # a one-token tail window predicts nothing
-            lp = self.logprobs(tokens[begin:end])
-            valid = min(n_target, len(lp))
-            nll_sum -= sum(lp[len(lp) - valid:])
-            scored += valid
+            if end - begin >= 2:   # a one-token tail window predicts nothing
+                lp = self.logprobs(tokens[begin:end])
+                valid = min(n_target, len(lp))
+                nll_sum -= sum(lp[len(lp) - valid:])
+                scored += valid
+            if progress is not None:
+                progress.update(n_target)
         nll = nll_sum / max(scored, 1)
         return {"ppl": math.exp(nll), "nll": nll, "tokens": scored}
 
