@@ -171,3 +171,76 @@ def main() -> None:
             f"# Dynamic widths on SmolLM2-135M (fake quantization)\n\n{meta['questions']} SQuAD v1.1 dev questions "
             f"({meta['articles']} articles), {meta['wikitext']}; calibration: {meta['calibration']}.\n"
             f"Caveat: {meta['caveat']}. No trained adapters.\n\n{markdown_table(rows, COLUMNS)}\n")
+
+
+RUNTIME_COLUMNS = ["config", "decode_avg_w_bits", "decode_bytes_per_token", "decode_tok_s", "prefill_s", "prompts"]
+
+
+def runtime_speed(a, model, tok) -> None:
+    import copy
+    import json
+
+    from bitswitch.dynamic import RuntimeEngine, greedy_generate, runtime_routed
+    from bitswitch.runtime import Runtime
+
+    thresholds = {}
+    if a.thresholds_from:
+        for r in json.loads(Path(a.thresholds_from).read_text())["rows"]:
+            if r["config"].startswith("threshold-"):
+                thresholds[float(r["config"].split("-")[1])] = r["threshold"]
+    budgets = [float(c.split("-")[1]) for c in a.configs if c.startswith("threshold-")]
+    ctls = {}
+    for b in budgets:
+        ws = WidthSet.from_model(model, widths_for(b))
+        ctl = ThresholdController.from_model(model, ws)
+        if b in thresholds:
+            ctl.threshold = thresholds[b]
+        else:
+            calib = calibration_batches(tok, load_squad(a.train, order="stratified", limit=a.calib), a.calib)
+            ctl.fit(model, calib, b, tol=0.02)
+        ctls[b] = ctl
+    widths = sorted({w for c in ctls.values() for w in c.widths.widths} | {"w4g32", "w8"})
+    rt = Runtime.from_model(copy.deepcopy(model), tok, widths)
+    engine = RuntimeEngine(rt)
+    examples = load_squad(a.squad, limit=a.runtime_prompts, order="stratified")
+    prompts, _ = encode_prompts(tok, examples, PromptConfig(template=DEFAULT_TEMPLATE), 2048, reserve=a.new_tokens)
+    configs = [("uniform-w4g32", None), ("uniform-w8", None)] + [(f"threshold-{b:g}", c) for b, c in ctls.items()]
+    rows = []
+    greedy_generate(engine, prompts[0], "w8", 4, eos=False)   # warm-up
+    for name, ctl in configs:
+        ws = ctl.widths if ctl is not None else WidthSet.from_runtime(rt, name.split("-")[1])
+        usage, n, dec_s, pre_s = Usage(ws), 0, 0.0, 0.0
+
+        def decode_only(unit, x, ctl=ctl, usage=usage):
+            idx = ctl(unit, x)
+            if x.shape[0] == 1:
+                usage.record(unit, idx)
+            return idx
+
+        for p in prompts:
+            if ctl is None:
+                out = greedy_generate(engine, p, ws.widths[0], a.new_tokens, eos=False)
+                usage.record_all(0, len(out.tokens) - 1)
+            else:
+                with runtime_routed(rt, ws, decode_only):
+                    out = greedy_generate(engine, p, ws.widths[-1], a.new_tokens, eos=False)
+            n, dec_s, pre_s = n + len(out.tokens) - 1, dec_s + out.decode_s, pre_s + out.prefill_s
+        rows.append({"config": name, "decode_avg_w_bits": round(usage.realized("bits"), 4),
+                     "decode_bytes_per_token": round(usage.realized("bytes"), 1),
+                     "decode_tok_s": round(n / dec_s, 2), "prefill_s": round(pre_s / len(prompts), 4),
+                     "prompts": len(prompts), "threshold": None if ctl is None else ctl.threshold})
+        print(rows[-1], flush=True)
+    write(a.out, rows, RUNTIME_COLUMNS, model="smollm2-135m", engine="runtime (int4/int8 CPU kernels, bf16)",
+          threads=a.threads, new_tokens=a.new_tokens, batch=1,
+          note="decode_avg_w_bits counts the decoding steps only (the prefill is per-token routed too)")
+    if a.out:
+        from bitswitch.results import markdown_table
+
+        Path(a.out).with_suffix(".md").write_text(
+            f"# Dynamic widths on the runtime, SmolLM2-135M\n\nGreedy decoding of {a.new_tokens} tokens for "
+            f"{len(prompts)} SQuAD prompts, batch 1, {a.threads} thread(s); thresholds fitted on fake quantization."
+            f"\n\n{markdown_table(rows, RUNTIME_COLUMNS)}\n")
+
+
+if __name__ == "__main__":
+    main()
