@@ -100,16 +100,17 @@ def main() -> None:
     examples = load_squad(a.data, limit=a.prompts, order="stratified")
     prompts, _ = encode_prompts(tok, examples, PromptConfig(template=DEFAULT_TEMPLATE), 2048, reserve=a.new_tokens)
     rows = []
-    for name, engine in built.items():
+    for name, engine in built.items():   # the results file is rewritten after each engine
         print(f"{name}:", flush=True)
         t0 = time.perf_counter()
         rows += [{"engine": name, **r} for r in bench(engine, prompts, a.k, a.low, a.high, a.new_tokens,
                                                       lambda m: print(m, flush=True))]
         print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
-    write(a.out, rows, COLUMNS, model="smollm2-135m", low=a.low, high=a.high, new_tokens=a.new_tokens,
-          threads=a.threads, batch=1, data=rel(a.data), prompt_tokens_mean=round(statistics.mean(map(len, prompts)), 1),
-          articles=len({ex.title for ex in examples}) if hasattr(examples[0], "title") else None,
-          cpu=platform.processor() or platform.machine(), eos="not applied (exactly new_tokens tokens)")
+        write(a.out, rows, COLUMNS, model="smollm2-135m", low=a.low, high=a.high, new_tokens=a.new_tokens,
+              threads=a.threads, batch=1, data=rel(a.data),
+              prompt_tokens_mean=round(statistics.mean(map(len, prompts)), 1),
+              articles=len({ex.title for ex in examples}), cpu=platform.processor() or platform.machine(),
+              eos="not applied (exactly new_tokens tokens)")
     if a.out:
         md = Path(a.out).with_suffix(".md")
         from bitswitch.results import markdown_table
