@@ -131,6 +131,8 @@ def main() -> None:
         rows.append(out)
         print(f"{name}: " + ", ".join(f"{k}={out.get(k)}" for k in COLUMNS[1:]), flush=True)
         write(a.out, rows, COLUMNS, **meta)
+        if a.out:
+            write_markdown(a.out, rows, meta)
 
     fitted: dict[float, tuple] = {}
 
@@ -164,13 +166,15 @@ def main() -> None:
                     {"widths": ",".join(ws.widths)})
         else:
             raise SystemExit(f"unknown config {name!r}")
-    if a.out:
-        from bitswitch.results import markdown_table
 
-        Path(a.out).with_suffix(".md").write_text(
-            f"# Dynamic widths on SmolLM2-135M (fake quantization)\n\n{meta['questions']} SQuAD v1.1 dev questions "
-            f"({meta['articles']} articles), {meta['wikitext']}; calibration: {meta['calibration']}.\n"
-            f"Caveat: {meta['caveat']}. No trained adapters.\n\n{markdown_table(rows, COLUMNS)}\n")
+
+def write_markdown(out: str, rows: list[dict], meta: dict) -> None:
+    from bitswitch.results import markdown_table
+
+    Path(out).with_suffix(".md").write_text(
+        f"# Dynamic widths on SmolLM2-135M (fake quantization)\n\n{meta['questions']} SQuAD v1.1 dev questions "
+        f"({meta['articles']} articles), {meta['wikitext']}; calibration: {meta['calibration']}.\n"
+        f"Caveat: {meta['caveat']}. No trained adapters.\n\n{markdown_table(rows, COLUMNS)}\n")
 
 
 RUNTIME_COLUMNS = ["config", "decode_avg_w_bits", "decode_bytes_per_token", "decode_tok_s", "prefill_s", "prompts"]
