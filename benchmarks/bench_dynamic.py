@@ -193,6 +193,8 @@ def runtime_speed(a, model, tok) -> None:
             if r["config"].startswith("threshold-"):
                 thresholds[float(r["config"].split("-")[1])] = r["threshold"]
     budgets = [float(c.split("-")[1]) for c in a.configs if c.startswith("threshold-")]
+    widths = sorted({w for b in budgets for w in widths_for(b).split(",")} | {"w4g32", "w8"})
+    rt = Runtime.from_model(copy.deepcopy(model), tok, widths)   # before any quantized weight is cached
     ctls = {}
     for b in budgets:
         ws = WidthSet.from_model(model, widths_for(b))
@@ -203,35 +205,43 @@ def runtime_speed(a, model, tok) -> None:
             calib = calibration_batches(tok, load_squad(a.train, order="stratified", limit=a.calib), a.calib)
             ctl.fit(model, calib, b, tol=0.02)
         ctls[b] = ctl
-    widths = sorted({w for c in ctls.values() for w in c.widths.widths} | {"w4g32", "w8"})
-    rt = Runtime.from_model(copy.deepcopy(model), tok, widths)
     engine = RuntimeEngine(rt)
     examples = load_squad(a.squad, limit=a.runtime_prompts, order="stratified")
     prompts, _ = encode_prompts(tok, examples, PromptConfig(template=DEFAULT_TEMPLATE), 2048, reserve=a.new_tokens)
     configs = [("uniform-w4g32", None), ("uniform-w8", None)] + [(f"threshold-{b:g}", c) for b, c in ctls.items()]
-    rows = []
     greedy_generate(engine, prompts[0], "w8", 4, eos=False)   # warm-up
+    stats = {}
     for name, ctl in configs:
         ws = ctl.widths if ctl is not None else WidthSet.from_runtime(rt, name.split("-")[1])
-        usage, n, dec_s, pre_s = Usage(ws), 0, 0.0, 0.0
+        stats[name] = {"ws": ws, "usage": Usage(ws), "n": 0, "dec_s": 0.0, "pre_s": 0.0}
 
-        def decode_only(unit, x, ctl=ctl, usage=usage):
+    def decode_only(ctl, usage):
+        def route(unit, x):
             idx = ctl(unit, x)
             if x.shape[0] == 1:
                 usage.record(unit, idx)
             return idx
+        return route
 
-        for p in prompts:
+    for p in prompts:   # configs interleaved per prompt: a shared machine's load hits them alike
+        for name, ctl in configs:
+            st = stats[name]
+            ws, usage = st["ws"], st["usage"]
             if ctl is None:
                 out = greedy_generate(engine, p, ws.widths[0], a.new_tokens, eos=False)
                 usage.record_all(0, len(out.tokens) - 1)
             else:
-                with runtime_routed(rt, ws, decode_only):
+                with runtime_routed(rt, ws, decode_only(ctl, usage)):
                     out = greedy_generate(engine, p, ws.widths[-1], a.new_tokens, eos=False)
-            n, dec_s, pre_s = n + len(out.tokens) - 1, dec_s + out.decode_s, pre_s + out.prefill_s
-        rows.append({"config": name, "decode_avg_w_bits": round(usage.realized("bits"), 4),
-                     "decode_bytes_per_token": round(usage.realized("bytes"), 1),
-                     "decode_tok_s": round(n / dec_s, 2), "prefill_s": round(pre_s / len(prompts), 4),
+            st["n"] += len(out.tokens) - 1
+            st["dec_s"] += out.decode_s
+            st["pre_s"] += out.prefill_s
+    rows = []
+    for name, ctl in configs:
+        st = stats[name]
+        rows.append({"config": name, "decode_avg_w_bits": round(st["usage"].realized("bits"), 4),
+                     "decode_bytes_per_token": round(st["usage"].realized("bytes"), 1),
+                     "decode_tok_s": round(st["n"] / st["dec_s"], 2), "prefill_s": round(st["pre_s"] / len(prompts), 4),
                      "prompts": len(prompts), "threshold": None if ctl is None else ctl.threshold})
         print(rows[-1], flush=True)
     write(a.out, rows, RUNTIME_COLUMNS, model="smollm2-135m", engine="runtime (int4/int8 CPU kernels, bf16)",
