@@ -15,7 +15,7 @@ Each row: SQuAD v1.1 dev EM / F1 / answer perplexity over ``--questions`` questi
 articles, greedy, batch 1, stop at a line break, ``--max-new-tokens``) and WikiText-2 test
 perplexity over ``--windows`` windows of ``--window`` tokens, with the realized average weight bits
 and weight bytes read per token on each. No trained adapters. Caveat: SmolLM2's weights come from a
-Q4_1 GGUF (a 4-bit grid in blocks of 32), so w4g32 is close to lossless by construction.
+Q4_1 GGUF (asymmetric 4-bit blocks of 32): w8 is near-lossless by construction; symmetric w4g32 is not.
 
     python benchmarks/bench_dynamic.py --out benchmarks/results/dynamic.json
 
@@ -109,7 +109,7 @@ def main() -> None:
                 articles=len({ex.title for ex in examples}), squad=rel(a.squad), calibration=f"{a.calib} prompts of "
                 f"{rel(a.train)} (stratified)", wikitext=f"{rel(a.text)}: {text_ids.shape[1]} tokens, windows of "
                 f"{window}", max_new_tokens=a.max_new_tokens, batch=1, threads=a.threads, truncated=truncated,
-                caveat="SmolLM2 weights are dequantized from Q4_1: w4g32 is near-lossless by construction")
+                caveat="SmolLM2 weights are dequantized from Q4_1 (asymmetric 4-bit blocks of 32): w8 is near-lossless by construction, while symmetric w4g32 does not sit on that grid (see its perplexity)")
 
     def measure(name, ctx_for, extra):
         t0 = time.perf_counter()
