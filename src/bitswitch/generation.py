@@ -34,6 +34,8 @@ class GenerateConfig(RunConfig):
     chat: bool = False
     compile: str = "auto"
     threads: int | None = None
+    speculative: str | None = None         # LOW:HIGH: greedy at HIGH, drafted at LOW (bitswitch.dynamic)
+    draft_k: int = 4
 
     UNHASHED: ClassVar[tuple[str, ...]] = ("out", "device", "threads")
 
@@ -57,10 +59,31 @@ class GenerateConfig(RunConfig):
             raise BitswitchError(f"--threads must be at least 1, got {self.threads}")
         if self.schedule is not None and not self.schedule:
             raise BitswitchError("--schedule needs at least one profile")
+        if self.speculative is not None:
+            speculative_pair(self.speculative)
+            if self.schedule is not None or self.temperature > 0:
+                raise BitswitchError("--speculative decodes greedily at one profile: drop --schedule / --temperature")
+            if self.draft_k < 1:
+                raise BitswitchError(f"--draft-k must be at least 1, got {self.draft_k}")
+
+    def settings(self) -> dict:
+        d = super().settings()
+        if d.get("speculative") is None:   # plain generation's settings stay as they were
+            d.pop("speculative", None)
+            d.pop("draft_k", None)
+        return d
 
     def profiles(self) -> list[str]:
         """Every profile the runtime must hold resident: the request's, then the schedule's."""
         return list(dict.fromkeys([self.profile, *(self.schedule or [])]))
+
+
+def speculative_pair(text: str) -> tuple[str, str]:
+    """``--speculative "w4g32:w8"`` -> ("w4g32", "w8"); anything else is a one-line error."""
+    parts = [p.strip() for p in text.split(":")]
+    if len(parts) != 2 or not all(parts) or parts[0] == parts[1]:
+        raise BitswitchError(f"--speculative {text!r}: give two different profiles as LOW:HIGH, e.g. w4g32:w8")
+    return parts[0], parts[1]
 
 
 def read_prompts(cfg: GenerateConfig, tokenizer) -> list[str]:
@@ -101,6 +124,8 @@ def run_generate(cfg: GenerateConfig, log=print) -> dict:
 
     from .runtime import Runtime
 
+    if cfg.speculative:   # bitswitch.dynamic builds on this module, not the other way round
+        raise BitswitchError("speculative decoding runs through bitswitch.dynamic.cli.run_speculative")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rt = Runtime.load(cfg.model, adapters=cfg.adapters, profiles=cfg.profiles(), options=cfg.options,
@@ -120,6 +145,12 @@ def run_generate(cfg: GenerateConfig, log=print) -> dict:
     if cfg.out:
         atomic_write_text(cfg.out, json.dumps(result, indent=1) + "\n")
     return result
+
+
+def cut_text(text: str, stops) -> str:
+    """``text`` cut before the earliest of ``stops`` (strings)."""
+    cuts = [i for i in (text.find(s) for s in stops or () if s) if i >= 0]
+    return text[:min(cuts)] if cuts else text
 
 
 def _counts(n) -> list[int]:

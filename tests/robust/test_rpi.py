@@ -87,7 +87,7 @@ def test_bad_config_and_double_install_are_one_line_errors():
     with pytest.raises(BitswitchError, match="outside"):
         bs.rpi(model, PROFILES, p=1.5)
     with pytest.raises(BitswitchError, match="granularity"):
-        bs.rpi(model, PROFILES, granularity="token")
+        bs.rpi(model, PROFILES, granularity="layer")
     with pytest.raises(BitswitchError, match="w9a8"):
         bs.rpi(model, ["w9a8"])
     with bs.rpi(model, PROFILES):

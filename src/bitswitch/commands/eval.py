@@ -27,6 +27,13 @@ def add_parser(sub) -> None:
     p.add_argument("--engine", choices=["auto", "fake", "runtime"], default="auto",
                    help="fake: fake quantization (exact grids, float compute); runtime: packed int4/int8 kernels "
                         "in bf16 (bitswitch generate's engine); auto (default): runtime for a nested checkpoint")
+    p.add_argument("--dynamic", choices=["threshold", "request"], default=None,
+                   help="choose widths while running instead of --profiles: threshold (per token and unit, by an "
+                        "error estimate fitted to --budget on calibration data) or request (one width per sequence)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="--dynamic: average weight bits per token (or bytes read, with --budget-by bytes), e.g. 4.5")
+    p.add_argument("--widths", default="w4g32,w8", help="--dynamic: the widths to choose from, comma-separated")
+    p.add_argument("--budget-by", choices=["bits", "bytes"], default="bits", help="--dynamic: what --budget counts")
     p.add_argument("--weight-cache", choices=["codes", "float"], default="codes",
                    help="cache quantized weights as 1-byte codes (default, least memory) or as float "
                         "(faster token-by-token decoding, as large as the float units); same results")
@@ -36,5 +43,8 @@ def run(a, argv) -> int:
     from ..evaluate.config import EvalConfig
     from ..evaluate.runner import run_eval
 
-    print_results(run_eval(config_from_args(EvalConfig, a), argv, log=lambda m: print(m, file=sys.stderr)), a.out)
+    cfg = config_from_args(EvalConfig, a)
+    if cfg.dynamic:
+        from ..dynamic.eval import run_dynamic_eval as run_eval   # noqa: F811 - same signature
+    print_results(run_eval(cfg, argv, log=lambda m: print(m, file=sys.stderr)), a.out)
     return 0

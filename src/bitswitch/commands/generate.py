@@ -29,6 +29,9 @@ def add_parser(sub) -> None:
     p.add_argument("--compile", choices=["auto", "off"], default="auto",
                    help="the decode step runs eager (its Python per token is small); kept for a compiled step")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--speculative", default=None, metavar="LOW:HIGH",
+                   help="lossless self-speculative greedy decoding: draft at LOW, verify at HIGH, e.g. w4g32:w8")
+    p.add_argument("--draft-k", type=int, default=4, help="--speculative: tokens drafted per verify forward")
     p.add_argument("--out", default="", help="also write texts and timings to this JSON file")
     add_quant_args(p)
 
@@ -37,11 +40,15 @@ def run(a, argv) -> int:
     from ..generation import GenerateConfig, run_generate
 
     schedule = [s.strip() for s in a.schedule.split(",")] if a.schedule else None
-    res = run_generate(config_from_args(GenerateConfig, a, schedule=schedule),
-                       log=lambda m: print(m, file=sys.stderr))
+    cfg = config_from_args(GenerateConfig, a, schedule=schedule)
+    if cfg.speculative:
+        from ..dynamic.cli import run_speculative as run_generate   # noqa: F811 - same signature
+    res = run_generate(cfg, log=lambda m: print(m, file=sys.stderr))
     for prompt, text in zip(res["prompts"], res["texts"]):
         print(text if len(res["texts"]) == 1 else f"--- {prompt[-60:]!r}\n{text}")
     speed = f", {res['decode_tokens_per_s']} tokens/s decoding" if res["decode_tokens_per_s"] else ""
+    spec = res.get("speculative")
+    accept = f", {spec['acceptance']} of drafts accepted (k={spec['draft_k']})" if spec else ""
     print(f"[{res['profile'] if not res['schedule'] else '/'.join(res['schedule'])}] prefill {res['prefill_s']} s"
-          f"{speed}, resident weights {res['resident_bytes'].get('total', 0):,} bytes", file=sys.stderr)
+          f"{speed}{accept}, resident weights {res['resident_bytes'].get('total', 0):,} bytes", file=sys.stderr)
     return 0

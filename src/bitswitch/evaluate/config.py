@@ -9,6 +9,7 @@ from ..errors import BitswitchError
 from ..jobs import RunConfig
 
 
+DYNAMIC = ("threshold", "request")
 ENGINES = ("auto", "fake", "runtime")   # auto: the runtime for a nested checkpoint, else fake quantization
 
 
@@ -30,6 +31,11 @@ class EvalConfig(RunConfig):
     chat: bool = False
     max_new_tokens: int = 32
     calib_batches: int = 4
+    # dynamic widths (bitswitch.dynamic): a controller instead of --profiles
+    dynamic: str | None = None            # threshold | request
+    budget: float | None = None           # average weight bits (or bytes read) per token
+    widths: str = "w4g32,w8"
+    budget_by: str = "bits"               # bits | bytes
 
     UNHASHED: ClassVar[tuple[str, ...]] = ("out", "device", "profiles", "weight_cache")
 
@@ -38,6 +44,9 @@ class EvalConfig(RunConfig):
         d = super().settings()
         if d.get("engine") in ("fake", "auto"):
             d.pop("engine")
+        if d.get("dynamic") is None:   # nor were dynamic widths
+            for k in ("dynamic", "budget", "widths", "budget_by"):
+                d.pop(k, None)
         return d
 
     def validate(self) -> None:
@@ -61,5 +70,18 @@ class EvalConfig(RunConfig):
             raise BitswitchError(f"--weight-cache must be codes or float, got {self.weight_cache!r}")
         if self.offset and self.task.startswith("lm-eval:"):
             raise BitswitchError("--offset applies to squad and wikitext only: drop it for lm-eval tasks")
+        if self.dynamic is not None:
+            if self.dynamic not in DYNAMIC:
+                raise BitswitchError(f"--dynamic {self.dynamic!r}: use {' or '.join(DYNAMIC)}")
+            if self.budget is None:
+                raise BitswitchError("--dynamic needs --budget, e.g. --budget 4.5 (average weight bits per token)")
+            if self.profiles:
+                raise BitswitchError("--dynamic chooses widths itself: drop --profiles (pass --widths)")
+            if self.engine == "runtime":
+                raise BitswitchError("--dynamic runs on fake quantization: drop --engine runtime")
+            if self.budget_by not in ("bits", "bytes"):
+                raise BitswitchError(f"--budget-by must be bits or bytes, got {self.budget_by!r}")
+        elif self.budget is not None:
+            raise BitswitchError("--budget applies to --dynamic only: add --dynamic threshold|request")
         if self.shots < 0:
             raise BitswitchError(f"--shots must be >= 0, got {self.shots}")

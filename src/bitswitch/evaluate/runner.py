@@ -108,6 +108,8 @@ def plan_profiles(model, profiles: list[str], job: Job, log=print) -> list[dict]
 
 def run_eval(cfg: EvalConfig, argv: list[str] | None = None, log=print) -> dict:
     """Evaluate every profile of ``cfg``; returns the results dict written to ``OUT/results.json``."""
+    if cfg.dynamic:   # the dynamic package builds on this one, not the other way round
+        raise BitswitchError("dynamic widths are evaluated by bitswitch.dynamic.eval.run_dynamic_eval")
     cfg = dataclasses.replace(cfg, engine=resolve_engine(cfg))
     task = make_task(cfg)
     kind = "eval-lm-eval" if cfg.task.startswith("lm-eval:") else f"eval-{cfg.task}"   # the report's section

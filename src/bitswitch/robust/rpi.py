@@ -14,6 +14,10 @@ Granularity (when a draw may happen):
 - ``forward``: at every forward pass, so every generated token may run at another profile.
 - ``unit``: at every forward pass each unit (``L{i}.{role}``) draws on its own: precision and adapter
   of every unit may differ.
+- ``token``: each unit draws for each token on its own (inside one forward too, prefill included,
+  through :func:`bitswitch.dynamic.routing.routed`): with probability ``p`` uniformly from the set,
+  else the first profile (independent draws, not a chain: p = 0 is the first profile bitwise, p = 1
+  uniform). Attackers' draws (:class:`DrawSampler`) approximate it by per-unit draws.
 
 Switching probability ``p``: at a draw point the current choice is re-drawn (uniformly from the set,
 possibly the same profile) with probability ``p`` and kept otherwise. The start is the first profile
@@ -36,7 +40,7 @@ from torch import nn
 from ..errors import BitswitchError
 from ..switching import resolve_profile, restore, set_profile, set_unit_profiles, snapshot, state, use_profile
 
-GRANULARITIES = ("batch", "forward", "unit")
+GRANULARITIES = ("batch", "forward", "unit", "token")
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,30 @@ class RPI:
         self._units = _UnitTable(model, config.profiles) if config.granularity == "unit" else None
         self.history: list = []
         self.reseed(config.seed)
+        self._routing = None
         self._hook = model.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
+        self._start_routing()
+
+    def _start_routing(self) -> None:
+        """``token`` granularity: draws per unit and token inside each forward (the first profile is
+        the routed base width, so rows that keep it are the static forward's)."""
+        if self.config.granularity != "token":
+            return
+        from ..dynamic.routing import routed
+
+        self._routing = routed(self.model, self.config.profiles, self._token_router)
+        self._routing.__enter__()
+
+    def _stop_routing(self) -> None:
+        if self._routing is not None:
+            self._routing.__exit__(None, None, None)
+            self._routing = None
+
+    def _token_router(self, unit: str, x: torch.Tensor) -> torch.Tensor:
+        """(N, in) -> (N,) profile indices: a uniform draw with probability p, else the first."""
+        k, n = len(self.config.profiles), x.shape[0]
+        redraw = torch.rand(n, generator=self.generator) < self.config.p
+        return torch.where(redraw, torch.randint(k, (n,), generator=self.generator), 0).to(x.device)
 
     def reseed(self, seed: int | None = None) -> None:
         """Restart the draw sequence from ``seed`` (default: the config's) at the first profile."""
@@ -112,8 +139,8 @@ class RPI:
 
     def _pre_forward(self, module, args, kwargs):
         cfg = self.config
-        if cfg.granularity == "batch" and _has_cache(kwargs):
-            return None  # a decoding step of the current batch keeps its precision
+        if cfg.granularity == "token" or (cfg.granularity == "batch" and _has_cache(kwargs)):
+            return None  # token: the routing draws; batch: a decoding step keeps the batch's precision
         k = len(cfg.profiles)
         if cfg.granularity == "unit":
             n = len(self._unit_current)
@@ -138,6 +165,7 @@ class RPI:
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+            self._stop_routing()
             restore(self.model, self._previous)
 
     @contextlib.contextmanager
@@ -146,12 +174,15 @@ class RPI:
         hook, self._hook = self._hook, None
         if hook is not None:
             hook.remove()
+            self._stop_routing()
         try:
             yield self
         finally:
             if hook is not None:
                 self._hook = self.model.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
-                if self._units is not None:
+                if self.config.granularity == "token":
+                    self._start_routing()
+                elif self._units is not None:
                     self._units.apply(self._unit_current)
                 else:
                     set_profile(self.model, self.current, state(self.model).adapters_on)
@@ -204,7 +235,7 @@ class DrawSampler:
         self.eot = 1 if isinstance(setting, str) else max(1, eot)
         self.generator = torch.Generator().manual_seed(seed)
         self._units = (_UnitTable(model, setting.profiles)
-                       if isinstance(setting, RPIConfig) and setting.granularity == "unit" else None)
+                       if isinstance(setting, RPIConfig) and setting.granularity in ("unit", "token") else None)
 
     def sample(self) -> list[Draw]:
         """``eot`` draws (one for a fixed profile)."""

@@ -1,0 +1,84 @@
+"""``bitswitch generate --speculative`` and ``bitswitch eval --dynamic`` on tiny models."""
+
+import json
+
+import pytest
+
+from bitswitch.cli import main
+from bitswitch.dynamic import RuntimeEngine, greedy_generate
+from bitswitch.runtime import Runtime
+
+from ..evaluate.test_squad_eval import _squad_file
+
+
+def test_generate_speculative_equals_greedy_at_high(tmp_path, capsys):
+    out = tmp_path / "g.json"
+    assert main(["generate", "--model", "tiny-llama", "--speculative", "w4g32:w8", "--draft-k", "3", "--prompt",
+                 "hello", "--prompt", "a b c", "--max-new-tokens", "8", "--device", "cpu", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    engine = RuntimeEngine(Runtime.load("tiny-llama", profiles=["w8", "w4g32"], device="cpu"))
+    for prompt, text in zip(["hello", "a b c"], res["texts"]):
+        toks = greedy_generate(engine, engine.tokenizer(prompt).input_ids, "w8", 8).tokens
+        want = engine.tokenizer.decode(toks, skip_special_tokens=True)   # no stop strings by default
+        assert text == want
+    spec = res["speculative"]
+    assert spec["low"] == "w4g32" and spec["high"] == "w8" and spec["draft_k"] == 3 and spec["drafted"] > 0
+    assert "of drafts accepted (k=3)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--speculative", "w8"], "LOW:HIGH"),
+    (["--speculative", "w8:w8"], "LOW:HIGH"),
+    (["--speculative", "w4g32:w8", "--draft-k", "0"], "--draft-k"),
+    (["--speculative", "w4g32:w8", "--temperature", "0.7"], "greedily"),
+])
+def test_generate_speculative_bad_input_is_one_line(argv, needle, capsys):
+    assert main(["generate", "--model", "tiny-llama", "--device", "cpu", "--prompt", "x", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "\n" not in err
+
+
+@pytest.mark.parametrize("kind", ["threshold", "request"])
+def test_eval_dynamic_squad_reports_bits_beside_f1(tmp_path, kind):
+    data = _squad_file(tmp_path / "dev.json", n=4)
+    train = _squad_file(tmp_path / "train.json", n=4, prefix="t")
+    out = tmp_path / kind
+    assert main(["eval", "--model", "tiny-llama", "--task", "squad", "--data", str(data), "--train-data", str(train),
+                 "--dynamic", kind, "--budget", "6", "--widths", "w4g32,w8", "--max-new-tokens", "4",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    (rec,) = res["records"]
+    assert rec["profile"] == f"dynamic-{kind}-6" and rec["n"] == 4 and "f1" in rec and "answer_ppl" in rec
+    assert 4 <= rec["avg_w_bits"] <= 8 and rec["bytes_per_token"] > 0 and rec["sequences"]["n"] == 4
+    if kind == "request":
+        assert rec["avg_w_bits"] != 6 or rec["width_share"]["w8"] > 0
+    else:
+        assert abs(rec["calib_avg_w_bits"] - 6) <= 0.05
+    assert "bytes_per_token" in (out / "results.md").read_text()
+
+
+def test_eval_dynamic_wikitext(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 40)
+    out = tmp_path / "w"
+    assert main(["eval", "--model", "tiny-gpt2", "--task", "wikitext", "--data", str(text), "--window", "64",
+                 "--max-tokens", "512", "--dynamic", "threshold", "--budget", "5.5", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    (rec,) = json.loads((out / "results.json").read_text())["records"]
+    assert rec["ppl"] > 1 and abs(rec["calib_avg_w_bits"] - 5.5) <= 0.05 and rec["sequences"]["n"] == 8
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--dynamic", "threshold"], "--budget"),
+    (["--dynamic", "threshold", "--budget", "3"], "outside"),
+    (["--budget", "5"], "--dynamic"),
+    (["--dynamic", "request", "--budget", "5", "--profiles", "w8"], "--profiles"),
+    (["--dynamic", "request", "--budget", "5", "--engine", "runtime"], "--engine runtime"),
+])
+def test_eval_dynamic_bad_input_is_one_line(tmp_path, argv, needle, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text("some text " * 50)
+    assert main(["eval", "--model", "tiny-gpt2", "--task", "wikitext", "--data", str(text), "--device", "cpu",
+                 "--out", str(tmp_path / "o"), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "\n" not in err
