@@ -108,12 +108,13 @@ class PackedBF16:
         return self.weight.numel() * 2
 
 
-# Rows (tokens) from which a packed weight is dequantized to bf16 for one F.linear instead of going
-# through its kernel: torch's int8 / int4 weight-only kernels are fast for decode's few rows and 2-5x
-# slower than a bf16 GEMM for a prefill's hundreds (measured on a 2-core AVX-512 CPU, 1536 x 576:
-# int8 at 32 rows 1.0 ms vs 0.9 ms dequantized, at 256 11.1 vs 5.8; int4, whose unpacking costs
-# 4 ms, at 256 rows 11.8 vs 8.0). The weight is the same either way; only the accumulation differs.
-PREFILL_ROWS = {"int8": 32, "int4": 256}
+# Rows (tokens) from which an int8 weight is dequantized to bf16 for one F.linear instead of going
+# through ``_weight_int8pack_mm``: the kernel is fast for decode's few rows and about 2-3x slower than
+# a bf16 GEMM for a prefill's hundreds (2-core AVX-512 CPU, 2 threads, 1536 x 576: 119 rows 1.58 ms
+# vs 0.73 ms dequantized, 952 rows 12.4 vs 4.4). The int4 kernel stays: unpacking its layout costs
+# more than it saves in a whole model's prefill. The weight is the same either way (the int8 code
+# times the bf16 scale is rounded to bf16 once); only the accumulation order differs.
+PREFILL_ROWS = {"int8": 32}
 
 
 class PackedInt8:
@@ -128,7 +129,7 @@ class PackedInt8:
     def matmul(self, x: Tensor) -> Tensor:
         _check_x(x, self.shape[1])
         if x.shape[0] >= PREFILL_ROWS["int8"]:   # prefill: the kernel is tuned for a few rows
-            return F.linear(x, self.dequantize().to(torch.bfloat16))
+            return F.linear(x, self.weight.to(torch.bfloat16) * self.scales[:, None])
         return torch.ops.aten._weight_int8pack_mm(x, self.weight, self.scales)
 
     def dequantize(self) -> Tensor:
@@ -150,8 +151,6 @@ class PackedInt4:
 
     def matmul(self, x: Tensor) -> Tensor:
         _check_x(x, self.shape[1])
-        if x.shape[0] >= PREFILL_ROWS["int4"]:
-            return F.linear(x, self.dequantize().to(torch.bfloat16))
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, self.group, self.scales_and_zeros)
 
     def codes(self) -> Tensor:
