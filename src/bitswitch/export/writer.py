@@ -127,7 +127,8 @@ def _collect(model: nn.Module, merge: str, unq_dtype: torch.dtype, lora_dtype: t
                  "lora": None if adapter is None or merged else
                  {"r": adapter.lora_A.shape[0], "scaling": adapter.scaling}}
         if wq is not None:
-            codes, scale, zero = quantize_weight(w, wq)
+            # the unit's own codes (a GPTQ rounding, if it has one) unless the adapter was merged in
+            codes, scale, zero = quantize_weight(w, wq) if merged else mod.weight_codes(wq)
             put(f"{name}.qweight", pack(codes, wq.bits, code_offset(wq.bits, wq.symmetric)), "codes")
             put(f"{name}.scales", scale.to(scale_dtype(wq.bits)), "scales")
             if zero is not None:

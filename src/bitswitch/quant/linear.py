@@ -54,6 +54,11 @@ class QuantLinear(nn.Module):
         # {(shape, device): float32 buffer} shared by the units of one model (set by make_switchable):
         # inference dequantizes into it instead of allocating a new weight per unit and token.
         self.scratch: dict | None = None
+        # {WeightQuant: (codes int32 (out, in), scale, zero)}: a rounding of the frozen base weight
+        # chosen elsewhere (e.g. GPTQ) that this quantizer uses instead of round-to-nearest. Kept
+        # out of the state dict; whoever sets it also saves it. Full QAT (a base weight that
+        # requires grad) ignores it: the weight it was computed from is changing.
+        self.roundings: dict[WeightQuant, tuple[Tensor, Tensor, Tensor | None]] = {}
 
     # -- weights ---------------------------------------------------------------------------------
     def weight_out_in(self) -> Tensor:
@@ -93,12 +98,44 @@ class QuantLinear(nn.Module):
                     buf = self.scratch[(shape, w.device)] = torch.empty(shape, device=w.device)
         return dequantize_weight(*cached, cfg, dtype=w.dtype, out=buf)
 
+    def weight_codes(self, cfg: WeightQuant) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(codes int32 (out, in), scale, zero)`` of the base weight under ``cfg``: a rounding set
+        with :meth:`set_rounding` if there is one, else ``quant.functional.quantize_weight``
+        (round to nearest). Fake quantization, export and the runtime all take codes from here."""
+        r = self.roundings.get(cfg)
+        if r is not None:
+            return r
+        with torch.no_grad():
+            return quantize_weight(self.weight_out_in().detach(), cfg)
+
+    def has_rounding(self, cfg: WeightQuant) -> bool:
+        return cfg in self.roundings
+
+    def set_rounding(self, cfg: WeightQuant, codes: Tensor, scale: Tensor, zero: Tensor | None) -> None:
+        """Use ``codes`` (out, in) with ``scale`` / ``zero`` (the shapes ``quantize_weight`` gives) for
+        ``cfg`` instead of rounding to nearest."""
+        ref_codes, ref_scale, ref_zero = quantize_weight(self.weight_out_in().detach()[:1], cfg)
+        if tuple(codes.shape) != (self.out_features, self.in_features):
+            raise ValueError(f"rounding codes {tuple(codes.shape)} do not match the weight "
+                             f"({self.out_features}, {self.in_features})")
+        if tuple(scale.shape) != (self.out_features, *ref_scale.shape[1:]) or (zero is None) != (ref_zero is None):
+            raise ValueError(f"rounding scales {tuple(scale.shape)} do not match the {UnitPrecision(cfg).spec} grid")
+        lo = -(2 ** (cfg.bits - 1) - 1) if cfg.symmetric else 0
+        hi = 2 ** (cfg.bits - 1) - 1 if cfg.symmetric else 2 ** cfg.bits - 1
+        if cfg.grid != "gguf" and codes.numel() and (int(codes.min()) < lo or int(codes.max()) > hi):
+            raise ValueError(f"rounding codes leave the {cfg.bits}-bit range {lo}..{hi}")
+        dev = self.base.weight.device
+        self.roundings[cfg] = (codes.to(dev, torch.int32), scale.to(dev, torch.float32),
+                               None if zero is None else zero.to(dev, torch.float32))
+        self.clear_cache()
+
     def _quantize(self, cfg: WeightQuant, kind: str):
-        wt = self.weight_out_in()
+        if kind == "float" and not self.roundings:
+            return fake_quantize_weight(self.weight_out_in(), cfg).contiguous()
+        code, scale, zero = self.weight_codes(cfg)
         if kind == "float":
-            return fake_quantize_weight(wt, cfg).contiguous()
+            return dequantize_weight(code, scale, zero, cfg, dtype=self.base.weight.dtype).contiguous()
         # symmetric codes lie in [-127, 127], asymmetric in [0, 255]: one byte either way
-        code, scale, zero = quantize_weight(wt, cfg)
         return code.to(torch.int8 if cfg.symmetric else torch.uint8), scale, zero
 
     def clear_cache(self) -> None:

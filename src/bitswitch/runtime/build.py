@@ -33,6 +33,20 @@ def _fused_weight(mods, names, weight_of) -> Tensor:
     return ws[0] if len(ws) == 1 else torch.cat(ws, 0)
 
 
+def _fused_codes(mods, prec):
+    """The modules' own codes for ``prec``'s weight quantizer, rows stacked, when any module has a
+    rounding of its own (GPTQ); None: quantize the fused weight (the same codes, row by row)."""
+    cfg = prec.weight
+    if cfg is None or not any(getattr(m, "has_rounding", lambda c: False)(cfg) for m in mods):
+        return None
+    parts = [m.weight_codes(cfg) for m in mods]
+    if len(parts) == 1:
+        return parts[0]
+    zeros = [z for _, _, z in parts]
+    return (torch.cat([c for c, _, _ in parts], 0), torch.cat([s for _, s, _ in parts], 0),
+            None if zeros[0] is None else torch.cat(zeros, 0))
+
+
 def _fused_bias(mods) -> Tensor | None:
     biases = [m.base.bias for m in mods]
     if all(b is None for b in biases):
@@ -61,7 +75,7 @@ def _unit(mods, names, options, modes: dict, kernel: str, lora_cache: dict, weig
     dtype = compute_dtype(kernel)
     unit = RuntimeLinear(w.shape[1], w.shape[0], _fused_bias(mods), options, dtype)
     for name, (prec, key) in modes.items():
-        unit.add_precision(name, prec, w, kernel)
+        unit.add_precision(name, prec, w, kernel, _fused_codes(mods, prec))
         if key is not None:
             if key not in lora_cache:   # one bf16 copy per adapter, shared by the modes that use it
                 lora_cache[key] = _fused_lora(mods, key, dtype)

@@ -82,9 +82,10 @@ class RuntimeLinear(nn.Module):
         w_bits, group, a_bits = parse_spec(spec, spec)
         self.add_precision(name or spec, self.options.precision(w_bits, group, a_bits), weight, kernel)
 
-    def add_precision(self, name: str, p: UnitPrecision, weight: Tensor | None = None, kernel: str = "auto") -> None:
-        """Mode ``name`` runs precision ``p`` (as resolved from a profile); packs ``weight`` only if
-        its weight key is new."""
+    def add_precision(self, name: str, p: UnitPrecision, weight: Tensor | None = None, kernel: str = "auto",
+                      codes=None) -> None:
+        """Mode ``name`` runs precision ``p`` (as resolved from a profile); packs ``weight`` (or
+        ``codes``: ``(codes, scale, zero)`` chosen for ``p.weight``) only if its weight key is new."""
         if p.act is not None and p.act.mode == "tensor":
             raise BitswitchError("the runtime quantizes activations per token (or in q8_0 blocks), not with "
                                  "static ranges: drop --act-mode tensor or use --engine fake")
@@ -97,7 +98,7 @@ class RuntimeLinear(nn.Module):
             if tuple(weight.shape) != (self.out_features, self.in_features):
                 raise BitswitchError(f"weight {tuple(weight.shape)} does not match the unit "
                                      f"({self.out_features}, {self.in_features})")
-            self.weights[key] = pack_weight(weight, p.weight, kernel)
+            self.weights[key] = pack_weight(weight, p.weight, kernel, codes)
             self.pack_count += 1
         self.precisions[name] = (key, p.act)
 

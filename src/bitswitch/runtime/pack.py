@@ -362,15 +362,18 @@ def choose_kernel(shape: tuple[int, int], cfg: WeightQuant) -> str:
 _FROM_QUANT = {"int4": int4_from_quant, "int8": int8_from_quant, "dequant": dequant_from_quant}
 
 
-def pack_weight(weight: Tensor, cfg: WeightQuant | None, kernel: str = "auto") -> Packed:
+def pack_weight(weight: Tensor, cfg: WeightQuant | None, kernel: str = "auto", codes=None) -> Packed:
     """Quantize a float weight (N, K) with bitswitch's quantizer ``cfg`` and pack it for ``kernel``
     (``auto``: :func:`choose_kernel`; ``int4`` / ``int8`` / ``dequant``: that one, or a one-line
-    BitswitchError saying why it cannot). ``cfg`` None: the bf16 weight."""
+    BitswitchError saying why it cannot). ``cfg`` None: the bf16 weight. ``codes``: ``(codes, scale,
+    zero)`` already chosen for ``cfg`` (a unit's own rounding) instead of quantizing ``weight``."""
     if kernel not in KERNELS:
         raise BitswitchError(f"unknown kernel {kernel!r}: use one of {', '.join(KERNELS)}")
     if weight.dim() != 2:
         raise BitswitchError(f"a weight is (out_features, in_features), got {tuple(weight.shape)}")
     if kernel == "reference":
+        if cfg is not None and codes is not None:
+            return PackedFloat(dequantize_weight(*codes, cfg))
         return PackedFloat(weight if cfg is None else fake_quantize_weight(weight.detach().float(), cfg))
     if cfg is None:
         return PackedBF16(weight)
@@ -378,6 +381,7 @@ def pack_weight(weight: Tensor, cfg: WeightQuant | None, kernel: str = "auto") -
         raise BitswitchError(f"group size {cfg.group_size} does not divide in_features {weight.shape[1]}")
     if kernel == "auto":
         kernel = choose_kernel(tuple(weight.shape), cfg)
-    with torch.no_grad():
-        codes, scale, zero = quantize_weight(weight.detach(), cfg)
-    return _FROM_QUANT[kernel](codes, scale, zero, cfg)
+    if codes is None:
+        with torch.no_grad():
+            codes = quantize_weight(weight.detach(), cfg)
+    return _FROM_QUANT[kernel](*codes, cfg)
