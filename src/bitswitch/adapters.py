@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save
 from .errors import BitswitchError
 from .io import atomic_write_bytes, atomic_write_json, check_sha256, sha256_file
 from .profiles import QuantOptions
+from .quant.clipping import parse_clip_key, supports_clip
 from .switching import adapter_key, refresh, resolve_profile, state, unit_modules
 from .units import ROLES
 
@@ -76,6 +77,27 @@ def add_adapters(model, profiles, cfg: AdapterConfig = AdapterConfig()) -> list[
     return sorted(created)
 
 
+def add_clips(model, profiles) -> int:
+    """Create the learned clips (factors 1: the round-to-nearest grid) of every unit module and
+    weight quantizer that ``profiles`` use (uniform weights of at most 8 bits on the independent
+    grid); returns how many were created. Their ``requires_grad`` is left off: the trainer turns it on."""
+    n = 0
+    for profile in profiles:
+        _, table = resolve_profile(model, profile)
+        for unit, _, mod in unit_modules(model):
+            cfg = table[unit].weight
+            if supports_clip(cfg) and mod.clip(cfg) is None:
+                mod.add_clip(cfg)
+                n += 1
+    return n
+
+
+def clip_parameters(model):
+    """Every learned clip parameter, in a fixed order (unit modules, then keys as created)."""
+    for _, _, mod in unit_modules(model):
+        yield from mod.clips.values()
+
+
 def adapter_parameters(model, key: str | None = None):
     """Adapter parameters (all, or one key's)."""
     for _, _, mod in unit_modules(model):
@@ -93,12 +115,15 @@ def freeze_base(model) -> None:
 
 
 def adapter_state_dict(model) -> dict[str, torch.Tensor]:
-    """Adapters and calibrated observers as ``{"<module>::<key>::lora_A": tensor, ...}``."""
+    """Adapters, learned clips and calibrated observers as ``{"<module>::<key>::lora_A": tensor, ...,
+    "<module>::clip::w4g32": factors, "<module>::obs::<profile>": [min, max]}``."""
     out = {}
     for _, name, mod in unit_modules(model):
         for key, ad in mod.adapters.items():
             out[f"{name}::{key}::lora_A"] = ad.lora_A.detach().float().cpu().contiguous()
             out[f"{name}::{key}::lora_B"] = ad.lora_B.detach().float().cpu().contiguous()
+        for key, clip in mod.clips.items():
+            out[f"{name}::clip::{key}"] = clip.detach().float().cpu().contiguous()
         for key, obs in mod.observers.items():
             if obs.calibrated:
                 out[f"{name}::obs::{key}"] = torch.stack([obs.min_val, obs.max_val]).detach().float().cpu()
@@ -157,8 +182,8 @@ def load_adapter_state_dict(model, tensors: dict[str, torch.Tensor], cfg: Adapte
     for full, tensor in tensors.items():
         parts = full.split("::")
         name, key, part = parts if len(parts) == 3 else ("", "", "")
-        if not name or not key or (key != "obs" and part not in PARTS):
-            raise BitswitchError(f"{source} hold {full!r}, not a <module>::<key>::lora_A|lora_B|obs name: {FIX}")
+        if not name or not key or (key not in ("obs", "clip") and part not in PARTS):
+            raise BitswitchError(f"{source} hold {full!r}, not a <module>::<key>::lora_A|lora_B|obs|clip name: {FIX}")
         if name not in mods:
             raise BitswitchError(f"adapter tensor {full!r} names a module the model lacks: load the adapters "
                                  "into the model they were trained on")
@@ -172,6 +197,12 @@ def load_adapter_state_dict(model, tensors: dict[str, torch.Tensor], cfg: Adapte
                 mod.observer(create=True)
             obs = mod.observers[part]
             obs.min_val.copy_(tensor[0]), obs.max_val.copy_(tensor[1]), obs.count.fill_(1)
+            continue
+        if key == "clip":
+            try:
+                mod.add_clip(parse_clip_key(part), tensor)
+            except ValueError as exc:
+                raise BitswitchError(f"learned clip {full!r} in {source}: {exc}; {FIX}") from None
             continue
         if key not in mod.adapters:
             mod.add_adapter(key, cfg.r, cfg.alpha, cfg.dropout)

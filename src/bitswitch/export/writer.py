@@ -23,7 +23,7 @@ from ..accounting import profile_report
 from ..adapters import adapter_parameters
 from ..errors import BitswitchError
 from ..io import atomic_write_json, sha256_file
-from ..quant.functional import quantize_weight, scale_dtype
+from ..quant.functional import scale_dtype
 from ..quant.pack import code_offset, pack
 from ..switching import state, unit_modules, use_profile
 from .format import (FORMAT, FORMAT_VERSION, KINDS, MAP_FILE, WEIGHTS_FILE, act_entry, dtype_name,
@@ -127,8 +127,9 @@ def _collect(model: nn.Module, merge: str, unq_dtype: torch.dtype, lora_dtype: t
                  "lora": None if adapter is None or merged else
                  {"r": adapter.lora_A.shape[0], "scaling": adapter.scaling}}
         if wq is not None:
-            # the unit's own codes (a GPTQ rounding, if it has one) unless the adapter was merged in
-            codes, scale, zero = quantize_weight(w, wq) if merged else mod.weight_codes(wq)
+            # the unit's own codes (a GPTQ rounding, a learned clip) unless the adapter was merged in;
+            # a merged weight is quantized on the unit's grid (its learned clip, if any)
+            codes, scale, zero = mod.quantize_like(w, wq) if merged else mod.weight_codes(wq)
             put(f"{name}.qweight", pack(codes, wq.bits, code_offset(wq.bits, wq.symmetric)), "codes")
             put(f"{name}.scales", scale.to(scale_dtype(wq.bits)), "scales")
             if zero is not None:

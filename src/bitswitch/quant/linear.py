@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .clipping import (clip_key, fake_quantize_weight_clipped, init_clip, quantize_weight_clipped,
+                       supports_clip)
 from .config import UnitPrecision, WeightQuant
 from .functional import dequantize_weight, fake_quantize_act, fake_quantize_weight, quantize_weight
 from .lora import LoraAdapter
@@ -59,6 +61,9 @@ class QuantLinear(nn.Module):
         # out of the state dict; whoever sets it also saves it. Full QAT (a base weight that
         # requires grad) ignores it: the weight it was computed from is changing.
         self.roundings: dict[WeightQuant, tuple[Tensor, Tensor, Tensor | None]] = {}
+        # learned clipping (quant.clipping): one parameter tensor per weight quantizer, keyed by
+        # clip_key (w4g32, ...), a factor per output channel or group on the range; empty: none
+        self.clips = nn.ParameterDict()
 
     # -- weights ---------------------------------------------------------------------------------
     def weight_out_in(self) -> Tensor:
@@ -75,6 +80,10 @@ class QuantLinear(nn.Module):
         """
         w = self.base.weight
         grad = torch.is_grad_enabled()
+        clip = None if cfg in self.roundings else self.clip(cfg)
+        if grad and clip is not None and (clip.requires_grad or w.requires_grad):
+            # a learned clip in training (and full QAT through it): STE on rounding, no cache
+            return fake_quantize_weight_clipped(self.weight_out_in(), cfg, clip)
         if w.requires_grad and grad:  # full QAT of the base weight: STE, no cache
             wt = self.weight_out_in()
             return wt + (fake_quantize_weight(wt, cfg) - wt).detach()
@@ -82,7 +91,7 @@ class QuantLinear(nn.Module):
         if cfg.bits > 8 or cfg.method != "uniform":
             kind = "float"   # no 1-byte codes
         hit = self._wcache.get((cfg, kind))
-        key = (w._version, w.data_ptr())
+        key = (w._version, w.data_ptr(), -1 if clip is None else clip._version)
         if hit is None or hit[0] != key:
             with torch.inference_mode(False):   # normal tensors: usable later outside inference mode too
                 hit = self._wcache[(cfg, kind)] = (key, self._quantize(cfg, kind))
@@ -105,11 +114,52 @@ class QuantLinear(nn.Module):
         r = self.roundings.get(cfg)
         if r is not None:
             return r
+        return self.quantize_like(self.weight_out_in().detach(), cfg)
+
+    def quantize_like(self, w: Tensor, cfg: WeightQuant) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Codes of another weight ``w`` (out, in) of this unit's shape (e.g. with an adapter merged
+        in) on this unit's grid for ``cfg``: its learned clip if it has one, else round to nearest."""
+        clip = self.clip(cfg)
         with torch.no_grad():
-            return quantize_weight(self.weight_out_in().detach(), cfg)
+            if clip is not None:
+                return quantize_weight_clipped(w.detach(), cfg, clip.detach())
+            return quantize_weight(w.detach(), cfg)
 
     def has_rounding(self, cfg: WeightQuant) -> bool:
         return cfg in self.roundings
+
+    def has_own_codes(self, cfg: WeightQuant | None) -> bool:
+        """Whether :meth:`weight_codes` differs from round to nearest of the weight for ``cfg`` (a
+        rounding set with :meth:`set_rounding`, or a learned clip): the runtime then packs these codes."""
+        return cfg is not None and (cfg in self.roundings or self.clip(cfg) is not None)
+
+    # -- learned clipping --------------------------------------------------------------------------
+    def clip(self, cfg: WeightQuant | None) -> nn.Parameter | None:
+        """The learned clip of quantizer ``cfg`` (see :mod:`bitswitch.quant.clipping`), or None."""
+        if not self.clips or not supports_clip(cfg):
+            return None
+        return self.clips[clip_key(cfg)] if clip_key(cfg) in self.clips else None
+
+    def add_clip(self, cfg: WeightQuant, value: Tensor | None = None) -> nn.Parameter:
+        """Create (factors 1: the round-to-nearest grid) or set the clip of ``cfg``; returns it."""
+        if not supports_clip(cfg):
+            raise ValueError(f"{UnitPrecision(cfg).spec} on the {cfg.grid} grid takes no learned clip")
+        key = clip_key(cfg)
+        init = init_clip(self.out_features, self.in_features, cfg, self.base.weight.device)
+        if value is not None:
+            if tuple(value.shape) != tuple(init.shape):
+                raise ValueError(f"clip {key} has shape {list(value.shape)}, the unit needs {list(init.shape)}")
+            if value.numel() and not (bool(torch.isfinite(value).all()) and float(value.min()) > 0
+                                      and float(value.max()) <= 1):
+                raise ValueError(f"clip {key} holds factors outside (0, 1]")
+            init.copy_(value)
+        if key in self.clips:
+            with torch.no_grad():
+                self.clips[key].copy_(init)
+        else:
+            self.clips[key] = nn.Parameter(init, requires_grad=False)
+        self.clear_cache()
+        return self.clips[key]
 
     def set_rounding(self, cfg: WeightQuant, codes: Tensor, scale: Tensor, zero: Tensor | None) -> None:
         """Use ``codes`` (out, in) with ``scale`` / ``zero`` (the shapes ``quantize_weight`` gives) for
@@ -130,7 +180,7 @@ class QuantLinear(nn.Module):
         self.clear_cache()
 
     def _quantize(self, cfg: WeightQuant, kind: str):
-        if kind == "float" and not self.roundings:
+        if kind == "float" and not self.has_own_codes(cfg):
             return fake_quantize_weight(self.weight_out_in(), cfg).contiguous()
         code, scale, zero = self.weight_codes(cfg)
         if kind == "float":

@@ -34,10 +34,11 @@ def _fused_weight(mods, names, weight_of) -> Tensor:
 
 
 def _fused_codes(mods, prec):
-    """The modules' own codes for ``prec``'s weight quantizer, rows stacked, when any module has a
-    rounding of its own (GPTQ); None: quantize the fused weight (the same codes, row by row)."""
+    """The modules' own codes for ``prec``'s weight quantizer, rows stacked, when any module has
+    codes of its own (a GPTQ rounding, a learned clip); None: quantize the fused weight (the same
+    codes, row by row)."""
     cfg = prec.weight
-    if cfg is None or not any(getattr(m, "has_rounding", lambda c: False)(cfg) for m in mods):
+    if cfg is None or not any(_own_codes(m, cfg) for m in mods):
         return None
     parts = [m.weight_codes(cfg) for m in mods]
     if len(parts) == 1:
@@ -45,6 +46,11 @@ def _fused_codes(mods, prec):
     zeros = [z for _, _, z in parts]
     return (torch.cat([c for c, _, _ in parts], 0), torch.cat([s for _, s, _ in parts], 0),
             None if zeros[0] is None else torch.cat(zeros, 0))
+
+
+def _own_codes(mod, cfg) -> bool:
+    own = getattr(mod, "has_own_codes", None)
+    return own(cfg) if own is not None else getattr(mod, "has_rounding", lambda c: False)(cfg)
 
 
 def _fused_bias(mods) -> Tensor | None:
