@@ -13,6 +13,10 @@ TRAIN_FLAGS = {
     "--seed": {"type": int}, "--save-every": {"type": int}, "--out": {}, "--device": {}, "--dtype": {},
     "--max-batch-tokens": {"type": int}, "--limit": {"type": int},
     "--checkpointing": {"action": "store_const", "const": True},
+    "--learn-clip": {"action": "store_const", "const": True,
+                     "help": "learn a clip factor per output channel / group and weight width (--set clip_lr=...)"},
+    "--train-base": {"help": "lora (default: frozen weights) or full (switchable QAT of the block units' weights; "
+                             "--set base_lr=..., --set lora=false for no adapters)"},
     "--max-memory": {"help": "e.g. 16GiB: refuse at setup, with options that fit, if the estimate is larger"},
 }
 
@@ -74,5 +78,6 @@ def run(a, argv) -> int:
         overrides.update(parse_set(item))
     cfg = TrainConfig.load(config, overrides)
     summary = train(cfg, argv, resume=bool(a.resume), log=lambda m: print(m, file=sys.stderr))
-    print(f"trained {summary['steps']} steps; adapters: {summary['adapters']}; metrics: {cfg.out}/metrics.jsonl")
+    model = f"; model: {summary['model']}" if cfg.train_base == "full" else ""
+    print(f"trained {summary['steps']} steps; adapters: {summary['adapters']}{model}; metrics: {cfg.out}/metrics.jsonl")
     return 0

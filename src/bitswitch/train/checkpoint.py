@@ -1,7 +1,7 @@
 """Atomic, verified checkpoints and exact resume.
 
-``OUT/checkpoint/`` holds the adapters (and observers), optimizer, LR scheduler, RNG states and
-the step. It is written into a temporary sibling directory (``.checkpoint-tmp-*``) and swapped in
+``OUT/checkpoint/`` holds the adapters (and learned clips, observers), optimizer, LR scheduler, RNG
+states and the step, and with full-weight QAT the trained base weights (``weights.safetensors``). It is written into a temporary sibling directory (``.checkpoint-tmp-*``) and swapped in
 by two renames: the complete checkpoint becomes ``.checkpoint-old``, the new one becomes
 ``checkpoint``, then the old one is removed. An interrupted save therefore always leaves a complete
 checkpoint: ``checkpoint``, or ``.checkpoint-old`` when the crash fell between the two renames
@@ -32,6 +32,7 @@ CHECKPOINT = "checkpoint"
 OLD = ".checkpoint-old"         # the previous complete checkpoint while a new one is swapped in
 TMP_PREFIX = ".checkpoint-tmp-"  # a checkpoint being written
 FILES = ("adapters.safetensors", "state.pt")
+WEIGHTS = "weights.safetensors"   # full-weight QAT only: the trained base weights by parameter name
 
 
 def rng_state() -> dict:
@@ -65,7 +66,9 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(out: str | Path, model, optimizer, scheduler, step: int, extra: dict | None = None) -> Path:
+def save_checkpoint(out: str | Path, model, optimizer, scheduler, step: int, extra: dict | None = None,
+                    weights: dict | None = None) -> Path:
+    """``weights``: ``{parameter name: tensor}`` of trained base weights (full-weight QAT), or None."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=TMP_PREFIX))
@@ -73,8 +76,12 @@ def save_checkpoint(out: str | Path, model, optimizer, scheduler, step: int, ext
         save_file(adapter_state_dict(model), str(tmp / FILES[0]))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
                    tmp / FILES[1])
+        names = FILES
+        if weights:
+            save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS))
+            names = (*FILES, WEIGHTS)
         digests = {}
-        for name in FILES:
+        for name in names:
             _fsync(tmp / name)
             digests[name] = sha256_file(tmp / name)
         (tmp / "step.json").write_text(json.dumps({"step": step, **(extra or {}), "sha256": digests}))
@@ -126,7 +133,8 @@ def checkpoint_info(run_dir: str | Path) -> dict:
                              "or restore it from a copy") from None
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise BitswitchError(f"checkpoint {ck} is corrupt (step {step!r} in step.json): delete it and start again")
-    for name in FILES:
+    listed = [n for n in (meta.get("sha256") or {}) if n == WEIGHTS]
+    for name in (*FILES, *listed):
         if not (ck / name).is_file():
             raise BitswitchError(f"checkpoint {ck} is corrupt ({name} is missing): delete it and start again")
         want = (meta.get("sha256") or {}).get(name)   # checkpoints written before digests have none
@@ -136,13 +144,27 @@ def checkpoint_info(run_dir: str | Path) -> dict:
     return {**meta, "path": str(ck)}
 
 
-def load_checkpoint(run_dir: str | Path, model, optimizer, scheduler, info: dict | None = None) -> int:
+def load_checkpoint(run_dir: str | Path, model, optimizer, scheduler, info: dict | None = None,
+                    weights: dict | None = None) -> int:
     """Restore adapters, optimizer, scheduler and RNG states; returns the step to continue from.
 
     ``info``: what :func:`checkpoint_info` returned (verified already), else it is read now.
+    ``weights``: ``{parameter name: parameter}`` of the trained base weights to restore in place
+    (full-weight QAT); the checkpoint must hold exactly those.
     """
     info = info or checkpoint_info(run_dir)
     ck = Path(info["path"])
+    if weights:
+        if not (ck / WEIGHTS).is_file():
+            raise BitswitchError(f"checkpoint {ck} holds no trained base weights ({WEIGHTS}): it is not from a "
+                                 "train_base=full run; start a new --out")
+        saved = load_file(str(ck / WEIGHTS))
+        if set(saved) != set(weights) or any(saved[k].shape != weights[k].shape for k in weights):
+            raise BitswitchError(f"{ck / WEIGHTS} does not hold this model's trained weights: resume the run that "
+                                 "wrote it, or start a new --out")
+        with torch.no_grad():
+            for k, p in weights.items():
+                p.copy_(saved[k])
     load_adapter_state_dict(model, load_file(str(ck / FILES[0])))
     state = torch.load(ck / FILES[1], weights_only=False)
     optimizer.load_state_dict(state["optimizer"])

@@ -37,6 +37,7 @@ from ..switching import KEYINGS
 from .schedules import SCHEDULES
 
 SCHEDULE_ORDERS = ("ascending", "descending")
+TRAIN_BASES = ("lora", "full")
 
 
 @dataclass(kw_only=True)
@@ -61,6 +62,16 @@ class TrainConfig(RunConfig):
     alpha: float = 16.0
     dropout: float = 0.0
     roles: list[str] = field(default_factory=lambda: ["attn_in", "attn_out", "mlp_in", "mlp_out"])
+    lora: bool = True                    # false: no adapters (full-weight QAT and/or learned clips alone)
+    # learned clipping (quant/clipping.py): a factor in [0.25, 1] per output channel or group on each
+    # unit's range, per weight quantizer the schedule uses; trained with its own lr, no weight decay
+    learn_clip: bool = False
+    clip_lr: float = 1e-3
+    # what of the base model trains: lora (frozen weights) | full (switchable QAT of the block units'
+    # weights through the straight-through estimator; embeddings, norms and the LM head stay frozen)
+    train_base: str = "lora"
+    base_lr: float = 1e-5                # lr of the full weights (AdamW, weight_decay as set)
+    train_bias: bool = False             # full: the block units' biases train too
     # quantizers: the YAML keys; ``options`` is derived from them
     act_mode: str = "token"
     group_size: int | None = None
@@ -114,7 +125,7 @@ class TrainConfig(RunConfig):
         for k in positive:
             if getattr(self, k) < 1:
                 raise BitswitchError(f"{k} must be at least 1, got {getattr(self, k)}")
-        for k in ("lr", "temperature"):
+        for k in ("lr", "temperature", "clip_lr", "base_lr"):
             if not getattr(self, k) > 0:
                 raise BitswitchError(f"{k} must be positive, got {getattr(self, k)}")
         for k in ("distill", "hidden_mse", "consistency", "weight_decay", "warmup_steps", "max_grad_norm"):
@@ -126,7 +137,7 @@ class TrainConfig(RunConfig):
             raise BitswitchError(f"dropout must be in [0, 1), got {self.dropout}")
         choices = {"schedule": SCHEDULES, "keying": KEYINGS, "task": ("squad", "text"),
                    "act_mode": ("token", "tensor"), "hidden_layers": ("all", "random"),
-                   "schedule_order": SCHEDULE_ORDERS, "dtype": ("fp32", "bf16")}
+                   "schedule_order": SCHEDULE_ORDERS, "dtype": ("fp32", "bf16"), "train_base": TRAIN_BASES}
         for k, allowed in choices.items():
             if getattr(self, k) not in allowed:
                 raise BitswitchError(f"{k}={getattr(self, k)!r} is not allowed: use one of {', '.join(allowed)}")
@@ -136,6 +147,15 @@ class TrainConfig(RunConfig):
         if self.consistency > 0 and self.schedule in ("fixed", "cyclic", "progressive"):
             raise BitswitchError("consistency needs two sampled profiles per step: use schedule random, "
                                  "random-unit or all")
+        if not self.lora and not self.learn_clip and self.train_base == "lora":
+            raise BitswitchError("lora=false with train_base=lora and learn_clip=false trains nothing: set "
+                                 "train_base=full or learn_clip=true, or keep the adapters")
+        if self.learn_clip and self.weight_grid != "independent":
+            raise BitswitchError(f"learn_clip needs weight_grid independent, not {self.weight_grid!r}: the nested "
+                                 "grid's widths are slices of one int8 master and the gguf grid is llama.cpp's "
+                                 "own scale rule")
+        if self.train_bias and self.train_base != "full":
+            raise BitswitchError("train_bias trains the block units' biases with their weights: set train_base=full")
         if self.max_memory is not None:
             from .memory import parse_bytes
 

@@ -12,8 +12,11 @@ has to predict what training adds on top:
   one block's activations; measured on smollm2-135m (CPU, fp32) the per-token slope fell only to
   0.68x of the plain one (``CHECKPOINT_FACTOR``), so the estimate uses the measured factor;
 * the LM head at supervised positions (answers) and a teacher's logits with distillation;
-* adapters with their gradients and AdamW moments (4 copies), and the quantized weight caches
-  (1 byte per weight per distinct weight quantizer, see ``QuantLinear.weight_cache``).
+* adapters (and learned clips) with their gradients and AdamW moments (4 copies), and the quantized
+  weight caches (1 byte per weight per distinct weight quantizer, see ``QuantLinear.weight_cache``);
+* with full-weight QAT (``train_base: full``), each trained weight's gradient and two AdamW moments
+  (3 copies), and the fake-quantized float copy every forward pass keeps for backward (one per pass
+  alive at once).
 
 A, B, C were fitted to the peak resident memory measured on smollm2-135m (fp32, CPU, the `random`
 schedule, 30 steps at batches of 8 and 5 at 4 SQuAD examples, ``benchmarks/bench_train_step.py
@@ -44,15 +47,17 @@ class MemoryEstimate:
     weight_caches: int
     batch_tokens: int        # padded tokens of the largest batch
     row_tokens: int          # its row length
+    full_weights: int = 0    # full-weight QAT: gradients + AdamW moments + fake-quantized copies
 
     @property
     def total(self) -> int:
-        return self.activations + self.head + self.optimizer + self.weight_caches
+        return self.activations + self.head + self.optimizer + self.weight_caches + self.full_weights
 
     def describe(self) -> str:
+        full = f", full weights' gradients + AdamW {size(self.full_weights)}" if self.full_weights else ""
         return (f"about {size(self.total)} on top of the loaded model (activations {size(self.activations)} "
                 f"for batches of up to {self.batch_tokens} padded tokens, LM head {size(self.head)}, "
-                f"adapters + AdamW {size(self.optimizer)}, quantized weight caches {size(self.weight_caches)})")
+                f"adapters + AdamW {size(self.optimizer)}, quantized weight caches {size(self.weight_caches)}{full})")
 
 
 def size(n: int) -> str:
@@ -82,9 +87,10 @@ def activation_bytes(config, rows: int, row_tokens: int, elt: int, checkpointing
 
 
 def estimate(model, cfg, batches, lengths: list[int], supervised: list[int], n_passes: int,
-             n_weight_quantizers: int, adapter_params: int) -> MemoryEstimate:
+             n_weight_quantizers: int, adapter_params: int, base_params: int = 0) -> MemoryEstimate:
     """The estimate for a run: ``batches`` is the run's ``LengthGroupedBatches`` (every step's batch
-    is looked at, so the largest one counts), ``supervised`` the supervised tokens per example."""
+    is looked at, so the largest one counts), ``supervised`` the supervised tokens per example;
+    ``adapter_params`` counts adapters and clips, ``base_params`` the full weights that train."""
     steps = cfg.steps * cfg.grad_accum
     worst = (0, 0, 0)  # (padded tokens, rows, row length)
     sup = 0
@@ -103,7 +109,8 @@ def estimate(model, cfg, batches, lengths: list[int], supervised: list[int], n_p
     return MemoryEstimate(
         activations=activation_bytes(model.config, worst[1], worst[2], elt, cfg.checkpointing, n_passes),
         head=int(head), optimizer=adapter_params * 4 * 4, weight_caches=unit_params * n_weight_quantizers * elt,
-        batch_tokens=worst[0], row_tokens=worst[2])
+        batch_tokens=worst[0], row_tokens=worst[2],
+        full_weights=base_params * 3 * 4 + base_params * elt * n_passes)
 
 
 def available_bytes(device: torch.device) -> int:
@@ -132,7 +139,7 @@ def parse_bytes(text: str) -> int:
 
 def advice(model, cfg, est: MemoryEstimate, budget: int, n_passes: int) -> str:
     """The options that would make the run fit in ``budget`` bytes, as a short phrase."""
-    fixed = est.head + est.optimizer + est.weight_caches
+    fixed = est.head + est.optimizer + est.weight_caches + est.full_weights
     elt = torch.finfo(next(model.parameters()).dtype).bits // 8
     room = budget - fixed
     per_row = activation_bytes(model.config, 1, est.row_tokens, elt, cfg.checkpointing, n_passes)

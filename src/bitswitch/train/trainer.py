@@ -21,18 +21,21 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..adapters import AdapterConfig, add_adapters, adapter_parameters, freeze_base, save_adapters
+from ..adapters import (AdapterConfig, add_adapters, add_clips, adapter_parameters, clip_parameters, freeze_base,
+                        save_adapters)
 from ..errors import BitswitchError
 from ..io import append_jsonl, atomic_write_json, atomic_write_text
 from ..jobs import check_output_dir, settings_differences
 from ..loading import is_exported, load
 from ..models import context_length
+from ..quant.clipping import project_
 from ..results import peak_rss_mb, run_metadata
 from ..switching import make_switchable, resolve_profile, set_profile, use_profile
 from .checkpoint import (checkpoint_info, load_checkpoint, remove_checkpoints, rng_state, save_checkpoint,
                          set_rng_state)
 from .config import TrainConfig
 from .data import IGNORE, LengthGroupedBatches, collate, squad_examples, text_examples
+from .full import MODEL_DIR, base_parameters, save_model
 from .memory import check_fits
 from .memory import estimate as estimate_memory
 from .losses import cross_entropy, distill_kl, hidden_mse, supervised_forward
@@ -126,8 +129,17 @@ class Trainer:
         self.train_profiles = self.schedule.all_profiles()
         self.teacher = cfg.teacher or max(cfg.profiles or self.train_profiles, key=lambda p: _avg_bits(model, p))
         needed = self.train_profiles + ([self.teacher] if self._needs_teacher() else [])
-        add_adapters(model, dict.fromkeys(needed), AdapterConfig(cfg.r, cfg.alpha, cfg.dropout, cfg.roles, cfg.seed))
+        if cfg.lora:
+            add_adapters(model, dict.fromkeys(needed), AdapterConfig(cfg.r, cfg.alpha, cfg.dropout, cfg.roles,
+                                                                     cfg.seed))
+        if cfg.learn_clip:   # one clip per unit module and weight quantizer the schedule (or teacher) uses
+            add_clips(model, dict.fromkeys(needed))
         freeze_base(model)
+        # what trains besides the adapters: learned clips, and with train_base full the block weights
+        self.clips = list(clip_parameters(model)) if cfg.learn_clip else []
+        self.base = base_parameters(model, cfg.train_bias) if cfg.train_base == "full" else []
+        for p in self.clips + [p for _, p in self.base]:
+            p.requires_grad_(True)
         if cfg.checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
@@ -148,18 +160,27 @@ class Trainer:
                                             cfg.seed)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
         params = list(adapter_parameters(model))
-        self.memory = self._memory_estimate(model, params)
+        self.trainable = params + self.clips + [p for _, p in self.base]
+        self.memory = self._memory_estimate(model, params + self.clips)
         if cfg.check_memory:
             check_fits(model, cfg, self.memory, acc.device, self._passes())
         if acc.is_main_process:
             self.log(f"memory: {self.memory.describe()}")
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        groups = []   # the LambdaLR schedule scales each group's own lr
+        if params:
+            groups.append({"params": params, "lr": cfg.lr, "weight_decay": cfg.weight_decay})
+        if self.clips:   # factors in [0.25, 1]: no decay toward 0
+            groups.append({"params": self.clips, "lr": cfg.clip_lr, "weight_decay": 0.0})
+        if self.base:
+            groups.append({"params": [p for _, p in self.base], "lr": cfg.base_lr, "weight_decay": cfg.weight_decay})
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.model, self.opt = acc.prepare(model, opt)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
         self.tokenizer = tok
         self.start = 0
         if self.resume:
-            self.start = load_checkpoint(self.out, self.inner, self.opt, self.sched, self.resume_info)
+            self.start = load_checkpoint(self.out, self.inner, self.opt, self.sched, self.resume_info,
+                                         weights=dict(self.base) or None)
             if acc.is_main_process:
                 dropped = _truncate_metrics(self.out / "metrics.jsonl", self.start)
                 if dropped:
@@ -182,7 +203,8 @@ class Trainer:
                        if p.weight is not None}
         return estimate_memory(model, self.cfg, self.batches, [len(e) for e in self.examples],
                                [sum(t != IGNORE for t in e.labels) for e in self.examples], self._passes(),
-                               len(weight_cfgs), sum(p.numel() for p in params))
+                               len(weight_cfgs), sum(p.numel() for p in params),
+                               sum(p.numel() for _, p in self.base))
 
     @property
     def inner(self):
@@ -292,10 +314,12 @@ class Trainer:
             self.acc.backward(losses["loss"] / cfg.grad_accum)
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v.item() / cfg.grad_accum
-        grad_norm = self.acc.clip_grad_norm_(list(adapter_parameters(self.inner)), cfg.max_grad_norm) \
+        grad_norm = self.acc.clip_grad_norm_(self.trainable, cfg.max_grad_norm) \
             if cfg.max_grad_norm > 0 else torch.tensor(0.0)
         self._updating = True
         self.opt.step()
+        for clip in self.clips:   # back into [CLIP_MIN, 1]: the factor's clamp never holds a dead gradient
+            project_(clip)
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
         self._check_finite(f"after the update of step {step} (profile {_short(profiles[0])}, "
@@ -332,10 +356,10 @@ class Trainer:
         return bool(flag.item())
 
     def _check_finite(self, when: str) -> None:
-        """Raise :class:`NonFiniteWeights` if any trainable adapter tensor holds a NaN or inf."""
-        params = list(adapter_parameters(self.inner))
+        """Raise :class:`NonFiniteWeights` if any trained tensor (adapters, clips, full weights) holds a NaN or inf."""
+        params = self.trainable
         if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
-            raise NonFiniteWeights(f"adapter weights are not finite {when}: stopped without saving them; the last "
+            raise NonFiniteWeights(f"{'adapter' if self.cfg.lora else 'trained'} weights are not finite {when}: stopped without saving them; the last "
                                    f"good checkpoint in {self.out} (if any) is kept. Lower --lr or raise the "
                                    "weight bits")
 
@@ -343,16 +367,20 @@ class Trainer:
         self._check_finite(f"at the checkpoint of step {step}")
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
-            save_checkpoint(self.out, self.inner, self.opt, self.sched, step)
+            save_checkpoint(self.out, self.inner, self.opt, self.sched, step,
+                            weights={n: p for n, p in self.base} or None)
 
     def _finish(self, last: dict) -> dict:
         summary = {**run_metadata(self.argv, self.cfg.seed), "steps": self.cfg.steps, "last": last,
                    "teacher": self.teacher, "profiles": self.train_profiles, "adapters": str(self.out / "adapters"),
+                   "model": str(self.out / MODEL_DIR) if self.base else self.cfg.model,
                    "peak_rss_mb": round(peak_rss_mb(), 1),
                    "memory_estimate_mb": round(self.memory.total / 2**20, 1), "truncated_examples": self.truncated}
         self._check_finite("at the end of training")
         if self.acc.is_main_process:
             save_adapters(self.inner, self.out / "adapters", self.train_profiles)
+            if self.base:   # the trained full weights: a plain model directory, --model OUT/model
+                save_model(self.inner, self.tokenizer, self.out / MODEL_DIR)
             atomic_write_json(self.out / "summary.json", summary)
         self.acc.wait_for_everyone()
         return summary
