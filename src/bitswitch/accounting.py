@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .adapters import adapter_parameters
+from .adapters import wrapper_parameters
 from .profiles import quantized_tensor_bytes
 from .switching import resolve_profile, unit_modules
 
@@ -43,7 +43,7 @@ def profile_report(model: nn.Module, profile, unquantized_bytes: int = 2) -> dic
         if w is not None:
             qbytes += sum(quantized_tensor_bytes(out_f, in_f, w).values())
             quantized_ids.add(id(mod.base.weight))
-    adapter_ids = {id(p) for p in adapter_parameters(model)}
+    adapter_ids = {id(p) for p in wrapper_parameters(model)}   # adapters, clips
     total_params = unq = 0
     for p in model.parameters():  # parameters() yields a tied tensor once
         if id(p) in adapter_ids:

@@ -98,6 +98,13 @@ def clip_parameters(model):
         yield from mod.clips.values()
 
 
+def wrapper_parameters(model):
+    """The parameters the wrappers add to the model (adapters and learned clips): never part of the
+    model's own weights (export, accounting and model files leave them out)."""
+    yield from adapter_parameters(model)
+    yield from clip_parameters(model)
+
+
 def adapter_parameters(model, key: str | None = None):
     """Adapter parameters (all, or one key's)."""
     for _, _, mod in unit_modules(model):

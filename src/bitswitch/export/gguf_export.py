@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ..accounting import profile_report
-from ..adapters import adapter_parameters
+from ..adapters import wrapper_parameters
 from ..errors import BitswitchError
 from ..io import atomic_write_json, sha256_file
 from ..quant.gguf_grid import gguf_type
@@ -141,7 +141,7 @@ def _collect(model: nn.Module, arch: str, unq_dtype) -> tuple[list, dict[str, st
     config = model.config
     names = name_map(arch, config.num_hidden_layers if arch == "llama" else config.n_layer)
     wrapped = {name: (unit, mod) for unit, name, mod in unit_modules(model)}
-    adapter_ids = {id(p) for p in adapter_parameters(model)}
+    adapter_ids = {id(p) for p in wrapper_parameters(model)}   # adapters, clips
     tensors, unit_types, seen = [], {}, set()
     for pname, p in model.named_parameters(remove_duplicate=False):
         if id(p) in adapter_ids:

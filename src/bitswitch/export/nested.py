@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ..accounting import profile_report
-from ..adapters import AdapterConfig, adapter_parameters, adapter_state_dict
+from ..adapters import AdapterConfig, adapter_state_dict, wrapper_parameters
 from ..errors import BitswitchError
 from ..io import atomic_write_json, sha256_file
 from ..profiles import QuantOptions
@@ -120,6 +120,10 @@ def _collect(model: nn.Module, group: int | None, unq_dtype: torch.dtype, lora_d
     """``(tensors, kinds, ties, units, masters, restabilized groups)`` of a switchable model."""
     units: dict[str, dict[str, list[int]]] = {}
     wrapped, masters = set(), {}
+    if any(mod.clips for _, _, mod in unit_modules(model)):
+        raise BitswitchError("these adapters carry learned clips, which belong to the independent weight grid; "
+                             "the nested checkpoint slices every width from one round-to-nearest int8 master: "
+                             "export the profiles with bitswitch export (no --nested), or train without learn_clip")
     for unit, name, mod in unit_modules(model):
         units.setdefault(unit, {})[name] = [mod.out_features, mod.in_features]
         wrapped.add(name)
@@ -137,7 +141,7 @@ def _collect(model: nn.Module, group: int | None, unq_dtype: torch.dtype, lora_d
         tensors[name] = t.detach().cpu().contiguous()
         kinds[name] = kind
 
-    adapter_ids = {id(p) for p in adapter_parameters(model)}
+    adapter_ids = {id(p) for p in wrapper_parameters(model)}   # adapters, clips
     for pname, p in model.named_parameters(remove_duplicate=False):
         module, _, leaf = pname.rpartition(".")
         if id(p) in adapter_ids:

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ..accounting import profile_report
-from ..adapters import adapter_parameters
+from ..adapters import wrapper_parameters
 from ..errors import BitswitchError
 from ..io import atomic_write_json, sha256_file
 from ..quant.functional import scale_dtype
@@ -91,7 +91,7 @@ def _collect(model: nn.Module, merge: str, unq_dtype: torch.dtype, lora_dtype: t
     wrapped = {name: mod for _, name, mod in units}
     unit_of = {name: u for u, name, _ in units}
     exported = {n: m for n, m in wrapped.items() if m.precision is not None or m.active_adapter is not None}
-    adapter_ids = {id(p) for p in adapter_parameters(model)}
+    adapter_ids = {id(p) for p in wrapper_parameters(model)}   # adapters, clips
     tensors: dict[str, Tensor] = {}
     kinds: dict[str, str] = {}
     ties: dict[str, str] = {}
