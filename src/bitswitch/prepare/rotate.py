@@ -23,6 +23,11 @@ untied head through the ones direction (:func:`.norms.fold_layernorm_into_head`)
 ``mean(x Q) = mean(x)`` and ``LayerNorm(x Q) = LayerNorm(x) Q`` at gamma = 1, beta = 0.
 LayerNorm stays LayerNorm (SliceGPT swaps it for RMSNorm; that would not be a standard GPT-2).
 
+Measured caveat (benchmarks/bench_lowbit_ppl.py): on SmolLM2-135M rotation helps 4-bit activations
+but raises weight-only round-to-nearest PPL. Its residual stream has a massive channel that the
+norm weights damp; once they are folded into q/k/v and gate/up, those readers' quantization error
+meets the whole normalized stream, which no rotation shrinks (writers, e.g. down_proj, do gain).
+
 Not done: the online Hadamard before ``down_proj`` / ``mlp.c_proj`` (QuaRot's, for 4-bit
 activations; the nonlinearity between up and down stops it from fusing) needs a module transformers
 does not have, so the model would no longer be a standard one. Weight-only quantization does not
