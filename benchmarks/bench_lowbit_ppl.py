@@ -14,7 +14,7 @@ in beside ``rotate``.
 On 2 idle CPU cores a setting costs ~3 s per 1024 tokens (several times that when the cores are
 shared), so the committed run is small (its size is in its files; ``--full`` for the whole test set):
 
-    python benchmarks/bench_lowbit_ppl.py --tokens 1024 --out benchmarks/results/lowbit_ppl.json
+    python benchmarks/bench_lowbit_ppl.py --tokens 2048 --out benchmarks/results/lowbit_ppl.json
 """
 
 from __future__ import annotations
