@@ -178,8 +178,15 @@ def differences(args: dict, rows: list[dict]) -> tuple[str, str, list[tuple[str,
 
 
 def significant(d: float, se: float | None) -> bool:
-    """Whether ``d`` exceeds :data:`SIG` standard errors (never, without a standard error)."""
-    return se is not None and se > 0 and abs(d) > SIG * se
+    """Whether ``d`` exceeds :data:`SIG` standard errors (never, without a standard error; a nonzero
+    difference with a zero SE, every question moved alike, always)."""
+    return se is not None and abs(d) > SIG * se
+
+
+def _strength(t: tuple) -> float:
+    """|difference| in standard errors (infinite for a nonzero difference with SE 0)."""
+    _, d, se = t
+    return abs(d) / se if se else (float("inf") if d else 0.0)
 
 
 def delta_text(metric: str, p: str, d: float, se: float | None) -> str:
@@ -230,20 +237,20 @@ def verdict(rule: dict, rows_by_kind: dict[str, list[dict]]) -> str:
         return f"not testable: no per-question {metric} to pair ({a} \u2212 {b}: {delta_text(metric, p, d, se)})"
     better = [t for t in tested if significant(t[1], t[2]) and (t[1] > 0) == up]
     worse = [t for t in tested if significant(t[1], t[2]) and (t[1] > 0) != up]
-    key = max(tested, key=lambda t: abs(t[1]) / t[2] if t[2] else abs(t[1]))
+    key = max(tested, key=_strength)
     n = len(tested)
     if args.get("test") == "equal":
         if better or worse:
-            k = max(better + worse, key=lambda t: abs(t[1]) / t[2])
+            k = max(better + worse, key=_strength)
             return f"no: {a} differs from {b} beyond 2 SE at {len(better + worse)} of {n} profiles ({delta_text(metric, *k)})"
         return f"yes, no effect at this sample size: {a} within 2 SE of {b} at all {n} profiles (largest {delta_text(metric, *key)})"
     if better and worse:
         return f"mixed: {a} better than {b} beyond 2 SE at {len(better)}, worse at {len(worse)} of {n} profiles ({delta_text(metric, *key)})"
     if better:
-        k = max(better, key=lambda t: abs(t[1]) / t[2])
+        k = max(better, key=_strength)
         return f"yes: {a} beats {b} beyond 2 SE at {len(better)} of {n} profiles ({delta_text(metric, *k)})"
     if worse:
-        k = max(worse, key=lambda t: abs(t[1]) / t[2])
+        k = max(worse, key=_strength)
         return f"no: {a} is worse than {b} beyond 2 SE at {len(worse)} of {n} profiles ({delta_text(metric, *k)})"
     return f"not significant: {a} vs {b} within 2 SE at all {n} profiles (largest {delta_text(metric, *key)})"
 
