@@ -204,6 +204,15 @@ def refresh(model: nn.Module) -> None:
         restore(model, snapshot(model))
 
 
+def set_options(model: nn.Module, options: QuantOptions) -> None:
+    """Change the quantizer options of a switchable model (e.g. static activation ranges at inference for
+    adapters trained with per-token ones); profiles are resolved anew and the state rewritten."""
+    st = state(model)
+    st.options = options
+    st._resolved.clear()
+    refresh(model)
+
+
 def share_observers(model: nn.Module, key: str | None) -> None:
     """Static activation ranges shared by every profile under ``key`` (e.g. calibrated once while the
     precision switches at random), or per profile again (``None``, the default). Rewrites the state."""

@@ -21,16 +21,24 @@ def _eval(tmp_path, squad_file, out, *extra):
 @pytest.mark.parametrize("calib", ["per-profile", "shared"])
 def test_eval_under_rpi_with_static_ranges(tmp_path, squad_file, calib):
     out = tmp_path / calib
-    res = _eval(tmp_path, squad_file, out, "--rpi", "w8a8", "w4a8", "--act-mode", "tensor", "--rpi-calib", calib,
-                "--calib-batches", "2")
+    res = _eval(tmp_path, squad_file, out, "--rpi", "w8a8", "w4a8", "--rpi-calib", calib, "--calib-batches", "2")
     (rec,) = res["records"]
     assert rec["profile"] == "rpi" and rec["rpi_calib"] == calib and rec["n"] == 4
     assert rec["avg_w_bits"] == pytest.approx(6.0)
     lines = (out / "predictions-rpi.jsonl").read_text().splitlines()
     assert len(lines) == 4 and all("f1" in json.loads(x) for x in lines)     # per question: pairs with other runs
-    again = _eval(tmp_path, squad_file, out, "--rpi", "w8a8", "w4a8", "--act-mode", "tensor", "--rpi-calib", calib,
-                  "--calib-batches", "2")
+    again = _eval(tmp_path, squad_file, out, "--rpi", "w8a8", "w4a8", "--rpi-calib", calib, "--calib-batches", "2")
     assert again["records"] == res["records"]                                 # measured once
+
+
+def test_static_ranges_on_adapters_trained_per_token(tmp_path, squad_file):
+    train = ["train", "--model", "tiny-llama", "--data", str(squad_file), "--profiles", "w8a8", "w4a8", "--schedule",
+             "random", "--keying", "shared", "--steps", "1", "--batch-size", "2", "--device", "cpu",
+             "--out", str(tmp_path / "train")]
+    assert main(train) == 0
+    (rec,) = _eval(tmp_path, squad_file, tmp_path / "ad", "--adapters", str(tmp_path / "train" / "adapters"), "--rpi",
+                   "w8a8", "w4a8", "--rpi-calib", "shared", "--calib-batches", "2")["records"]
+    assert rec["rpi_calib"] == "shared"
 
 
 def test_dynamic_activations_need_no_calibration(tmp_path, squad_file):

@@ -39,8 +39,9 @@ def add_parser(sub) -> None:
                         "(seeded draws) instead of --profiles")
     p.add_argument("--rpi-p", type=float, default=0.5, help="--rpi: switching probability at a draw point")
     p.add_argument("--rpi-granularity", choices=["batch", "forward", "unit", "token"], default="forward")
-    p.add_argument("--rpi-calib", choices=["per-profile", "shared"], default="per-profile",
-                   help="--rpi with --act-mode tensor: static ranges calibrated per profile, or once for all "
+    p.add_argument("--rpi-calib", choices=["dynamic", "per-profile", "shared"], default="dynamic",
+                   help="--rpi activation ranges: dynamic per token (default), or static per tensor (adapters "
+                        "trained per token run with static ranges) calibrated per profile, or once for all "
                         "profiles while the precision switches at random (shared)")
     p.add_argument("--weight-cache", choices=["codes", "float"], default="codes",
                    help="cache quantized weights as 1-byte codes (default, least memory) or as float "

@@ -40,7 +40,7 @@ class EvalConfig(RunConfig):
     rpi: list[str] | None = None          # the RPI profile set
     rpi_p: float = 0.5
     rpi_granularity: str = "forward"
-    rpi_calib: str = "per-profile"        # static ranges: per-profile | shared (calibrated once under RPI)
+    rpi_calib: str = "dynamic"            # dynamic (per-token) | static ranges per-profile | shared (once under RPI)
 
     UNHASHED: ClassVar[tuple[str, ...]] = ("out", "device", "profiles", "weight_cache")
 
@@ -101,5 +101,8 @@ class EvalConfig(RunConfig):
                                      "--dynamic and --engine runtime (evaluate fixed profiles in another run)")
             if not 0.0 <= self.rpi_p <= 1.0:
                 raise BitswitchError(f"--rpi-p must be in 0..1, got {self.rpi_p}")
-            if self.rpi_calib not in ("per-profile", "shared"):
-                raise BitswitchError(f"--rpi-calib must be per-profile or shared, got {self.rpi_calib!r}")
+            if self.rpi_calib not in ("dynamic", "per-profile", "shared"):
+                raise BitswitchError(f"--rpi-calib must be dynamic, per-profile or shared, got {self.rpi_calib!r}")
+            if self.options.act_mode == "tensor" and self.rpi_calib == "dynamic":
+                raise BitswitchError("--rpi with static ranges: pass --rpi-calib per-profile or shared (they set "
+                                     "--act-mode tensor themselves)")

@@ -2,12 +2,14 @@
 
 One setting, recorded as profile ``rpi``: the model draws its precision from the set with seeded
 draws (:func:`~bitswitch.robust.rpi.rpi`) while the task runs, so SQuAD's per-question predictions
-(``predictions-rpi.jsonl``) pair with any other run's over the same questions. With static
-activation ranges (``--act-mode tensor``) the ranges are calibrated on the task's calibration
-inputs either per profile (``--rpi-calib per-profile``: each profile of the set calibrated at that
-profile, used whenever it is drawn) or once for all profiles while the precision switches at random
-(``--rpi-calib shared``: one observer per unit, :func:`~bitswitch.switching.share_observers`), the
-calibration that stays consistent when the precision changes at random.
+(``predictions-rpi.jsonl``) pair with any other run's over the same questions. Activation ranges
+are dynamic per token (``--rpi-calib dynamic``, the default) or static per tensor (the model's
+activation mode is switched to ``tensor`` after its adapters load: adapters are trained with
+per-token ranges), calibrated on the task's calibration inputs either per profile
+(``--rpi-calib per-profile``: each profile of the set calibrated at that profile, used whenever it
+is drawn) or once for all profiles while the precision switches at random (``--rpi-calib shared``:
+one observer per unit, :func:`~bitswitch.switching.share_observers`), the calibration that stays
+consistent when the precision changes at random.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from ..errors import BitswitchError
 from ..jobs import Job
 from ..loading import is_exported
 from ..results import peak_rss_mb
-from ..switching import calibrate, needs_calibration, share_observers
+from ..switching import calibrate, needs_calibration, set_options, share_observers, state
 from .rpi import RPIConfig, rpi
 
 SHARED_KEY = "rpi-shared"
@@ -40,6 +42,8 @@ def run_rpi_eval(cfg, argv: list[str] | None = None, log=print) -> dict:
     if is_exported(model):
         raise BitswitchError(f"{cfg.model!r} is a single-profile export: --rpi needs the switchable model")
     rcfg = RPIConfig(tuple(cfg.rpi), cfg.rpi_p, cfg.rpi_granularity, cfg.seed)
+    if cfg.rpi_calib != "dynamic" and state(model).options.act_mode != "tensor":
+        set_options(model, dataclasses.replace(state(model).options, act_mode="tensor"))
     static = any(needs_calibration(model, p) for p in rcfg.profiles)
     calib = cfg.rpi_calib if static else "dynamic"
     pid = "rpi-" + hashlib.sha1(f"{rcfg.describe()}|{rcfg.seed}|{calib}".encode()).hexdigest()[:12]
