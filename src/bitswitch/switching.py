@@ -46,6 +46,7 @@ class SwitchState:
     unit_profiles: dict[str, Profile] = field(default_factory=dict)
     adapters_on: bool = True
     adapter_config: object = None   # adapters.AdapterConfig once adapters exist
+    shared_observer: str | None = None   # set by share_observers: one static-range key for every profile
     _resolved: dict[tuple, dict[str, UnitPrecision]] = field(default_factory=dict)   # by rules, not name
 
 
@@ -157,7 +158,7 @@ def set_unit_profiles(model: nn.Module, profiles: Mapping[str, str | Profile], a
         prec = prof_table[unit]
         unit_profiles[unit], table[unit] = prof, prec
         mod.precision = None if prec.is_fp else prec
-        mod.observer_key = prof.key
+        mod.observer_key = st.shared_observer or prof.key
         key = adapter_key(st.keying, prof, prec) if adapters else None
         if key is not None and key not in mod.adapters:
             missing += bool(len(mod.adapters))
@@ -201,6 +202,23 @@ def refresh(model: nn.Module) -> None:
     st = state(model)
     if st.unit_profiles:
         restore(model, snapshot(model))
+
+
+def set_options(model: nn.Module, options: QuantOptions) -> None:
+    """Change the quantizer options of a switchable model (e.g. static activation ranges at inference for
+    adapters trained with per-token ones); profiles are resolved anew and the state rewritten."""
+    st = state(model)
+    st.options = options
+    st._resolved.clear()
+    refresh(model)
+
+
+def share_observers(model: nn.Module, key: str | None) -> None:
+    """Static activation ranges shared by every profile under ``key`` (e.g. calibrated once while the
+    precision switches at random), or per profile again (``None``, the default). Rewrites the state."""
+    st = state(model)
+    st.shared_observer = key
+    refresh(model)
 
 
 @contextlib.contextmanager

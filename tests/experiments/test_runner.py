@@ -37,15 +37,16 @@ def test_run_every_step_then_skip_all_then_resume_one_then_report(tiny_experimen
     mtimes = _mtimes(tmp_path / "cache")
 
     assert _run(tiny_experiment, tmp_path) == 0                              # everything is done: skip
-    assert _statuses(tmp_path) == {i: "skipped" for i in ids}
+    assert _statuses(tmp_path) == {i: "cached" for i in ids}
     assert mtimes == _mtimes(tmp_path / "cache")                             # nothing was rewritten
-    assert "skipped" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cached" in err and "skipped" not in err
 
     # an interrupted step (no completion marker) runs again, alone
     Path(outs["ppl"] + ".json").unlink()
     assert _run(tiny_experiment, tmp_path) == 0
     st = _statuses(tmp_path)
-    assert st.pop("ppl") == "done" and set(st.values()) == {"skipped"}
+    assert st.pop("ppl") == "done" and set(st.values()) == {"cached"}
 
     out = tmp_path / "docs" / "report.md"
     attack = fake_attack_run(tmp_path)

@@ -34,6 +34,15 @@ def add_parser(sub) -> None:
                    help="--dynamic: average weight bits per token (or bytes read, with --budget-by bytes), e.g. 4.5")
     p.add_argument("--widths", default="w4g32,w8", help="--dynamic: the widths to choose from, comma-separated")
     p.add_argument("--budget-by", choices=["bits", "bytes"], default="bits", help="--dynamic: what --budget counts")
+    p.add_argument("--rpi", nargs="+", default=None, metavar="PROFILE",
+                   help="random precision inference over these profiles: evaluates the one setting 'rpi' "
+                        "(seeded draws) instead of --profiles")
+    p.add_argument("--rpi-p", type=float, default=0.5, help="--rpi: switching probability at a draw point")
+    p.add_argument("--rpi-granularity", choices=["batch", "forward", "unit", "token"], default="forward")
+    p.add_argument("--rpi-calib", choices=["dynamic", "per-profile", "shared"], default="dynamic",
+                   help="--rpi activation ranges: dynamic per token (default), or static per tensor (adapters "
+                        "trained per token run with static ranges) calibrated per profile, or once for all "
+                        "profiles while the precision switches at random (shared)")
     p.add_argument("--weight-cache", choices=["codes", "float"], default="codes",
                    help="cache quantized weights as 1-byte codes (default, least memory) or as float "
                         "(faster token-by-token decoding, as large as the float units); same results")
@@ -46,5 +55,7 @@ def run(a, argv) -> int:
     cfg = config_from_args(EvalConfig, a)
     if cfg.dynamic:
         from ..dynamic.eval import run_dynamic_eval as run_eval   # noqa: F811 - same signature
+    elif cfg.rpi:
+        from ..robust.rpi_eval import run_rpi_eval as run_eval   # noqa: F811 - same signature
     print_results(run_eval(cfg, argv, log=lambda m: print(m, file=sys.stderr)), a.out)
     return 0

@@ -36,6 +36,11 @@ class EvalConfig(RunConfig):
     budget: float | None = None           # average weight bits (or bytes read) per token
     widths: str = "w4g32,w8"
     budget_by: str = "bits"               # bits | bytes
+    # random precision inference (bitswitch.robust.rpi_eval): one setting "rpi" instead of --profiles
+    rpi: list[str] | None = None          # the RPI profile set
+    rpi_p: float = 0.5
+    rpi_granularity: str = "forward"
+    rpi_calib: str = "dynamic"            # dynamic (per-token) | static ranges per-profile | shared (once under RPI)
 
     UNHASHED: ClassVar[tuple[str, ...]] = ("out", "device", "profiles", "weight_cache")
 
@@ -46,6 +51,9 @@ class EvalConfig(RunConfig):
             d.pop("engine")
         if d.get("dynamic") is None:   # nor were dynamic widths
             for k in ("dynamic", "budget", "widths", "budget_by"):
+                d.pop(k, None)
+        if d.get("rpi") is None:       # nor RPI
+            for k in ("rpi", "rpi_p", "rpi_granularity", "rpi_calib"):
                 d.pop(k, None)
         return d
 
@@ -85,3 +93,16 @@ class EvalConfig(RunConfig):
             raise BitswitchError("--budget applies to --dynamic only: add --dynamic threshold|request")
         if self.shots < 0:
             raise BitswitchError(f"--shots must be >= 0, got {self.shots}")
+        if self.rpi is not None:
+            if not self.rpi or len(set(self.rpi)) != len(self.rpi):
+                raise BitswitchError(f"--rpi needs distinct profiles, e.g. --rpi w8a8 w6a8 w4a8, got {self.rpi}")
+            if self.profiles or self.dynamic or self.engine == "runtime":
+                raise BitswitchError("--rpi evaluates the one setting 'rpi' on fake quantization: drop --profiles, "
+                                     "--dynamic and --engine runtime (evaluate fixed profiles in another run)")
+            if not 0.0 <= self.rpi_p <= 1.0:
+                raise BitswitchError(f"--rpi-p must be in 0..1, got {self.rpi_p}")
+            if self.rpi_calib not in ("dynamic", "per-profile", "shared"):
+                raise BitswitchError(f"--rpi-calib must be dynamic, per-profile or shared, got {self.rpi_calib!r}")
+            if self.options.act_mode == "tensor" and self.rpi_calib == "dynamic":
+                raise BitswitchError("--rpi with static ranges: pass --rpi-calib per-profile or shared (they set "
+                                     "--act-mode tensor themselves)")

@@ -157,3 +157,117 @@ def _per_question(path: str, metric: str) -> dict[str, float]:
                     out[r["id"]] = float(r[metric])
         _CACHE[key] = out
     return _CACHE[key]
+
+
+# -- one-line verdicts ----------------------------------------------------------------------------
+SIG = 2.0   # a difference counts when it exceeds SIG standard errors
+
+
+def differences(args: dict, rows: list[dict]) -> tuple[str, str, list[tuple[str, float, float | None]]]:
+    """``(A, B, [(profile, A - B, paired SE or None)])`` of a two-label ``compare`` rule."""
+    metric = args.get("metric", "f1")
+    idx = _index(rows, metric)
+    labels = [str(x) for x in args.get("labels") or dict.fromkeys(r["label"] for r in rows)]
+    labels = [lab for lab in labels if any(k[0] == lab for k in idx)]
+    if len(labels) < 2:
+        return "", "", []
+    a, b = labels[:2]
+    profiles = _profiles([r for r in rows if r.get(metric) is not None], args.get("profiles"), [a, b])
+    return a, b, [(p, idx[(a, p)][metric] - idx[(b, p)][metric], paired_se(idx[(a, p)], idx[(b, p)], metric))
+                  for p in profiles]
+
+
+def significant(d: float, se: float | None) -> bool:
+    """Whether ``d`` exceeds :data:`SIG` standard errors (never, without a standard error; a nonzero
+    difference with a zero SE, every question moved alike, always)."""
+    return se is not None and abs(d) > SIG * se
+
+
+def _strength(t: tuple) -> float:
+    """|difference| in standard errors (infinite for a nonzero difference with SE 0)."""
+    _, d, se = t
+    return abs(d) / se if se else (float("inf") if d else 0.0)
+
+
+def delta_text(metric: str, p: str, d: float, se: float | None) -> str:
+    return f"\u0394{metric} = {signed(d)}" + (f" \u00b1 {fmt(se)}" if se is not None else "") + f" at {p}"
+
+
+def verdict(rule: dict, rows_by_kind: dict[str, list[dict]]) -> str:
+    """The one-line answer of one rule: ``yes`` / ``no`` / ``not significant`` / ``mixed`` with the key
+    number, computed from the same rows as the rule's sentence.
+
+    ``compare`` with two labels A, B (the first two listed): with ``test: better`` (default) "yes"
+    means A is better than B beyond 2 paired standard errors at some profile and worse at none,
+    "no" the reverse, "mixed" both, "not significant" no difference beyond 2 SE (the key number is
+    then the largest difference in SE units). With ``test: equal`` (can A replace B?) "yes" means
+    no difference beyond 2 SE at any profile (no effect at this sample size), "no" that one exists.
+    ``drop``: the largest loss against the reference, and whether it exceeds 2 SE. Three or more
+    labels: the label best at most profiles (no standard error: see the pairwise rules).
+    """
+    if not isinstance(rule, dict) or len(rule) != 1:
+        return "not answered: the rule is malformed"
+    (name, args), = rule.items()
+    args = args if isinstance(args, dict) else {}
+    rows = rows_by_kind.get(args.get("kind", "eval-squad"), [])
+    metric = args.get("metric", "f1")
+    up = higher_is_better(metric, args.get("better"))
+    if not rows:
+        return "no results yet"
+    if name == "drop":
+        return _drop_verdict(args, rows, metric, up)
+    labels = [str(x) for x in args.get("labels") or []]
+    if len(labels) > 2:
+        idx = _index(rows, metric)
+        present = [lab for lab in labels if any(k[0] == lab for k in idx)]
+        profiles = _profiles([r for r in rows if r.get(metric) is not None], args.get("profiles"), present)
+        if len(present) < 2 or not profiles:
+            return "no results yet"
+        wins = {lab: 0 for lab in present}
+        for p in profiles:
+            wins[max(present, key=lambda lab: idx[(lab, p)][metric] * (1 if up else -1))] += 1
+        best = max(wins, key=wins.get)
+        return f"{best} best at {wins[best]} of {len(profiles)} profiles by {metric} (no SE across 3+ runs: see the pairs)"
+    a, b, diffs = differences(args, rows)
+    if not diffs:
+        return "no results yet"
+    tested = [(p, d, se) for p, d, se in diffs if se is not None]
+    if not tested:
+        p, d, se = max(diffs, key=lambda t: abs(t[1]))
+        return f"not testable: no per-question {metric} to pair ({a} \u2212 {b}: {delta_text(metric, p, d, se)})"
+    better = [t for t in tested if significant(t[1], t[2]) and (t[1] > 0) == up]
+    worse = [t for t in tested if significant(t[1], t[2]) and (t[1] > 0) != up]
+    key = max(tested, key=_strength)
+    n = len(tested)
+    if args.get("test") == "equal":
+        if better or worse:
+            k = max(better + worse, key=_strength)
+            return f"no: {a} differs from {b} beyond 2 SE at {len(better + worse)} of {n} profiles ({delta_text(metric, *k)})"
+        return f"yes, no effect at this sample size: {a} within 2 SE of {b} at all {n} profiles (largest {delta_text(metric, *key)})"
+    if better and worse:
+        return f"mixed: {a} better than {b} beyond 2 SE at {len(better)}, worse at {len(worse)} of {n} profiles ({delta_text(metric, *key)})"
+    if better:
+        k = max(better, key=_strength)
+        return f"yes: {a} beats {b} beyond 2 SE at {len(better)} of {n} profiles ({delta_text(metric, *k)})"
+    if worse:
+        k = max(worse, key=_strength)
+        return f"no: {a} is worse than {b} beyond 2 SE at {len(worse)} of {n} profiles ({delta_text(metric, *k)})"
+    return f"not significant: {a} vs {b} within 2 SE at all {n} profiles (largest {delta_text(metric, *key)})"
+
+
+def _drop_verdict(args: dict, rows: list[dict], metric: str, up: bool) -> str:
+    label = args.get("label") or rows[0]["label"]
+    mine = [r for r in rows if r["label"] == label and r.get(metric) is not None]
+    ref_name = args.get("reference")
+    ref = next((r for r in mine if r["profile"] == ref_name), None) if ref_name else \
+        max(mine, key=lambda r: r.get("avg_w_bits") or 0, default=None)
+    others = [r for r in mine if r is not ref]
+    if ref is None or not others:
+        return "no results yet"
+    worst = min(others, key=lambda r: (r[metric] - ref[metric]) * (1 if up else -1))
+    d, se = worst[metric] - ref[metric], paired_se(worst, ref, metric)
+    lost = (d < 0) == up and d != 0
+    if not lost:
+        return f"no loss: no profile of {label} is below {ref['profile']} by {metric}"
+    state = "beyond 2 SE" if significant(d, se) else "within 2 SE (not significant)" if se else "no SE"
+    return f"largest loss against {ref['profile']}: {delta_text(metric, worst['profile'], d, se)}, {state}"

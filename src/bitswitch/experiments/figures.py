@@ -13,8 +13,18 @@ from ..plots import annotate_cells, annotate_points, bits_points, line_vs_bits, 
 import matplotlib.pyplot as plt  # noqa: E402 - after bitswitch.plots, which selects the headless Agg backend
 
 
+def _errorbars(ax, rows: list[dict], metric: str, color=None) -> None:
+    """Vertical bars of +-1 standard error (``<metric>_se`` of the rows) around each point."""
+    pts = [(r["avg_w_bits"], r[metric], r[f"{metric}_se"]) for r in rows
+           if r.get(metric) is not None and r.get("avg_w_bits") is not None and r.get(f"{metric}_se")]
+    if pts:
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], fmt="none",
+                    ecolor=color, elinewidth=1, capsize=3, alpha=0.8)
+
+
 def metrics_vs_bits(rows: list[dict], metrics: list[str], path, title: str = "", log_y: bool = False) -> str:
-    """One panel per metric; x = average weight bits, one line per ``label``, points named by profile."""
+    """One panel per metric; x = average weight bits, one line per ``label``, points named by profile;
+    error bars of one standard error where rows carry ``<metric>_se``."""
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.8), dpi=110, squeeze=False)
     labels = list(dict.fromkeys(r["label"] for r in rows))
     for ax, metric in zip(axes[0], metrics):
@@ -22,6 +32,7 @@ def metrics_vs_bits(rows: list[dict], metrics: list[str], path, title: str = "",
             pts = bits_points([r for r in rows if r["label"] == label], metric)
             if pts:   # points are named only for one or two lines: with more the names would overlap
                 line_vs_bits(ax, pts, short(label, 28), annotate=len(labels) <= 2, fontsize=6)
+                _errorbars(ax, [r for r in rows if r["label"] == label], metric, ax.lines[-1].get_color())
         ax.set_xlabel("average weight bits")
         ax.set_ylabel(metric)
         if log_y:
@@ -34,17 +45,21 @@ def metrics_vs_bits(rows: list[dict], metrics: list[str], path, title: str = "",
 
 
 def grouped_bars(rows: list[dict], metric: str, path, title: str = "") -> str:
-    """Bars of ``metric`` per profile (groups) and label (colours): the side-by-side comparison."""
+    """Bars of ``metric`` per profile (groups) and label (colours): the side-by-side comparison, with
+    one-standard-error whiskers where rows carry ``<metric>_se``."""
     profiles = list(dict.fromkeys(r["profile"] for r in rows))
     labels = list(dict.fromkeys(r["label"] for r in rows))
     value = {(r["label"], r["profile"]): r.get(metric) for r in rows}
+    err = {(r["label"], r["profile"]): r.get(f"{metric}_se") for r in rows}
     width = 0.8 / max(len(labels), 1)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(profiles) * max(1, len(labels)) * 0.5 + 2), 3.8), dpi=110)
     for i, label in enumerate(labels):
         xs = [j + (i - (len(labels) - 1) / 2) * width for j in range(len(profiles))]
         ys = [value.get((label, p)) for p in profiles]
-        ax.bar([x for x, y in zip(xs, ys) if y is not None], [y for y in ys if y is not None], width,
-               label=short(label, 28))
+        errs = [err.get((label, p)) for p in profiles]
+        keep = [i for i, y in enumerate(ys) if y is not None]
+        ax.bar([xs[i] for i in keep], [ys[i] for i in keep], width, label=short(label, 28),
+               yerr=[errs[i] or 0.0 for i in keep] if any(errs[i] for i in keep) else None, capsize=2)
     ax.set_xticks(range(len(profiles)))
     ax.set_xticklabels([short(p, 14) for p in profiles], fontsize=7, rotation=20)
     ax.set_ylabel(metric)

@@ -15,14 +15,19 @@ from pathlib import Path
 
 from ..errors import BitswitchError
 from ..io import atomic_write_text
-from .answers import evaluate_rule
+from .answers import evaluate_rule, verdict
 from .runner import load_run
 from .sections import Context, Section, StepResult, load_step, renderer
 
 SMOLLM2_CAVEAT = ("`smollm2-135m` was distributed with its linear weights as Q4_1 (4-bit, blocks of 32): "
                   "they already lie on a 4-bit grid, so 8-bit results on it are near-lossless by construction "
                   "and 4-bit results with groups of 32 are optimistic.")
-FINISHED = ("done", "skipped")
+FINISHED = ("done", "cached", "skipped")   # "skipped": what run.json files from before call cached
+
+
+def status_text(status) -> str:
+    """A step's status as the report prints it: a step computed before reads as cached."""
+    return "cached" if status in ("cached", "skipped") else str(status or "pending")
 
 
 def write_report(run_dirs: list[str], out: str | Path, title: str = "bitswitch experiments",
@@ -48,13 +53,16 @@ def write_report(run_dirs: list[str], out: str | Path, title: str = "bitswitch e
         text, answers, n = render_run(run, ctx)
         blocks.append(text)
         count += n
-        more = f" ({len(answers) - 3} more below)" if len(answers) > 3 else ""
-        glance.append(f"- **{run['question']}** ({run['experiment']}, size `{run['size']}`) "
-                      + (" ".join(answers[:3]) + more if answers else "No results yet."))
+        question = run.get("short") or run["question"]
+        glance.append(f"| {run['experiment']} | {question} | {answers[0] if answers else 'no results yet'} |")
     head = [f"# {title}", "",
             f"Generated {time.strftime('%Y-%m-%d %H:%M')} by `{cmd}` from {len(runs)} run(s). Every answer "
             "below is computed from the tables under it; every section says which model, data and command "
-            "produced it.", "", "## Answers at a glance", "", *glance, ""]
+            "produced it.", "", "## Answers at a glance", "",
+            "One line per question, computed from its first answer rule: *yes* / *no* when a paired difference "
+            "exceeds 2 standard errors, *not significant* when every difference is within 2 SE (no effect at "
+            "this sample size). Details, every difference with its SE, are in each section.", "",
+            "| experiment | question | answer |", "|---|---|---|", *glance, ""]
     atomic_write_text(out, "\n".join(head) + "\n" + "\n\n".join(blocks) + "\n")
     return out, count
 
@@ -66,7 +74,7 @@ def render_run(run: dict, ctx: Context) -> tuple[str, list[str], int]:
     for step in run["steps"]:
         res = load_step(run, step) if step.get("status") in FINISHED else None
         if res is None:
-            missing.append(f"{step['id']} ({step.get('status', 'pending')})")
+            missing.append(f"{step['id']} ({status_text(step.get('status'))})")
             continue
         items.setdefault(res.kind, []).append(res)
     rules = run.get("answers") or []
@@ -79,13 +87,18 @@ def render_run(run: dict, ctx: Context) -> tuple[str, list[str], int]:
         sec = r.render(items[kind], ctx)
         sections.append((sec.title or r.title, sec))
     rows_by_kind = {k: (renderer(k).rows or (lambda _: []))(items[k]) for k in kinds}
-    answers = [evaluate_rule(rule, rows_by_kind) for rule in rules]
-    answers += [a for _, sec in sections for a in sec.answers]
+    verdicts = [verdict(rule, rows_by_kind) for rule in rules]
+    details = [evaluate_rule(rule, rows_by_kind) for rule in rules]
+    details += [a for _, sec in sections for a in sec.answers]
+    if not verdicts and details:
+        verdicts = [first_sentence(details[0])]
 
     lines = [f"## {run['experiment']}: {run['question']}", ""]
     lines += ["**Answer (computed from the numbers below):**", ""]
-    lines += [f"- {a}" for a in answers] or ["- No results yet: run the experiment first."]
+    lines += [f"- **{v}**" for v in verdicts] or ["- No results yet: run the experiment first."]
     lines += [""]
+    if details:
+        lines += ["Details:", ""] + [f"- {a}" for a in details] + [""]
     if missing:
         lines += [f"*Not included (no finished results): {', '.join(missing)}; the answer covers the rest.*", ""]
     lines += provenance(run, items)
@@ -94,10 +107,16 @@ def render_run(run: dict, ctx: Context) -> tuple[str, list[str], int]:
     for title, sec in sections:
         lines += [f"### {title}", "", sec.body, ""]
     lines += ["<details><summary>The commands of every step</summary>", "", "```"]
-    lines += [f"# {s['id']} [{s.get('status')}, {s.get('seconds')} s]\nbitswitch {shlex.join(s['argv'])}"
+    lines += [f"# {s['id']} [{status_text(s.get('status'))}, {s.get('seconds')} s]\nbitswitch {shlex.join(s['argv'])}"
               for s in run["steps"]]
     lines += ["```", "", "</details>", ""]
-    return "\n".join(lines), answers, len(sections)
+    return "\n".join(lines), verdicts, len(sections)
+
+
+def first_sentence(text: str, limit: int = 160) -> str:
+    """The first sentence of a section's computed summary, cut to ``limit`` characters."""
+    head = text.split(". ")[0].rstrip(".")
+    return head if len(head) <= limit else head[:limit - 1].rstrip() + "\u2026"
 
 
 def provenance(run: dict, items: dict[str, list[StepResult]]) -> list[str]:

@@ -2,14 +2,15 @@
 
 Each step writes into its content-addressed directory ``CACHE/<command>-<hash>`` (see
 :mod:`.spec`). When the command returns 0 the runner writes the marker ``CACHE/<command>-<hash>.json``
-(status ``complete``) beside it; a step whose marker is there is skipped, so a second run, or
+(status ``complete``) beside it; a step whose marker is there is *cached* (not run again), so a second run, or
 another experiment with a step of the same configuration, costs nothing. A step without a marker
 (never run, failed, interrupted) runs again through the command's own resume: ``train --resume``
 when its checkpoint exists, while ``eval`` reuses the profiles already in its results.json.
 
 ``RUN_DIR/run.json`` (rewritten atomically after every change) records the experiment, its
 variables, the command that reproduces it, and for each step its argv, hash, output directory,
-status (pending, running, done, skipped, failed, interrupted), exit code and seconds; it is what
+status (pending, running, done, cached, failed, interrupted; run.json files from before say
+``skipped`` for cached), exit code and seconds; it is what
 ``bitswitch report`` reads. ``RUN_DIR/<step id>`` is a symbolic link to the step's directory.
 """
 
@@ -80,7 +81,7 @@ def run_experiment(exp: Experiment, run_dir: Path, cache: Path, *, dry_run: bool
     record = _run_record(exp, steps, run_dir, cache)
     if dry_run:
         for i, s in enumerate(steps, 1):
-            state = "done, would skip" if is_complete(s) else "not selected" if only and not (
+            state = "cached, would not run" if is_complete(s) else "not selected" if only and not (
                 s.id in only or s.group in only) else "would run"
             log(f"[{i}/{len(steps)}] {s.id} ({state}): bitswitch {shlex.join(s.full_argv())}")
         return 0
@@ -93,12 +94,12 @@ def run_experiment(exp: Experiment, run_dir: Path, cache: Path, *, dry_run: bool
         _link(run_dir / re.sub(r"[^A-Za-z0-9_.=-]+", "_", step.id), step.out)
         head = f"[{i}/{len(steps)}] {step.id} ({step.command})"
         if only and step.id not in only and step.group not in only:
-            rec["status"] = "skipped" if is_complete(step) else "pending"   # not selected: left as it is
+            rec["status"] = "cached" if is_complete(step) else "pending"   # not selected: left as it is
             continue
         with _lock(cache / f".{step.key}.lock", log, head):
             if is_complete(step):
-                rec.update(status="skipped", seconds=_marker_seconds(step))
-                log(f"{head}: done before, skipped ({step.out})")
+                rec.update(status="cached", seconds=_marker_seconds(step))
+                log(f"{head}: cached, computed before ({step.out})")
                 _save(run_dir, record)
                 continue
             argv = resume_argv(step) or step.full_argv()
@@ -131,7 +132,7 @@ def run_experiment(exp: Experiment, run_dir: Path, cache: Path, *, dry_run: bool
     _save(run_dir, record)
     ran = sum(r["status"] == "done" for r in record["steps"])
     pending = sum(r["status"] == "pending" for r in record["steps"])
-    log(f"{exp.name} ({exp.size}): {ran} step(s) ran, {len(steps) - ran - pending} skipped"
+    log(f"{exp.name} ({exp.size}): {ran} step(s) ran, {len(steps) - ran - pending} cached"
         + (f", {pending} not selected" if pending else "") + f"; {run_dir / RUN_FILE}; "
         f"report: bitswitch report {run_dir} --out {run_dir / 'report.md'}")
     return 0
@@ -154,7 +155,7 @@ def _run_record(exp: Experiment, steps: list[Step], run_dir: Path, cache: Path) 
     """run.json's content; statuses of an earlier run of the same experiment are replaced as steps go."""
     return {"experiment": exp.name, "question": exp.question, "spec": exp.path, "size": exp.size,
             "sets": exp.sets, "vars": exp.vars, "command": exp.command, "answers": exp.answers,
-            "notes": exp.notes, "cache": str(cache), "started": _now(),
+            "notes": exp.notes, "short": exp.short, "cache": str(cache), "started": _now(),
             "steps": [{"id": s.id, "group": s.group, "item": s.item, "command": s.command, "label": s.label,
                        "argv": s.full_argv(), "hash": s.hash, "out": str(s.out), "status": "pending",
                        "seconds": None} for s in steps]}

@@ -93,6 +93,7 @@ def render_squad(items: list[StepResult], ctx: Context) -> Section:
     rows = squad_rows(items)
     for r in rows:
         r["f1_se"] = mean_se(r["_pred"], "f1")
+        r["em_se"] = mean_se(r["_pred"], "em")
         r["weight_mib"] = _mib(r["weight_bytes"])
     cols = ["profile", "avg_w_bits", "weight_mib", "em", "f1", "f1_se", "answer_ppl", "n", "questions_per_s"]
     parts = [markdown_table(rows, cols if _one_label(rows) else ["label", *cols])]
@@ -104,10 +105,35 @@ def render_squad(items: list[StepResult], ctx: Context) -> Section:
         bars = figures.grouped_bars(rows, "f1", ctx.figure("squad-f1-bars"), "SQuAD F1 per profile")
         parts.append(ctx.image(bars, "SQuAD F1 per profile and run"))
     n = sorted({r["n"] for r in rows if r.get("n")})
-    parts.append(f"`f1_se`: standard error of F1 over the {', '.join(map(str, n))} questions; differences "
-                 "smaller than about twice it are noise.")
+    parts.append(f"`f1_se`: standard error of F1 over the {', '.join(map(str, n))} questions (error bars in the "
+                 "plots: one SE); differences smaller than about twice it are noise.")
+    if not _one_label(rows):
+        parts.append(paired_table(rows, "f1"))
     answers = [] if "eval-squad" in ctx.ruled else [drop({"metric": "f1"}, rows)]
     return Section("", "\n\n".join(parts), answers)
+
+
+def paired_table(rows: list[dict], metric: str) -> str:
+    """Every pair of runs at every profile they share: the paired difference, its SE and whether it
+    exceeds 2 SE (per-question scores of the same questions)."""
+    from .answers import paired_se, significant
+
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    idx = {(r["label"], r["profile"]): r for r in rows if r.get(metric) is not None}
+    profiles = list(dict.fromkeys(r["profile"] for r in sorted(rows, key=lambda r: -(r.get("avg_w_bits") or 0))))
+    out = []
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            for p in profiles:
+                if (a, p) in idx and (b, p) in idx:
+                    d = idx[(a, p)][metric] - idx[(b, p)][metric]
+                    se = paired_se(idx[(a, p)], idx[(b, p)], metric)
+                    out.append({"A": a, "B": b, "profile": p, f"{metric} A-B": d, "paired_se": se,
+                                "beyond_2se": None if se is None else ("yes" if significant(d, se) else "no")})
+    if not out:
+        return ""
+    return (f"Paired differences of {metric} (A minus B over the same questions):\n\n"
+            + markdown_table(out, ["A", "B", "profile", f"{metric} A-B", "paired_se", "beyond_2se"]))
 
 
 def pivot(rows: list[dict], metric: str) -> str:

@@ -58,7 +58,7 @@ import yaml
 
 from ..errors import BitswitchError
 
-TOP_KEYS = {"name", "question", "description", "vars", "sizes", "steps", "answers", "notes"}
+TOP_KEYS = {"name", "question", "short", "description", "vars", "sizes", "steps", "answers", "notes"}
 STEP_KEYS = {"id", "command", "args", "label", "foreach", "when"}
 # commands a step may not run: the experiment machinery itself
 NOT_STEPS = {"run", "report"}
@@ -90,6 +90,7 @@ class Experiment:
     steps: list[StepSpec]
     answers: list = field(default_factory=list)
     notes: str = ""
+    short: str = ""          # the question in one short line (the report's answers at a glance)
     text: str = ""          # the YAML as read, kept with the run for provenance
     commands: dict = field(default_factory=dict, repr=False)   # step command -> its parser (flag checks)
 
@@ -175,7 +176,8 @@ def load_experiment(path: str | Path, size: str | None = None, sets: list[str] |
         raise BitswitchError(f"{where}: answers must be a list of rules, e.g. - compare: {{metric: f1, ...}}")
     exp = Experiment(path=where, name=name, question=" ".join(str(doc["question"]).split()), size=size,
                      sizes=size_names, vars=variables, sets=list(sets or []), steps=steps, answers=answers,
-                     notes=str(doc.get("notes") or ""), text=text, commands=commands)
+                     notes=str(doc.get("notes") or ""), text=text, commands=commands,
+                     short=" ".join(str(doc.get("short") or "").split()))
     resolve_steps(exp, Path("cache"))   # validates every reference and flag now, before anything runs
     return exp
 

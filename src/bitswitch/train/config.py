@@ -52,9 +52,12 @@ class TrainConfig(RunConfig):
     # schedule
     schedule: str = "random"
     cycles: int = 2
-    b_min: int = 4
-    b_max: int = 8
+    b_min: int | float = 4               # cyclic: real widths allowed (quant.fractional)
+    b_max: int | float = 8
     family: str = "w{bits}a8"
+    continuous: bool = False             # cyclic: the cosine unrounded, its real width drawn per step/unit
+    fractional: str = "step"             # cyclic continuous: one draw per step (step) or per unit (unit)
+    norm_offset: int = 0                 # > 0: norms at (the step's weight bits - norm_offset) as noise
     schedule_order: str = "ascending"    # progressive: low to high bits or back (legacy key: order)
     candidates: list[int] = field(default_factory=lambda: [4, 6, 8])
     # adapters (keying: RunConfig's)
@@ -141,6 +144,13 @@ class TrainConfig(RunConfig):
         for k, allowed in choices.items():
             if getattr(self, k) not in allowed:
                 raise BitswitchError(f"{k}={getattr(self, k)!r} is not allowed: use one of {', '.join(allowed)}")
+        if self.fractional not in ("step", "unit"):
+            raise BitswitchError(f"fractional={self.fractional!r} is not allowed: use one of step, unit")
+        if self.fractional == "unit" and self.continuous and self.keying == "profile":
+            raise BitswitchError("per-unit fractional draws make a new mixed profile every step: use keying "
+                                 "unit-bits or shared")
+        if self.norm_offset < 0:
+            raise BitswitchError(f"norm_offset must be >= 0 (bits below the step's weight bits), got {self.norm_offset}")
         if self.schedule == "random-unit" and self.keying == "profile":
             raise BitswitchError("schedule random-unit draws a new mixed profile every step: use keying "
                                  "unit-bits or shared")

@@ -7,7 +7,10 @@
 - ``all``: every profile of the set each step (the losses are averaged);
 - ``cyclic``: CPT (Fu et al., ICLR'21): ``bits(t) = round(b_min + 0.5 (b_max - b_min)
   (1 + cos(pi (t mod T) / T + pi)))`` with ``T = steps / cycles``, applied through a profile
-  ``family`` such as ``w{bits}a8``;
+  ``family`` such as ``w{bits}a8``; ``b_min`` / ``b_max`` may be real (e.g. 4.5); with
+  ``continuous`` the cosine is not rounded: the real width ``bits(t)`` is drawn per step (or per unit,
+  ``fractional="unit"``) as ``floor`` or ``ceil`` with probability ``frac`` (stochastic interpolation
+  between adjacent integer grids, :mod:`bitswitch.quant.fractional`);
 - ``progressive``: the profiles as a ladder, equal numbers of steps each, ``ascending`` (fewest
   bits first) or ``descending``.
 """
@@ -19,6 +22,7 @@ import random
 from dataclasses import dataclass, field
 
 from ..errors import BitswitchError
+from ..quant.fractional import check_bits, draw_bits, fractional_unit_bits
 
 SCHEDULES = ("fixed", "random", "random-unit", "all", "cyclic", "progressive")
 
@@ -29,11 +33,18 @@ def _rng(seed: int, step: int) -> random.Random:
     return random.Random(seed * 1_000_003 + step)
 
 
-def cyclic_bits(step: int, steps: int, cycles: int, b_min: int, b_max: int) -> int:
-    """CPT's cosine cycle: b_min at the start of each cycle, rising to b_max at its end."""
+FRACTIONAL = ("step", "unit")
+
+
+def cyclic_bits(step: int, steps: int, cycles: int, b_min: float, b_max: float,
+                continuous: bool = False) -> int | float:
+    """CPT's cosine cycle: b_min at the start of each cycle, rising to b_max at its end; rounded to
+    an integer width unless ``continuous`` (then the real width, to be drawn by
+    :func:`~bitswitch.quant.fractional.draw_bits`)."""
     period = steps / cycles
     t = step % period
-    return round(b_min + 0.5 * (b_max - b_min) * (1 + math.cos(math.pi * t / period + math.pi)))
+    b = b_min + 0.5 * (b_max - b_min) * (1 + math.cos(math.pi * t / period + math.pi))
+    return b if continuous else round(b)
 
 
 @dataclass
@@ -43,14 +54,16 @@ class Schedule:
     steps: int
     seed: int = 0
     cycles: int = 2
-    b_min: int = 4
-    b_max: int = 8
+    b_min: int | float = 4
+    b_max: int | float = 8
     family: str = "w{bits}a8"
     order: str = "ascending"
     candidates: list[int] = field(default_factory=lambda: [4, 6, 8])
     units: list[str] = field(default_factory=list)   # block unit names, for random-unit
     act_bits: int | None = 8                          # activations of random-unit draws
     avg_bits: dict[str, float] = field(default_factory=dict)  # for the progressive ladder order
+    continuous: bool = False                          # cyclic: real widths, drawn per step or unit
+    fractional: str = "step"                          # cyclic continuous: one draw per step or per unit
 
     def __post_init__(self):
         if self.kind not in SCHEDULES:
@@ -60,6 +73,18 @@ class Schedule:
         if self.kind == "cyclic":
             if not (2 <= self.b_min <= self.b_max <= 16):
                 raise BitswitchError(f"cyclic bits need 2 <= b_min <= b_max <= 16, got {self.b_min}..{self.b_max}")
+            if self.continuous or self.b_min != int(self.b_min) or self.b_max != int(self.b_max):
+                for b in (self.b_min, self.b_max):
+                    try:
+                        check_bits(b)
+                    except ValueError as exc:
+                        raise BitswitchError(f"cyclic b_min/b_max: {exc}") from None
+                if self.b_max == 16 and self.b_min != 16:
+                    raise BitswitchError("real-valued cyclic widths lie in 2..8: 9-15 bits have no grid (use b_max <= 8)")
+            if self.fractional not in FRACTIONAL:
+                raise BitswitchError(f"fractional must be one of {', '.join(FRACTIONAL)}, got {self.fractional!r}")
+            if self.fractional == "unit" and self.continuous and not self.units:
+                raise BitswitchError("per-unit fractional draws need the model's units")
             if not 1 <= self.cycles <= self.steps:
                 raise BitswitchError(f"cyclic cycles must be in 1..steps ({self.steps}), got {self.cycles}")
             if "{bits}" not in self.family:
@@ -78,7 +103,14 @@ class Schedule:
         if self.kind == "all":
             return list(self.profiles)
         if self.kind == "cyclic":
-            return [self.family.format(bits=cyclic_bits(step, self.steps, self.cycles, self.b_min, self.b_max))]
+            b = cyclic_bits(step, self.steps, self.cycles, self.b_min, self.b_max, self.continuous)
+            if not self.continuous:
+                return [self.family.format(bits=b)]
+            rng = _rng(self.seed, step)
+            if self.fractional == "step":
+                return [self.family.format(bits=draw_bits(b, rng.random()))]
+            drawn = fractional_unit_bits(b, self.units, rng)
+            return [";".join(f"{u}={self.family.format(bits=bits)}" for u, bits in drawn.items())]
         if self.kind == "progressive":
             ladder = self.ladder()
             return [ladder[min(step * len(ladder) // self.steps, len(ladder) - 1)]]
@@ -94,7 +126,7 @@ class Schedule:
         """Every profile the schedule can train (to create adapters up front); for random-unit,
         one uniform profile per candidate, which covers every (unit, bits) adapter."""
         if self.kind == "cyclic":
-            return [self.family.format(bits=b) for b in range(self.b_min, self.b_max + 1)]
+            return [self.family.format(bits=b) for b in range(math.floor(self.b_min), math.ceil(self.b_max) + 1)]
         if self.kind == "random-unit":
             act = f"a{self.act_bits}" if self.act_bits else ""
             return [f"w{b}{act}" for b in self.candidates]

@@ -29,6 +29,7 @@ from ..jobs import check_output_dir, settings_differences
 from ..loading import is_exported, load
 from ..models import context_length
 from ..quant.clipping import project_
+from ..norms import make_norms_quantizable, norm_bits_below, set_norm_bits
 from ..results import peak_rss_mb, run_metadata
 from ..switching import make_switchable, resolve_profile, set_profile, use_profile
 from .checkpoint import (checkpoint_info, load_checkpoint, remove_checkpoints, rng_state, save_checkpoint,
@@ -125,7 +126,10 @@ class Trainer:
         blocks = [u for u in model.bitswitch.units if u != "head"]
         self.schedule = Schedule(cfg.schedule, list(cfg.profiles), cfg.steps, cfg.seed, cfg.cycles, cfg.b_min,
                                  cfg.b_max, cfg.family, cfg.schedule_order, list(cfg.candidates), blocks,
-                                 avg_bits={p: _avg_bits(model, p) for p in cfg.profiles})
+                                 avg_bits={p: _avg_bits(model, p) for p in cfg.profiles},
+                                 continuous=cfg.continuous, fractional=cfg.fractional)
+        if cfg.norm_offset > 0:
+            make_norms_quantizable(model)   # at full precision until a step sets them below its width
         self.train_profiles = self.schedule.all_profiles()
         self.teacher = cfg.teacher or max(cfg.profiles or self.train_profiles, key=lambda p: _avg_bits(model, p))
         needed = self.train_profiles + ([self.teacher] if self._needs_teacher() else [])
@@ -219,12 +223,14 @@ class Trainer:
         want_hidden = cfg.hidden_mse > 0
         teacher = None
         if self._needs_teacher() and any(p != self.teacher for p in profiles):
+            if cfg.norm_offset > 0:
+                set_norm_bits(inner, None)    # the teacher runs its norms at full precision
             with torch.no_grad(), use_profile(inner, self.teacher):
                 teacher = supervised_forward(model, batch, hidden=want_hidden)
         parts: dict[str, list[torch.Tensor]] = {"ce": [], "kl": [], "mse": [], "consistency": []}
         total = 0.0
         for p in profiles:
-            set_profile(inner, p)
+            self._switch(p)
             logits, targets, hidden = supervised_forward(model, batch, hidden=want_hidden and p != self.teacher)
             loss = ce = cross_entropy(logits, targets)
             parts["ce"].append(ce.detach())
@@ -241,7 +247,7 @@ class Trainer:
                     parts["mse"].append(mse.detach())
             if cfg.consistency > 0:
                 other = self.schedule.at(step + 7_777_777)[0]   # an independent draw of the same schedule
-                set_profile(inner, other)
+                self._switch(other)
                 logits_b, _, _ = supervised_forward(model, batch)
                 cons = distill_kl(logits_b, logits, 1.0)
                 loss = loss + cfg.consistency * cons
@@ -250,6 +256,12 @@ class Trainer:
         out = {"loss": total / len(profiles)}
         out.update({k: torch.stack(v).mean() for k, v in parts.items() if v})
         return out
+
+    def _switch(self, profile: str) -> None:
+        """The step's profile, and with ``norm_offset`` its norms ``norm_offset`` bits below its width."""
+        set_profile(self.inner, profile)
+        if self.cfg.norm_offset > 0:
+            set_norm_bits(self.inner, norm_bits_below(self.inner.bitswitch.table, self.cfg.norm_offset))
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> dict:
