@@ -1,0 +1,49 @@
+"""A prepared model on disk: a standard Hugging Face directory (``save_pretrained``, safetensors,
+the tokenizer) plus ``bitswitch_prepare.json`` recording the steps, so every loader opens it as
+any local model directory and train / eval / export / runtime / GGUF need nothing new.
+
+Written atomically like an export: into a temporary sibling, renamed into place at the end. The
+target must be new, empty, or an earlier prepared directory (which is replaced).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from torch import nn
+
+from ..errors import BitswitchError
+from ..export.writer import _install, _publish_modes, _versions
+from ..io import atomic_write_json
+
+MARKER = "bitswitch_prepare.json"
+FORMAT = "bitswitch-prepare"
+
+
+def check_target(out: str | os.PathLike) -> Path:
+    """Refuse a file, or a non-empty directory that is not an earlier prepared model."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise BitswitchError(f"--out {str(out)!r} is a file: pass a new directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise BitswitchError(f"--out {str(out)!r} is not empty and not a prepared model: pass a new or empty directory")
+    return out
+
+
+def save_prepared(model: nn.Module, tokenizer, out: str | os.PathLike, record: dict) -> Path:
+    """Write ``model`` + ``tokenizer`` + ``record`` (JSON-ready: source, steps) to ``out``; return it."""
+    out = check_target(out)
+    out.parent.mkdir(parents=True, exist_ok=True)   # the temporary sibling must be on the same file system
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / MARKER, {"format": FORMAT, "format_version": 1, **record, "versions": _versions()})
+        _publish_modes(tmp)
+        _install(tmp, out, MARKER)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
