@@ -40,6 +40,7 @@ def test_unknown_model_and_task_and_args(capsys, tmp_path):
 DEVICE_ARGV = {
     "eval": ["eval", "--model", "tiny-llama", "--task", "wikitext", "--out", "{out}"],
     "profiles": ["profiles", "--model", "tiny-llama", "--profile", "w8a8"],
+    "prepare": ["prepare", "--model", "tiny-llama", "--out", "{out}"],
     "export": ["export", "--model", "tiny-llama", "--profile", "w8a8", "--out", "{out}"],
     "attack": ["attack", "--model", "tiny-llama", "--attack", "hotflip", "--out", "{out}"],
     "sensitivity": ["sensitivity", "--model", "tiny-llama", "--out", "{out}"],

@@ -14,7 +14,7 @@ from .commands.args import Parser
 from .errors import BitswitchError
 
 # the subcommands, in the order ``bitswitch --help`` lists them; each is bitswitch.commands.<name> ('-' as '_')
-COMMANDS: tuple[str, ...] = ("eval", "generate", "train", "demo", "export", "profiles", "run", "report",
+COMMANDS: tuple[str, ...] = ("eval", "generate", "train", "demo", "prepare", "export", "profiles", "run", "report",
                              "attack", "sensitivity", "search", "verify-gguf")
 
 
