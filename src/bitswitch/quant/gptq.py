@@ -67,7 +67,9 @@ def _inverse_cholesky(h: Tensor, damp: float) -> Tensor:
     mean_diag = h.diagonal().mean()
     h[idx, idx] += damp * (mean_diag if mean_diag > 0 else 1.0)
     l = torch.linalg.cholesky(h)
-    hinv = torch.cholesky_inverse(l)
+    # H^-1 = L^-T L^-1 from one triangular solve (torch.cholesky_inverse is far slower on CPU here)
+    linv = torch.linalg.solve_triangular(l, torch.eye(h.shape[0], dtype=h.dtype, device=h.device), upper=False)
+    hinv = linv.T @ linv
     return torch.linalg.cholesky(hinv, upper=True)
 
 
@@ -111,30 +113,36 @@ def gptq_codes(w: Tensor, hessian: Tensor, cfg: WeightQuant, block: int = 128, d
         z_col = None if z_col is None else z_col[:, perm]
     u = _inverse_cholesky(h, damp).to(torch.float32)
 
-    w = w.clone()
-    codes = torch.empty(n_out, n_in, dtype=torch.float32, device=w.device)
+    # Work on the transpose (in, out): a column of W is then a contiguous row, which keeps the
+    # per-column steps (the inner loop, in times) cheap.
+    wt = w.T.contiguous()
+    st = s_col.T.contiguous()
+    zt = None if z_col is None else z_col.T.contiguous()
+    codes = torch.empty(n_in, n_out, dtype=torch.float32, device=w.device)
     for i1 in range(0, n_in, block):
         i2 = min(i1 + block, n_in)
-        w1 = w[:, i1:i2].clone()               # this block's columns, updated as it goes
+        w1 = wt[i1:i2].clone()                 # this block's columns (rows here), updated as it goes
         err1 = torch.zeros_like(w1)
         u1 = u[i1:i2, i1:i2]
         for j in range(i2 - i1):
-            col = w1[:, j]
+            col = w1[j]
+            s = st[i1 + j]
             # quantize() of functional.py, column-wise: same ops in float32, so bitwise RTN when
             # nothing has moved this column
-            q = torch.round(col / s_col[:, i1 + j])
-            if z_col is not None:
-                q = q + z_col[:, i1 + j]
+            q = torch.round(col / s)
+            if zt is not None:
+                q = q + zt[i1 + j]
             q = q.clamp(lo, hi)
-            codes[:, i1 + j] = q
-            deq = (q - z_col[:, i1 + j]) * s_col[:, i1 + j] if z_col is not None else q * s_col[:, i1 + j]
+            codes[i1 + j] = q
+            deq = (q - zt[i1 + j]) * s if zt is not None else q * s
             e = (col - deq) / u1[j, j]
             # spread the error over the block's later columns now...
-            w1[:, j + 1:] -= e.unsqueeze(1) * u1[j, j + 1:].unsqueeze(0)
-            err1[:, j] = e
+            w1[j + 1:] -= u1[j, j + 1:].unsqueeze(1) * e.unsqueeze(0)
+            err1[j] = e
         # ...and over the columns after the block once, as one matmul (the lazy batch update)
         if i2 < n_in:
-            w[:, i2:] -= err1 @ u[i1:i2, i2:]
+            wt[i2:] -= u[i1:i2, i2:].T @ err1
+    codes = codes.T
     if perm is not None:
         codes = codes[:, torch.argsort(perm)]
     return codes.to(torch.int32), scale, zero
