@@ -15,6 +15,7 @@ import time
 import common  # noqa: F401  (puts src/ on the path, relative argv)
 import torch
 
+from bitswitch.io import atomic_write_json
 from bitswitch.evaluate.scorers import load_text_ids, score_text
 from bitswitch.loading import load
 from bitswitch.prepare.gptq import calibration_ids, gptq_round
@@ -61,13 +62,15 @@ def main() -> None:
     measure("fp", "fp", {})
     fp_ppl = rows[0]["ppl"]
     for recipe in a.recipes:
-        extra = {}
-        if recipe != "rtn":
-            t0 = time.time()
-            rec = gptq_round(model, a.specs, calib, sequential=recipe == "gptq-seq")
-            extra = {"gptq_seconds": round(time.time() - t0, 1), "calib_tokens": rec["tokens"]}
-        for spec in a.specs:
+        for spec in a.specs:   # one width at a time: each row is written as soon as it is measured
+            extra = {}
+            if recipe != "rtn":
+                t0 = time.time()
+                rec = gptq_round(model, [spec], calib, sequential=recipe == "gptq-seq")
+                extra = {"gptq_seconds": round(time.time() - t0, 1), "calib_tokens": rec["tokens"]}
             measure(recipe, spec, extra)
+            if a.out:
+                atomic_write_json(a.out, {"meta": {"partial": True}, "rows": rows})
     for r in rows:
         r["x_fp"] = round(r["ppl"] / fp_ppl, 3)
     common.write(a.out, rows, ["recipe", "profile", "ppl", "x_fp", "tokens", "seconds"],

@@ -138,7 +138,7 @@ def attach_roundings(model: nn.Module, directory: str | os.PathLike) -> int:
             if want_scale is None or not torch.equal(want_scale.cpu(), scale) or \
                     (want_zero is not None and not torch.equal(want_zero.cpu(), zero)):
                 raise BitswitchError(f"{Path(directory) / INDEX}: the rounding of {module!r} was computed for "
-                                     f"other weights (shape or scales differ): {FIX}")
+                                     f"other weights (shape or scales differ: another model, or loaded at another --dtype): {FIX}")
             try:
                 mod.set_rounding(cfg, codes, scale, zero)
             except ValueError as exc:

@@ -125,3 +125,9 @@ def test_prepare_then_fake_quant_runtime_and_export_agree(spec, tmp_path):
     set_profile(model, "w3g32")
     with torch.no_grad():
         assert not torch.allclose(plain(ids).logits, model(ids).logits)
+
+
+def test_gptq_without_calibration_data_is_a_one_line_cli_error(capsys, tmp_path):
+    assert main(["prepare", "--model", "tiny-llama", "--gptq", "w4", "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--calib-data" in err and "\n" not in err
