@@ -24,6 +24,7 @@ from .export.nested_reader import load_nested_base, load_nested_model
 from .export.reader import is_export_dir, is_exported, load_exported
 from .models import load_model, resolve_device
 from .profiles import QuantOptions
+from .roundings import maybe_attach
 from .switching import make_switchable
 
 __all__ = ["is_export_dir", "is_exported", "is_nested_dir", "load", "load_switchable", "resolve_device"]
@@ -64,6 +65,7 @@ def load_switchable(spec: str, adapters: str | None = None, options: QuantOption
     if is_exported(model):
         return model, tok
     make_switchable(model, options or QuantOptions(), keying)
+    maybe_attach(model, spec)   # a prepared directory's GPTQ roundings, if it has them
     if adapters:
         load_adapters(model, adapters)
     return model, tok

@@ -39,6 +39,14 @@ def _blocks(model: nn.Module):
     return None
 
 
+def block_list(model: nn.Module):
+    """``(prefix, blocks, role table)`` of a supported model (its decoder blocks, in order)."""
+    found = _blocks(model)
+    if found is None:
+        check_supported(model)
+    return found
+
+
 def _has(module: nn.Module, name: str) -> bool:
     try:
         module.get_submodule(name)

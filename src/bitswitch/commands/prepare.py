@@ -3,6 +3,7 @@ standard Hugging Face directory that every other command loads with ``--model DI
 
 from __future__ import annotations
 
+from ..errors import BitswitchError
 from .args import add_model_args
 
 
@@ -13,6 +14,19 @@ def add_parser(sub) -> None:
     p.add_argument("--rotate", choices=["hadamard", "orthogonal", "none"], default="hadamard",
                    help="hadamard: random Hadamard rotation of the residual stream and per-head values "
                         "(default); orthogonal: Haar-random, for sizes with no Hadamard matrix; none: no rotation")
+    g = p.add_argument_group("GPTQ roundings (after the rotation; saved beside the model, used wherever --model DIR is)")
+    g.add_argument("--gptq", nargs="+", default=None, metavar="PROFILE",
+                   help="round the frozen base with GPTQ for every weight quantizer these profiles use (w4 w3g32 ...)")
+    g.add_argument("--calib-data", default=None,
+                   help="SQuAD training JSON (or the hub name squad) whose prompts calibrate GPTQ; never evaluation text")
+    g.add_argument("--calib-questions", type=int, default=128, help="calibration prompts (default 128)")
+    g.add_argument("--gptq-hessians", choices=["sequential", "fp"], default="sequential",
+                   help="sequential: each width's Hessians from the blocks already rounded at it (default); "
+                        "fp: one floating-point pass shared by all widths (faster)")
+    g.add_argument("--weight-asym", action="store_true", help="asymmetric weight quantizers (as eval/train --weight-asym)")
+    g.add_argument("--act-order", action="store_true", help="round columns in order of decreasing Hessian diagonal")
+    g.add_argument("--gptq-damp", type=float, default=0.01, help="damping, a fraction of the mean Hessian diagonal")
+    g.add_argument("--calib-max-length", type=int, default=512, help="tokens per calibration prompt at most")
     p.add_argument("--out", required=True, help="new or empty directory, or an earlier prepared model (replaced)")
 
 
@@ -23,6 +37,15 @@ def steps_from_args(a) -> list:
     steps = []
     if a.rotate != "none":
         steps.append(Step("rotate", {"kind": a.rotate, "seed": a.seed}))
+    if a.gptq:
+        if not a.calib_data:
+            raise BitswitchError("--gptq needs --calib-data: SQuAD training JSON (or squad), never evaluation text")
+        steps.append(Step("gptq", {"profiles": list(a.gptq), "calib_data": a.calib_data,
+                                   "calib_questions": a.calib_questions, "hessians": a.gptq_hessians,
+                                   "weight_asym": a.weight_asym, "act_order": a.act_order, "damp": a.gptq_damp,
+                                   "max_length": a.calib_max_length, "seed": a.seed}))
+    elif a.calib_data:
+        raise BitswitchError("--calib-data calibrates GPTQ: pass --gptq PROFILES too")
     return steps
 
 

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..errors import BitswitchError
+from .gptq import gptq_step
 from .rotate import rotate_model
 from .writer import check_target, save_prepared
 
@@ -19,7 +20,7 @@ def _rotate(model, tokenizer, kind: str = "hadamard", seed: int = 0, heads: bool
     return rotate_model(model, seed=seed, kind=kind, heads=heads)
 
 
-STEPS = {"rotate": _rotate}
+STEPS = {"rotate": _rotate, "gptq": gptq_step}
 
 
 @dataclass(frozen=True)

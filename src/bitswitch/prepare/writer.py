@@ -41,6 +41,11 @@ def save_prepared(model: nn.Module, tokenizer, out: str | os.PathLike, record: d
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        roundings = getattr(model, "bitswitch_roundings", None)   # left by the gptq step
+        if roundings is not None:
+            from ..roundings import save_roundings
+
+            save_roundings(roundings[0], tmp, units=roundings[1], record=roundings[2])
         atomic_write_json(tmp / MARKER, {"format": FORMAT, "format_version": 1, **record, "versions": _versions()})
         _publish_modes(tmp)
         _install(tmp, out, MARKER)

@@ -31,6 +31,7 @@ from ..models import context_length
 from ..quant.clipping import project_
 from ..norms import make_norms_quantizable, norm_bits_below, set_norm_bits
 from ..results import peak_rss_mb, run_metadata
+from ..roundings import maybe_attach
 from ..switching import make_switchable, resolve_profile, set_profile, use_profile
 from .checkpoint import (checkpoint_info, load_checkpoint, remove_checkpoints, rng_state, save_checkpoint,
                          set_rng_state)
@@ -123,6 +124,7 @@ class Trainer:
         if is_exported(model):
             raise BitswitchError(f"{cfg.model!r} is an export fixed at one profile: train the source model")
         make_switchable(model, cfg.options, cfg.keying)
+        maybe_attach(model, cfg.model)   # a prepared directory's GPTQ roundings: adapters train on them
         blocks = [u for u in model.bitswitch.units if u != "head"]
         self.schedule = Schedule(cfg.schedule, list(cfg.profiles), cfg.steps, cfg.seed, cfg.cycles, cfg.b_min,
                                  cfg.b_max, cfg.family, cfg.schedule_order, list(cfg.candidates), blocks,

@@ -1,0 +1,253 @@
+"""GPTQ roundings of a model's frozen base for every weight quantizer some profiles use.
+
+``gptq_round(model, profiles, batches)`` resolves the profiles against a switchable model, finds
+each block unit's weight quantizers (``w4``, ``w3g32``, ... with the model's quantizer options),
+and sets each unit module's GPTQ codes with ``QuantLinear.set_rounding``; fake quantization, export
+and the runtime then use them wherever that quantizer runs, under any profile or adapter set.
+
+Calibration runs block by block (the standard GPTQ layout, which keeps one block's inputs in memory,
+never the whole model's activations): the inputs of block 0 are caught once, each block is run over
+them with hooks collecting its units' input Hessians, its units are rounded, and the block's outputs
+become the next block's inputs. ``sequential``:
+
+* ``False`` (``fp``): the stream stays floating point; one pass serves every quantizer (each unit's
+  Hessian is the same for all widths). Cheap.
+* ``True``: one pass per quantizer, the stream run through the blocks already rounded at that
+  quantizer, so block ``l``'s Hessian sees the inputs it will see when quantized (GPTQ as the paper
+  runs it). Within a block the units see the block's floating-point function.
+
+The LM head (unit ``head``) keeps round-to-nearest; a profile that quantizes it is not refused.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+from ..errors import BitswitchError
+from ..quant.config import WeightQuant
+from ..quant.gptq import HessianAccumulator, check_gptq_config, gptq_codes
+from ..switching import resolve_profile, restore, set_unit_profiles, snapshot, state
+from ..units import block_list
+
+_UNIT = re.compile(r"L(\d+)\.")
+
+
+class _Caught(Exception):
+    """Raised by the hook that catches block 0's inputs: nothing after it needs to run."""
+
+
+def quantizers_of(model: nn.Module, profiles) -> dict[WeightQuant, list[str]]:
+    """``{WeightQuant: [block unit, ...]}``: which units each weight quantizer of ``profiles`` covers
+    (16-bit weights left out: rounding to nearest there is already near-exact). A quantizer GPTQ
+    cannot round on is refused with a one-line BitswitchError."""
+    found: dict[WeightQuant, list[str]] = {}
+    for profile in profiles:
+        _, table = resolve_profile(model, profile)
+        for unit, prec in table.items():
+            cfg = prec.weight
+            if cfg is None or cfg.bits > 8 or unit == "head":
+                continue
+            try:
+                check_gptq_config(cfg)
+            except ValueError as exc:
+                raise BitswitchError(f"profile {profile!r}: {exc}") from None
+            units = found.setdefault(cfg, [])
+            if unit not in units:
+                units.append(unit)
+    return found
+
+
+def _catch_block_inputs(model: nn.Module, blocks, batches) -> list[tuple[torch.Tensor, dict]]:
+    """Block 0's (hidden states, keyword arguments) for each calibration batch: what the model hands
+    its blocks (attention mask, positions, rotary embeddings), so a block can be re-run alone."""
+    caught = []
+
+    def hook(module, args, kwargs):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value", "layer_past")}
+        caught.append((hidden.detach(), kwargs))
+        raise _Caught
+
+    handle = blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            for ids in batches:
+                try:
+                    model(ids.to(device), use_cache=False)
+                except _Caught:
+                    pass
+    finally:
+        handle.remove()
+    return caught
+
+
+def _run_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    out = block(hidden, **kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _layer_units(model: nn.Module, layer: int) -> list[str]:
+    return [u for u in state(model).units if (m := _UNIT.match(u)) and int(m.group(1)) == layer]
+
+
+def _hessians(model, block, units, inputs) -> dict[str, torch.Tensor]:
+    """Each unit's input Hessian over the block run on ``inputs`` (a unit's modules share one input)."""
+    st = state(model)
+    accs, handles = {}, []
+    for unit in units:
+        first = model.get_submodule(st.units[unit][0])
+        acc = accs[unit] = HessianAccumulator(first.in_features, device="cpu")
+        handles.append(first.register_forward_hook(lambda mod, args, out, acc=acc: acc.add(args[0])))
+    try:
+        with torch.no_grad():
+            for hidden, kwargs in inputs:
+                _run_block(block, hidden, kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return {u: a.hessian() for u, a in accs.items()}
+
+
+def _round_unit(model, unit: str, hessian: torch.Tensor, cfg: WeightQuant, block: int, damp: float,
+                act_order: bool) -> None:
+    """GPTQ on a unit's modules stacked by rows (q/k/v, gate/up share an input, so a Hessian;
+    rows are rounded independently given it), split back and set on each module."""
+    mods = [model.get_submodule(n) for n in state(model).units[unit]]
+    w = torch.cat([m.weight_out_in().detach().float() for m in mods], 0)
+    codes, scale, zero = gptq_codes(w, hessian.to(w.device), cfg, block=block, damp=damp, act_order=act_order)
+    start = 0
+    for m in mods:
+        end = start + m.out_features
+        m.set_rounding(cfg, codes[start:end], scale[start:end], None if zero is None else zero[start:end])
+        start = end
+
+
+def gptq_round(model: nn.Module, profiles, batches, sequential: bool = True, block: int = 128, damp: float = 0.01,
+               act_order: bool = False, progress: bool = True) -> dict:
+    """Set GPTQ roundings on ``model`` (switchable, adapters ignored) for every block-unit weight
+    quantizer ``profiles`` use; ``batches``: calibration token ids, each (1, T) (text the evaluation
+    never sees). Returns a JSON-ready record: quantizers, units, tokens, mode."""
+    from tqdm.auto import tqdm
+
+    found = quantizers_of(model, profiles)
+    if not found:
+        raise BitswitchError("the profiles quantize no block-unit weight at 2-8 bits: nothing for GPTQ to round")
+    batches = list(batches)
+    if not batches:
+        raise BitswitchError("GPTQ needs calibration text: no calibration batches were given")
+    _, blocks, _ = block_list(model)
+    saved = snapshot(model)
+    units = list(state(model).units)
+    try:
+        set_unit_profiles(model, {u: "fp" for u in units}, adapters=False)
+        first = _catch_block_inputs(model, blocks, batches)
+        passes = list(found.items()) if sequential else [(None, None)]
+        bar = tqdm(total=len(passes) * len(blocks), desc="gptq", disable=not progress)
+        for cfg_of_pass, _ in passes:
+            inputs = first
+            for layer, blk in enumerate(blocks):
+                lunits = _layer_units(model, layer)
+                hess = _hessians(model, blk, lunits, inputs)
+                todo = [(cfg_of_pass, found[cfg_of_pass])] if sequential else list(found.items())
+                for cfg, cfg_units in todo:
+                    for unit in lunits:
+                        if unit in cfg_units:
+                            _round_unit(model, unit, hess[unit], cfg, block, damp, act_order)
+                if layer + 1 < len(blocks):
+                    if sequential:   # the next block sees this block's output with its units quantized
+                        spec = {u: _weight_spec(cfg_of_pass) if u in found[cfg_of_pass] else "fp" for u in lunits}
+                        set_unit_profiles(model, {u: spec.get(u, "fp") for u in units}, adapters=False)
+                    with torch.no_grad():
+                        inputs = [(_run_block(blk, h, kw), kw) for h, kw in inputs]
+                    set_unit_profiles(model, {u: "fp" for u in units}, adapters=False)
+                bar.update(1)
+        bar.close()
+    finally:
+        restore(model, saved)
+    return {"method": "gptq", "hessians": "sequential" if sequential else "fp",
+            "block": block, "damp": damp, "act_order": act_order, "batches": len(batches),
+            "tokens": int(sum(b.numel() for b in batches)),
+            "quantizers": [{"spec": _weight_spec(c), "symmetric": c.symmetric, "units": len(u)}
+                           for c, u in found.items()]}
+
+
+def _weight_spec(cfg: WeightQuant) -> str:
+    """The weights-only profile spec of ``cfg`` (``w4g32``); the model's options give back ``cfg``."""
+    return f"w{cfg.bits}" + (f"g{cfg.group_size}" if cfg.group_size else "")
+
+
+def calibration_ids(tokenizer, source: str, questions: int, max_length: int = 512, seed: int = 0) -> list:
+    """(1, T) id tensors of the prompts (context + question) of ``questions`` SQuAD questions of
+    ``source``, stratified over its articles. Training text only: a file named like an evaluation
+    split (``dev``, ``test``, ``valid``) is refused, since the roundings would be fitted to it."""
+    from pathlib import Path
+
+    from ..data.squad import calibration_batches, load_squad
+
+    name = Path(str(source)).name.lower()
+    if any(word in name for word in ("dev", "test", "valid")):
+        raise BitswitchError(f"--calib-data {source!r} looks like an evaluation split: calibrate GPTQ on "
+                             "training text (e.g. squad-v1.1/train-subset-v1.1.json or the hub name squad)")
+    if questions < 1:
+        raise BitswitchError(f"--calib-questions must be at least 1, got {questions}")
+    examples = load_squad(source, split="train", limit=questions, sample_seed=seed)
+    return calibration_batches(tokenizer, examples, questions, max_length=max_length)
+
+
+def gptq_step(model: nn.Module, tokenizer, profiles, calib_data: str, calib_questions: int = 128,
+              hessians: str = "sequential", weight_asym: bool = False, block: int = 128, damp: float = 0.01,
+              act_order: bool = False, max_length: int = 512, seed: int = 0) -> dict:
+    """The ``gptq`` preparation step on a plain model: wrap it, round, collect the roundings, unwrap
+    it (the saved model stays a standard one), and leave the roundings on ``model`` for
+    :func:`~.writer.save_prepared` to write beside it (:mod:`bitswitch.roundings`)."""
+    from ..profiles import QuantOptions
+    from ..roundings import collect_roundings
+    from ..switching import make_switchable
+
+    if hessians not in ("fp", "sequential"):
+        raise BitswitchError(f"--gptq-hessians must be fp or sequential, got {hessians!r}")
+    if hasattr(model, "bitswitch"):
+        raise BitswitchError("the gptq step runs on the plain model (it wraps and unwraps it itself)")
+    batches = calibration_ids(tokenizer, calib_data, calib_questions, max_length, seed)
+    make_switchable(model, QuantOptions(weight_symmetric=not weight_asym))
+    try:
+        record = gptq_round(model, list(profiles), batches, sequential=hessians == "sequential", block=block,
+                            damp=damp, act_order=act_order)
+        roundings = collect_roundings(model)
+        units = {name: u for u, names in state(model).units.items() for name in names}
+    finally:
+        _unwrap(model)
+    record.update(profiles=list(profiles), calib_data=_source_name(calib_data), calib_questions=calib_questions,
+                  weight_asym=weight_asym)
+    previous = getattr(model, "bitswitch_roundings", None)   # a second gptq step adds to the first
+    if previous is not None:
+        for module, per_cfg in previous[0].items():
+            for cfg, r in per_cfg.items():
+                roundings.setdefault(module, {}).setdefault(cfg, r)
+        record = {"steps": previous[2].get("steps", [previous[2]]) + [record]}
+    model.bitswitch_roundings = (roundings, units, record)
+    return record
+
+
+def _source_name(source: str) -> str:
+    """A calibration source as recorded: a file's name, never a machine's absolute path."""
+    from pathlib import Path
+
+    return Path(str(source)).name
+
+
+def _unwrap(model: nn.Module) -> None:
+    """Put the original linears back in place of the QuantLinear wrappers (what make_switchable did)."""
+    st = getattr(model, "bitswitch", None)
+    if st is None:
+        return
+    for names in st.units.values():
+        for name in names:
+            parent, _, child = name.rpartition(".")
+            owner = model.get_submodule(parent) if parent else model
+            setattr(owner, child, owner.get_submodule(child).base)
+    del model.bitswitch
