@@ -38,7 +38,7 @@ def test_saved_directory_reloads_with_the_same_logits(tmp_path, spec):
 @pytest.mark.parametrize("spec", ["tiny-llama", "tiny-gpt2"])
 def test_the_runtime_runs_a_rotated_untied_model(tmp_path, spec):
     out = tmp_path / "rot"
-    assert main(["prepare", "--model", spec, "--out", str(out), "--device", "cpu"]) == 0
+    assert main(["prepare", "--model", spec, "--rotate", "hadamard", "--out", str(out), "--device", "cpu"]) == 0
     model, tok = load_switchable(str(out), device="cpu")
     with torch.no_grad():
         fake = model(IDS).logits
@@ -62,7 +62,7 @@ def test_cli_errors_exit_2_with_one_line(capsys, tmp_path):
     Qwen3ForCausalLM(cfg).save_pretrained(qwen)
     byte_tokenizer().save_pretrained(qwen)
     capsys.readouterr()   # the progress bars of saving it
-    assert main(["prepare", "--model", str(qwen), "--out", str(tmp_path / "b"), "--device", "cpu"]) == 2
+    assert main(["prepare", "--model", str(qwen), "--rotate", "hadamard", "--out", str(tmp_path / "b"), "--device", "cpu"]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]   # after transformers' loading bar
     assert last.startswith("bitswitch: error: cannot rotate model type 'qwen3'")
     assert not (tmp_path / "b").exists()
