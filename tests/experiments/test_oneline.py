@@ -118,7 +118,7 @@ def test_report_glance_is_one_line_per_question_and_cached_reads_as_cached(tmp_p
     text = out.read_text()
     glance = text.split("## Answers at a glance")[1].split("\n## ")[0]
     line = next(x for x in glance.splitlines() if x.startswith("| cpt |"))
-    assert line.startswith("| cpt | Does CPT beat random? | yes: cyclic beats random beyond 2 SE at 1 of 1 profiles")
+    assert line.startswith("| cpt | Does CPT beat random? | yes: cyclic beats random beyond 2 SE at 1 of 1 profile")
     assert "Details:" in text and "cyclic against random, f1" in text      # the long sentence stays below
     assert "Paired differences of f1" in text and "| cyclic | random | w4a8 |" in text
     assert "[cached, 1.0 s]" in text and "skipped" not in text

@@ -238,21 +238,21 @@ def verdict(rule: dict, rows_by_kind: dict[str, list[dict]]) -> str:
     better = [t for t in tested if significant(t[1], t[2]) and (t[1] > 0) == up]
     worse = [t for t in tested if significant(t[1], t[2]) and (t[1] > 0) != up]
     key = max(tested, key=_strength)
-    n = len(tested)
+    n = f"{len(tested)} profile" + ("s" if len(tested) != 1 else "")
     if args.get("test") == "equal":
         if better or worse:
             k = max(better + worse, key=_strength)
-            return f"no: {a} differs from {b} beyond 2 SE at {len(better + worse)} of {n} profiles ({delta_text(metric, *k)})"
-        return f"yes, no effect at this sample size: {a} within 2 SE of {b} at all {n} profiles (largest {delta_text(metric, *key)})"
+            return f"no: {a} differs from {b} beyond 2 SE at {len(better + worse)} of {n} ({delta_text(metric, *k)})"
+        return f"yes, no effect at this sample size: {a} within 2 SE of {b} at all {n} (largest {delta_text(metric, *key)})"
     if better and worse:
-        return f"mixed: {a} better than {b} beyond 2 SE at {len(better)}, worse at {len(worse)} of {n} profiles ({delta_text(metric, *key)})"
+        return f"mixed: {a} better than {b} beyond 2 SE at {len(better)}, worse at {len(worse)} of {n} ({delta_text(metric, *key)})"
     if better:
         k = max(better, key=_strength)
-        return f"yes: {a} beats {b} beyond 2 SE at {len(better)} of {n} profiles ({delta_text(metric, *k)})"
+        return f"yes: {a} beats {b} beyond 2 SE at {len(better)} of {n} ({delta_text(metric, *k)})"
     if worse:
         k = max(worse, key=_strength)
-        return f"no: {a} is worse than {b} beyond 2 SE at {len(worse)} of {n} profiles ({delta_text(metric, *k)})"
-    return f"not significant: {a} vs {b} within 2 SE at all {n} profiles (largest {delta_text(metric, *key)})"
+        return f"no: {a} is worse than {b} beyond 2 SE at {len(worse)} of {n} ({delta_text(metric, *k)})"
+    return f"not significant: {a} vs {b} within 2 SE at all {n} (largest {delta_text(metric, *key)})"
 
 
 def _drop_verdict(args: dict, rows: list[dict], metric: str, up: bool) -> str:
