@@ -263,3 +263,18 @@ def test_checkpoint_files(tmp_path, capfd, checkpointed, name, must_fail):
     reset()
     run_cases(capfd, run / name, ["train", "--resume", str(run), "--steps", "2"], run, SEED + 6, must_fail,
               reset=reset, flips=3)
+
+
+def test_resume_with_missing_data_is_one_error_line(tmp_path, capfd, checkpointed):
+    """A config whose data path no longer exists fails before any note is printed (the model's short
+    context would otherwise say so first, and the error would not be the only line)."""
+    run = tmp_path / "run"
+    _restore(checkpointed, run)()
+    cfg = run / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("\ndata: /", "\ndata: /missing/", 1))
+    before = _files(run)
+    capfd.readouterr()
+    assert main(["train", "--resume", str(run), "--steps", "2"]) == 2
+    err = capfd.readouterr().err.strip()
+    assert err.startswith("bitswitch: error: text data") and "\n" not in err
+    assert _files(run) == before

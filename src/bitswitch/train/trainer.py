@@ -151,9 +151,6 @@ class Trainer:
         model.train()
         ctx = context_length(model)
         max_length = min(cfg.max_length, ctx) if ctx else cfg.max_length
-        if max_length < cfg.max_length and acc.is_main_process:
-            self.log(f"max_length {cfg.max_length} is longer than the model's context: examples are cut to "
-                     f"{max_length} tokens")
         if cfg.task == "squad":
             self.examples, self.truncated = squad_examples(tok, cfg.data, cfg.limit, max_length, offset=cfg.offset,
                                                            order=cfg.order, sample_seed=cfg.sample_seed)
@@ -162,6 +159,10 @@ class Trainer:
                          f"{max_length} tokens (answers are kept whole)")
         else:
             self.examples = text_examples(tok, cfg.data, max_length, cfg.limit, cfg.offset)
+        # said once the data has loaded: a bad data path must leave one error line, not a note before it
+        if max_length < cfg.max_length and acc.is_main_process:
+            self.log(f"max_length {cfg.max_length} is longer than the model's context: examples are cut to "
+                     f"{max_length} tokens")
         self.batches = LengthGroupedBatches([len(e) for e in self.examples], cfg.batch_size, cfg.max_batch_tokens,
                                             cfg.seed)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
