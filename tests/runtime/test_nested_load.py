@@ -7,6 +7,8 @@ import torch
 import bitswitch as bs
 from bitswitch.adapters import adapter_parameters
 from bitswitch.export import export_nested, load_nested_model, read_nested
+from bitswitch.errors import BitswitchError
+from bitswitch.export.nested_format import StoredTensor, stored_tensors
 from bitswitch.export.nested_reader import master_weight
 from bitswitch.loading import load_switchable
 from bitswitch.runtime import Runtime
@@ -55,3 +57,42 @@ def test_the_hollow_model_holds_no_unit_weights_and_masters_are_read_once(tmp_pa
     w = master_weight(ckpt, "model.layers.0.self_attn.q_proj", release=True)
     assert torch.equal(w, master_weight(ref, "model.layers.0.self_attn.q_proj"))
     assert "model.layers.0.self_attn.q_proj" not in ckpt.masters and len(ref.masters) == len(ckpt.masters) + 1
+
+
+def test_lazy_masters_read_the_stored_tensors_exactly(tmp_path):
+    path = _checkpoint("tiny-llama", tmp_path)
+    lazy, eager = read_nested(path, lazy_masters=True), read_nested(path)
+    assert lazy.masters.keys() == eager.masters.keys()
+    for m, (codes, scales, g) in lazy.masters.items():
+        assert isinstance(codes, StoredTensor) and isinstance(scales, StoredTensor)
+        for got, want in ((codes.load(), eager.masters[m][0]), (scales.load(), eager.masters[m][1])):
+            assert got.dtype == want.dtype and torch.equal(got, want)
+        assert g == eager.masters[m][2]
+
+
+@pytest.mark.parametrize("header", [
+    {"a": {"dtype": "I8", "shape": [2, 3], "data_offsets": [0, 5]}},       # 5 bytes for 6 int8
+    {"a": {"dtype": "I8", "shape": [2, 3], "data_offsets": [0, 600]}},     # past the end of the file
+    {"a": {"dtype": "Q4", "shape": [2, 3], "data_offsets": [0, 6]}},       # no such dtype
+    {"b": {"dtype": "I8", "shape": [2, 3], "data_offsets": [0, 6]}},       # no tensor "a"
+])
+def test_a_bad_safetensors_header_is_one_error_line(tmp_path, header):
+    import json
+
+    raw = json.dumps(header).encode()
+    file = tmp_path / "model.safetensors"
+    file.write_bytes(len(raw).to_bytes(8, "little") + raw + bytes(6))
+    with pytest.raises(BitswitchError, match="corrupt or truncated") as err:
+        stored_tensors(file, ["a"])
+    assert "\n" not in str(err.value)
+
+
+def test_stored_tensor_equals_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    tensors = {"a": torch.arange(-6, 6, dtype=torch.int8).reshape(3, 4), "b": torch.randn(5, dtype=torch.bfloat16),
+               "c": torch.randn(2, 3).half(), "e": torch.zeros(0, 4)}
+    save_file(tensors, tmp_path / "t.safetensors")
+    got = stored_tensors(tmp_path / "t.safetensors", tensors)
+    for name, t in tensors.items():
+        assert got[name].load().dtype == t.dtype and torch.equal(got[name].load(), t)

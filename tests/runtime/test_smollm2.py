@@ -58,8 +58,13 @@ def test_kernels_against_fake_quantization(smollm2):
         keep = mask.bool()
         assert (rt.logits(ids, mask) - want)[keep].abs().max() < 0.02 * want[keep].abs().max()
         for text in TEXTS:
-            i = torch.tensor([tok(text).input_ids])
+            # bf16 kernels against float32 fake quantization: where two tokens are nearly tied the
+            # pick depends on the CPU's accumulation order, so greedy sequences may part there. What
+            # holds on any CPU: fed the runtime's own tokens, fake quantization ranks each of them
+            # first or within the logits' tolerance of its first.
+            prompt = tok(text).input_ids
+            out = rt.generate([text], max_new_tokens=16, stop=None).tokens[0]
             with torch.no_grad():
-                greedy = model.generate(i, attention_mask=torch.ones_like(i), max_new_tokens=16, do_sample=False,
-                                        pad_token_id=tok.eos_token_id)[0, i.shape[1]:].tolist()
-            assert rt.generate([text], max_new_tokens=16, stop=None).tokens[0] == greedy
+                lg = model(torch.tensor([prompt + out])).logits[0, len(prompt) - 1:-1]   # (new, V)
+            gap = lg.max(-1).values - lg[torch.arange(len(out)), torch.tensor(out)]
+            assert len(out) == 16 and (gap <= 0.02 * lg.abs().max()).all(), (p, text, gap.tolist())

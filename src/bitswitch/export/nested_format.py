@@ -204,9 +204,64 @@ def expected_specs(info: dict) -> dict[str, tuple[str | None, list[int]]]:
     return specs
 
 
-def read_tensors(path: str | Path, info: dict) -> dict[str, torch.Tensor]:
+# safetensors' dtype names (its format's header), for the tensors read on demand
+_ST_DTYPES = {"BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
+              "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
+              "F64": torch.float64}
+
+
+class StoredTensor:
+    """One tensor of a safetensors file, read when :meth:`load` is called, with plain reads.
+
+    safetensors maps the whole file, and every page a tensor touched stays resident while any tensor
+    of the file lives; a builder that reads the masters one at a time and drops each after packing
+    would still end with all of them resident. Read this way, a dropped master leaves nothing."""
+
+    def __init__(self, file: Path, name: str, dtype: torch.dtype, shape: list[int], begin: int, end: int):
+        self.file, self.name, self.dtype, self.shape = file, name, dtype, torch.Size(shape)
+        self.begin, self.end = begin, end
+
+    def load(self) -> torch.Tensor:
+        buf = bytearray(self.end - self.begin)
+        with open(self.file, "rb") as f:
+            f.seek(self.begin)
+            if f.readinto(buf) != len(buf):
+                raise BitswitchError(f"{self.file} is truncated at tensor {self.name!r}: {FIX}")
+        if not buf:
+            return torch.empty(self.shape, dtype=self.dtype)
+        return torch.frombuffer(buf, dtype=self.dtype).reshape(self.shape)
+
+
+def stored_tensors(file: Path, names) -> dict[str, StoredTensor]:
+    """``{name: StoredTensor}`` for ``names`` of safetensors ``file``, from its header (8 bytes of
+    little-endian length, then JSON of ``{name: {dtype, shape, data_offsets}}``), bounds checked."""
+    size = file.stat().st_size
+    try:
+        with open(file, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n > size - 8:
+                raise ValueError(f"header length {n} exceeds the file")
+            header = json.loads(f.read(n))
+        out = {}
+        for name in names:
+            e = header[name]
+            dtype, shape, (b, end) = _ST_DTYPES[e["dtype"]], [int(d) for d in e["shape"]], e["data_offsets"]
+            count = 1
+            for d in shape:
+                count *= d
+            if not 0 <= b <= end <= size - 8 - n or end - b != count * dtype.itemsize:
+                raise ValueError(f"tensor {name!r} has data offsets {[b, end]} that do not fit its shape or the file")
+            out[name] = StoredTensor(file, name, dtype, shape, 8 + n + b, 8 + n + end)
+        return out
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise BitswitchError(f"{file} is corrupt or truncated ({str(exc)[:160]}): {FIX}") from None
+
+
+def read_tensors(path: str | Path, info: dict, lazy=()) -> dict[str, torch.Tensor]:
     """Load ``model.safetensors`` after checking its size and every file's sha256, then check its
-    tensors against ``info``: names (none missing, none extra), dtypes and shapes."""
+    tensors against ``info``: names (none missing, none extra), dtypes and shapes.
+
+    lazy: names returned as :class:`StoredTensor` (shape and dtype checked, data read on ``load()``)."""
     path = Path(path)
     file = path / WEIGHTS_FILE
     if not file.is_file():
@@ -218,7 +273,9 @@ def read_tensors(path: str | Path, info: dict) -> dict[str, torch.Tensor]:
     check_sha256(path, info["sha256"], INFO_FILE, FIX)
     try:
         with safe_open(str(file), framework="pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            lazy = set(lazy) & set(f.keys())
+            tensors = {k: f.get_tensor(k) for k in f.keys() if k not in lazy}
+        tensors.update(stored_tensors(file, lazy))
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for a bad file
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise BitswitchError(f"{file} is corrupt or truncated ({first[:160]}): {FIX}") from None

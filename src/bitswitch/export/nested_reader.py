@@ -26,7 +26,7 @@ from ..quant.functional import dequantize_weight
 from ..quant.linear import is_conv1d
 from ..switching import make_switchable, refresh, state, unit_modules
 from .nested_format import (FIX, INFO_FILE, SEP, WEIGHTS_FILE, adapter_name, master_quant, merge_options,
-                            read_info, read_tensors, stored_options)
+                            StoredTensor, read_info, read_tensors, stored_options)
 
 
 @dataclass
@@ -55,15 +55,19 @@ class NestedCheckpoint:
     info: dict
 
 
-def read_nested(path: str | Path) -> NestedCheckpoint:
-    """Read and check a nested checkpoint directory (one-line errors naming the file or tensor)."""
+def read_nested(path: str | Path, lazy_masters: bool = False) -> NestedCheckpoint:
+    """Read and check a nested checkpoint directory (one-line errors naming the file or tensor).
+
+    lazy_masters: the masters' codes and scales are :class:`StoredTensor`, read by
+    :func:`master_weight` one at a time (what keeps the runtime's loading peak low)."""
     from transformers import AutoConfig
 
     path = Path(path).expanduser()
     info = read_info(path)
     options = stored_options(info, path)
     meta = _check_adapter_meta(info, path)
-    tensors = read_tensors(path, info)
+    lazy = [f"{m}.{part}" for m in info["masters"] for part in ("codes", "scales")] if lazy_masters else ()
+    tensors = read_tensors(path, info, lazy)
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as exc:
@@ -191,6 +195,7 @@ def master_weight(ckpt: NestedCheckpoint, module: str, release: bool = False) ->
     """The (out, in) float32 weight ``codes * scales`` of master ``module`` (exact); ``release``
     drops the master from ``ckpt`` once read, so a builder's peak memory holds one at a time."""
     codes, scales, g = ckpt.masters.pop(module) if release else ckpt.masters[module]
+    codes, scales = (t.load() if isinstance(t, StoredTensor) else t for t in (codes, scales))
     return dequantize_weight(codes, scales.float(), None, master_quant(g))
 
 
@@ -205,7 +210,7 @@ def load_nested_model(path: str | Path, device: str | torch.device = "cpu", dtyp
     hollow: see :func:`load_nested_base`; ``model.bitswitch_nested["checkpoint"]`` then holds the
     masters, read with :func:`master_weight` (what the runtime packs from).
     """
-    ckpt = read_nested(path)
+    ckpt = read_nested(path, lazy_masters=hollow)
     opts = merge_options(ckpt.options, options, ckpt.path)
     model, tok = load_nested_base(path, device, dtype, checkpoint=ckpt, hollow=hollow)
     meta = ckpt.adapter_meta

@@ -66,9 +66,11 @@ class Runtime:
         from ..export.nested_reader import load_nested_model, master_weight
         from ..loading import is_nested_dir, load_switchable
         from ..models import resolve_device
+        from .memory import fix_mmap_threshold
 
         dev = resolve_device(device)
         if is_nested_dir(spec) and dev.type == "cpu" and adapters is None:
+            fix_mmap_threshold()   # each master freed once packed must leave nothing resident
             model, tok = load_nested_model(Path(spec).expanduser(), dev, options=options, hollow=True)
             ckpt = model.bitswitch_nested.pop("checkpoint")
 
