@@ -199,7 +199,10 @@ def test_fp_is_the_bf16_weight():
     w = weight()
     p = pack_weight(w, None)
     assert p.kind == "bf16" and torch.equal(p.dequantize(), w.to(torch.bfloat16).float())
-    assert_matmul_close(p.matmul(x_bf16(1, 128)), x_bf16(1, 128), p.dequantize())
+    for m in (1, 3):   # one row takes torch.mv, more F.linear
+        out = p.matmul(x_bf16(m, 128))
+        assert out.shape == (m, w.shape[0]) and out.dtype == torch.bfloat16
+        assert_matmul_close(out, x_bf16(m, 128), p.dequantize())
 
 
 def test_choose_kernel():

@@ -99,6 +99,8 @@ class PackedBF16:
 
     def matmul(self, x: Tensor) -> Tensor:
         _check_x(x, self.shape[1])
+        if x.shape[0] == 1:   # one decode row: bf16 mv is 1.5x F.linear's GEMM (the tied LM head: 1.3 vs 2.1 ms)
+            return torch.mv(self.weight, x[0]).unsqueeze(0)
         return F.linear(x, self.weight)
 
     def dequantize(self) -> Tensor:
