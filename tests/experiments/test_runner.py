@@ -1,4 +1,5 @@
 import json
+import shutil
 from pathlib import Path
 
 from bitswitch.cli import main
@@ -52,6 +53,20 @@ def test_run_every_step_then_skip_all_then_resume_one_then_report(tiny_experimen
     attack = fake_attack_run(tmp_path)
     assert main(["report", str(tmp_path / "run"), str(attack), "--out", str(out)]) == 0
     assert_full_report(out, tiny_experiment, real_attack=has_command("attack"), search=has_command("search"))
+
+    # the archive keeps what the report reads, no weights, and renders the same report from elsewhere
+    archive, again = tmp_path / "kept" / "medium", tmp_path / "docs2" / "report.md"
+    assert main(["report", str(tmp_path / "run"), str(attack), "--out", str(again), "--archive", str(archive)]) == 0
+    shutil.rmtree(tmp_path / "run"), shutil.rmtree(tmp_path / "cache")
+    assert main(["report", str(archive / "run"), str(archive / "robust"), "--out", str(again)]) == 0
+    kept = [p for p in archive.rglob("*") if p.is_file()]
+    assert not [p for p in kept if p.suffix in (".safetensors", ".pt", ".bin", ".gguf")]
+    assert not [p for p in kept if "adapters" in p.parts or "checkpoint" in p.parts]
+    strip = lambda t: [x for x in t.splitlines() if not x.startswith(("Generated ", "**Reproduce:**"))]  # noqa: E731
+    assert strip(again.read_text()) == strip(out.read_text())
+    steps = json.loads((archive / "run" / "run.json").read_text())["steps"]
+    assert all(s["out"].startswith("../cache/") and (archive / "cache" / (Path(s["out"]).name + ".json")).is_file()
+               for s in steps)
 
 
 def test_interrupted_training_resumes_from_its_checkpoint(tiny_experiment, tmp_path, capsys):
