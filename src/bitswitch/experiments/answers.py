@@ -239,11 +239,12 @@ def verdict(rule: dict, rows_by_kind: dict[str, list[dict]]) -> str:
     worse = [t for t in tested if significant(t[1], t[2]) and (t[1] > 0) != up]
     key = max(tested, key=_strength)
     n = f"{len(tested)} profile" + ("s" if len(tested) != 1 else "")
+    at_all = f"at all {n}" if len(tested) != 1 else f"at its {n}"
     if args.get("test") == "equal":
         if better or worse:
             k = max(better + worse, key=_strength)
             return f"no: {a} differs from {b} beyond 2 SE at {len(better + worse)} of {n} ({delta_text(metric, *k)})"
-        return f"yes, no effect at this sample size: {a} within 2 SE of {b} at all {n} (largest {delta_text(metric, *key)})"
+        return f"yes, no effect at this sample size: {a} within 2 SE of {b} {at_all} (largest {delta_text(metric, *key)})"
     if better and worse:
         return f"mixed: {a} better than {b} beyond 2 SE at {len(better)}, worse at {len(worse)} of {n} ({delta_text(metric, *key)})"
     if better:
@@ -252,7 +253,7 @@ def verdict(rule: dict, rows_by_kind: dict[str, list[dict]]) -> str:
     if worse:
         k = max(worse, key=_strength)
         return f"no: {a} is worse than {b} beyond 2 SE at {len(worse)} of {n} ({delta_text(metric, *k)})"
-    return f"not significant: {a} vs {b} within 2 SE at all {n} (largest {delta_text(metric, *key)})"
+    return f"not significant: {a} vs {b} within 2 SE {at_all} (largest {delta_text(metric, *key)})"
 
 
 def _drop_verdict(args: dict, rows: list[dict], metric: str, up: bool) -> str:
