@@ -15,7 +15,7 @@ def _attack_results():
              "rpi": {"em": 53, "f1": 58, "answer_ppl": 2.1, "n": 4}}
     summary = {"profiles": ["fp", "w4a8"], "clean_f1_fixed_mean": 57.5, "clean_f1_rpi": 58, "clean_cost": -0.5,
                "attacked_f1_fixed_mean": 37.5, "attacked_f1_rpi_adaptive": 45, "attacked_f1_rpi_transfer": 51,
-               "recovered_adaptive": 7.5, "recovered_transfer": 13.5}
+               "recovered_adaptive": 7.5, "recovered_adaptive_se": 2.0, "recovered_transfer": 13.5}
     records = [{"attack": "typo", "craft": r, "eval": c, **v, "clean_f1": clean[c]["f1"]}
                for r, cols in matrix.items() for c, v in cols.items()]
     return {"kind": "attack", "model": "tiny-llama", "data": "x.json", "n": 4, "attacks": ["typo"],
@@ -63,6 +63,8 @@ def assert_full_report(out, experiment, real_attack: bool, search: bool):
     assert "switchable: ppl against fp" in tiny
     assert "typo: examples lose 20.0 F1 on average at the profile they were crafted at and 6.5 at the other" in text
     assert "RPI: gains 0.5 clean F1" in text and "recovers 7.5 F1 against the adaptive" in text
+    glance = text.split("## Answers at a glance")[1].split("\n## ")[0]
+    assert "| typo: RPI defends: yes (+7.5 \u00b1 2 attacked F1 against the adaptive attacker); examples lose" in glance
     assert f"**Reproduce:** `bitswitch run {experiment} --size small`" in tiny
     assert "**Model:** `tiny-llama`" in tiny and "Q4_1" not in tiny
     assert "Q4_1" in text.split("## robust")[1]            # the smollm2 caveat where smollm2 was used

@@ -9,7 +9,7 @@ import math
 
 from ..results import higher_is_better, markdown_table, spearman
 from . import figures
-from .answers import fmt, signed
+from .answers import fmt, significant, signed
 from .registry import Context, Section, StepResult, register
 
 
@@ -61,6 +61,8 @@ def render_attack(items: list[StepResult], ctx: Context) -> Section:
                 parts.append(ctx.image(fig, f"transferability heatmap of {attack}"))
             answers.append(f"{name}{attack}: " + transfer_sentence(matrix))
             s = r.get("rpi_summary")
+            if s and s.get("recovered_adaptive_se") is not None:   # the question's one line first
+                answers.insert(len(answers) - 1, f"{name}{attack}: {rpi_verdict(s)}; " + transfer_sentence(matrix))
             if s:
                 parts.append("RPI against the fixed profiles of its set (means over them):\n\n" + markdown_table(
                     [{"what": a, "value": b} for a, b in s.items() if a != "profiles"], ["what", "value"]))
@@ -87,6 +89,14 @@ def transfer_sentence(matrix: dict) -> str:
     ratio = f" ({mo / md:.0%} of it transfers)" if md > 0 else ""
     return (f"examples lose {fmt(md)} F1 on average at the profile they were crafted at and {fmt(mo)} at the other "
             f"profiles{ratio}.")
+
+
+def rpi_verdict(s: dict) -> str:
+    """Does RPI defend? Its attacked-F1 recovery against the adaptive (EOT) attacker, paired over
+    questions, against 2 standard errors."""
+    d, se = s["recovered_adaptive"], s["recovered_adaptive_se"]
+    word = ("yes" if d > 0 else "no, it hurts") if significant(d, se) else "not significant"
+    return f"RPI defends: {word} ({signed(d)} \u00b1 {fmt(se)} attacked F1 against the adaptive attacker)"
 
 
 def _gain(v: float) -> str:
