@@ -20,10 +20,10 @@ from pathlib import Path
 
 from ..errors import BitswitchError
 from ..io import atomic_write_json
-from .runner import RUN_FILE, load_run
+from .runner import RUN_FILE, load_run, step_dir
 
 KEEP = {".json", ".jsonl", ".md", ".png", ".yaml", ".csv", ".txt"}   # records, never weights
-SKIP_DIRS = {"adapters", "checkpoint", "checkpoints"}               # weights and resume state
+SKIP_DIR = "adapters"                                                # weights; checkpoint*: resume state
 
 
 def _records(step_dir: Path):
@@ -31,7 +31,7 @@ def _records(step_dir: Path):
     for p in sorted(step_dir.rglob("*")):
         rel = p.relative_to(step_dir)
         if p.is_file() and p.suffix.lower() in KEEP and not p.name.startswith(".") and \
-                not any(part in SKIP_DIRS or part.startswith("checkpoint") for part in rel.parts[:-1]):
+                not any(part == SKIP_DIR or part.startswith("checkpoint") for part in rel.parts[:-1]):
             yield p, rel
 
 
@@ -49,9 +49,7 @@ def archive_runs(run_dirs: list[str | Path], out: str | Path) -> list[Path]:
         steps = []
         for step in run.get("steps", []):
             step = dict(step)
-            src = Path(step["out"])
-            if not src.is_absolute() and not src.exists():
-                src = d / src
+            src = step_dir(step["out"], d)
             if src.is_dir():
                 for p, rel in _records(src):
                     target = cache / src.name / rel

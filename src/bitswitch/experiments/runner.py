@@ -207,6 +207,15 @@ def _lock(path: Path, log, head: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def step_dir(out: str | Path, run_dir: str | Path | None = None) -> Path:
+    """A step's output directory as run.json records it; a relative one that is not there is read from
+    the run directory (a run moved together with its cache, e.g. an archive's ``../cache/<step>``)."""
+    d = Path(out)
+    if not d.is_absolute() and not d.exists() and run_dir is not None:
+        d = Path(run_dir) / d
+    return d
+
+
 def load_run(run_dir: str | Path) -> dict:
     """run.json of a run directory (one-line error when it is not one)."""
     import json

@@ -25,6 +25,7 @@ from ..results import markdown_table
 from . import figures
 from . import sections_analysis  # noqa: F401 - the analysis commands' renderers register on import
 from .answers import drop, fmt, mean_se
+from .runner import step_dir
 from .registry import RENDERERS, Context, Renderer, Section, StepResult, register
 
 
@@ -35,9 +36,7 @@ def renderer(kind: str) -> Renderer:
 # -- loading --------------------------------------------------------------------------------------
 def load_step(run: dict, step: dict) -> StepResult | None:
     """The results of a finished step, or None when it has none (pending, failed, deleted)."""
-    d = Path(step["out"])
-    if not d.is_absolute() and not d.exists() and run.get("_dir"):
-        d = Path(run["_dir"]) / d   # a run directory moved together with a relative cache
+    d = step_dir(step["out"], run.get("_dir"))
     res = _read_json(d / "results.json")
     if isinstance(res, dict) and res.get("kind"):
         return StepResult(run, step, str(res["kind"]), res, d)

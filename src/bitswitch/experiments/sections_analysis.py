@@ -59,10 +59,11 @@ def render_attack(items: list[StepResult], ctx: Context) -> Section:
                                       f"{attack}: F1 drop, crafted at row, replayed at column", "F1 drop",
                                       fmt="{:.1f}")
                 parts.append(ctx.image(fig, f"transferability heatmap of {attack}"))
-            answers.append(f"{name}{attack}: " + transfer_sentence(matrix))
+            transfer = transfer_sentence(matrix)
             s = r.get("rpi_summary")
             if s and s.get("recovered_adaptive_se") is not None:   # the question's one line first
-                answers.insert(len(answers) - 1, f"{name}{attack}: {rpi_verdict(s)}; " + transfer_sentence(matrix))
+                answers.append(f"{name}{attack}: {rpi_verdict(s)}; {transfer}")
+            answers.append(f"{name}{attack}: {transfer}")
             if s:
                 parts.append("RPI against the fixed profiles of its set (means over them):\n\n" + markdown_table(
                     [{"what": a, "value": b} for a, b in s.items() if a != "profiles"], ["what", "value"]))
