@@ -9,7 +9,12 @@ Rows (``--configs``, measured in that order, the results file rewritten after ea
 - ``mix-B``: a static profile at (just under) B bits: starting from the lower of the two widths
   around B, units are raised to the higher one in order of the mean estimated error removed per bit
   (the threshold controller's own estimate, averaged over the calibration tokens);
-- ``request-B``: :class:`~bitswitch.dynamic.RequestController`, one width per sequence.
+- ``request-B``: :class:`~bitswitch.dynamic.RequestController`, one width per sequence;
+- ``gate-B``: :class:`~bitswitch.dynamic.GateController` (per token and unit, learned), trained for
+  ``--gate-steps`` on ``--gate-calib`` SQuAD *train* prompts with ``--gate-penalty``, its price per
+  bit fitted to B on the same prompts (one gate per set of widths, fitted once per budget).
+
+With ``--out``, rows of configs not measured in this run are kept from the existing file.
 
 Each row: SQuAD v1.1 dev EM / F1 / answer perplexity over ``--questions`` questions (stratified over
 articles, greedy, batch 1, stop at a line break, ``--max-new-tokens``) and WikiText-2 test
@@ -38,7 +43,8 @@ import torch
 from common import rel, write
 
 from bitswitch.data.squad import DEFAULT_TEMPLATE, PromptConfig, calibration_batches, encode_prompts, load_squad
-from bitswitch.dynamic import RequestController, ThresholdController, Usage, WidthSet, static_profile
+from bitswitch.dynamic import (GateController, RequestController, ThresholdController, Usage, WidthSet, static_profile,
+                               train_gate)
 from bitswitch.evaluate.scorers import load_text_ids, score_squad, score_text
 from bitswitch.models import load_model
 from bitswitch.switching import make_switchable, set_weight_cache
@@ -48,7 +54,7 @@ DATA = ROOT.parent / "shared" / "data"
 COLUMNS = ["config", "squad_avg_w_bits", "squad_bytes_per_token", "em", "f1", "answer_ppl", "wikitext_avg_w_bits",
            "ppl", "calib_avg_w_bits", "seconds"]
 CONFIGS = ["uniform-w4g32", "uniform-w8", "threshold-4.5", "threshold-5.5", "mix-4.5", "mix-5.5", "request-4.5",
-           "request-5.5", "uniform-w3g32", "threshold-3.5", "mix-3.5"]
+           "request-5.5", "uniform-w3g32", "threshold-3.5", "mix-3.5", "gate-4.5", "gate-5.5", "gate-3.5"]
 
 
 def widths_for(budget: float) -> str:
@@ -81,6 +87,9 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=100)
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--calib", type=int, default=8, help="SQuAD train prompts for fitting thresholds")
+    ap.add_argument("--gate-calib", type=int, default=32, help="SQuAD train prompts the gate trains on")
+    ap.add_argument("--gate-steps", type=int, default=64)
+    ap.add_argument("--gate-penalty", type=float, default=0.05)
     ap.add_argument("--windows", type=int, default=4)
     ap.add_argument("--window", type=int, default=512)
     ap.add_argument("--threads", type=int, default=1)
@@ -104,7 +113,7 @@ def main() -> None:
                                         reserve=a.max_new_tokens)
     calib = calibration_batches(tok, load_squad(a.train, order="stratified", limit=a.calib), a.calib)
     text_ids, window = load_text_ids(model, tok, a.text, a.windows * a.window, 0, a.window)
-    rows = []
+    rows = kept_rows(a.out, a.configs)
     meta = dict(model="smollm2-135m", engine="fake quantization (float32)", adapters=None, questions=len(examples),
                 articles=len({ex.title for ex in examples}), squad=rel(a.squad), calibration=f"{a.calib} prompts of "
                 f"{rel(a.train)} (stratified)", wikitext=f"{rel(a.text)}: {text_ids.shape[1]} tokens, windows of "
@@ -147,6 +156,21 @@ def main() -> None:
             fitted[budget] = (ctl, got, ctl.calib_errors)
         return fitted[budget]
 
+    gates: dict[str, tuple] = {}
+
+    def gate_for(budget):
+        widths = widths_for(budget)
+        if widths not in gates:
+            ws = WidthSet.from_model(model, widths)
+            gate = GateController.from_model(model, ws)
+            batches = calibration_batches(tok, load_squad(a.train, order="stratified", limit=a.gate_calib), a.gate_calib)
+            t0 = time.perf_counter()
+            hist = train_gate(model, gate, batches, a.gate_penalty, a.gate_steps)
+            print(f"gate {widths}: {a.gate_steps} steps, KL {hist[0]['kl']:.4f} -> {hist[-1]['kl']:.4f}, expected bits "
+                  f"{hist[0]['bits']:.3f} -> {hist[-1]['bits']:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+            gates[widths] = (gate, batches, hist, round(time.perf_counter() - t0, 1))
+        return gates[widths]
+
     for name in a.configs:
         kind, _, arg = name.partition("-")
         if kind == "uniform":
@@ -164,8 +188,25 @@ def main() -> None:
             ws = WidthSet.from_model(model, widths_for(float(arg)))
             measure(name, lambda usage: RequestController(ws, float(arg)).install(model, usage),
                     {"widths": ",".join(ws.widths)})
+        elif kind == "gate":
+            gate, batches, hist, secs = gate_for(float(arg))
+            got = gate.fit(model, batches, float(arg), tol=0.02)
+            print(f"gate fitted {arg}: price {gate.price:.4g} -> {got:.4f} bits", flush=True)
+            measure(name, lambda usage: gate.install(model, usage),
+                    {"widths": ",".join(gate.widths.widths), "price": gate.price, "calib_avg_w_bits": round(got, 4),
+                     "gate_calib": len(batches), "gate_steps": a.gate_steps, "gate_penalty": a.gate_penalty,
+                     "gate_final_kl": round(hist[-1]["kl"], 5), "gate_train_seconds": secs})
         else:
             raise SystemExit(f"unknown config {name!r}")
+
+
+def kept_rows(out: str | None, configs: list[str]) -> list[dict]:
+    """Rows of an existing results file for configs this run does not measure."""
+    import json
+
+    if not out or not Path(out).is_file():
+        return []
+    return [r for r in json.loads(Path(out).read_text())["rows"] if r["config"] not in configs]
 
 
 def write_markdown(out: str, rows: list[dict], meta: dict) -> None:

@@ -38,14 +38,14 @@ def test_generate_speculative_bad_input_is_one_line(argv, needle, capsys):
     assert needle in err and "\n" not in err
 
 
-@pytest.mark.parametrize("kind", ["threshold", "request"])
+@pytest.mark.parametrize("kind", ["threshold", "gate", "request"])
 def test_eval_dynamic_squad_reports_bits_beside_f1(tmp_path, kind):
     data = _squad_file(tmp_path / "dev.json", n=4)
     train = _squad_file(tmp_path / "train.json", n=4, prefix="t")
     out = tmp_path / kind
     assert main(["eval", "--model", "tiny-llama", "--task", "squad", "--data", str(data), "--train-data", str(train),
                  "--dynamic", kind, "--budget", "6", "--widths", "w4g32,w8", "--max-new-tokens", "4",
-                 "--device", "cpu", "--out", str(out)]) == 0
+                 "--gate-steps", "6", "--device", "cpu", "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
     (rec,) = res["records"]
     assert rec["profile"] == f"dynamic-{kind}-6" and rec["n"] == 4 and "f1" in rec and "answer_ppl" in rec
@@ -54,6 +54,8 @@ def test_eval_dynamic_squad_reports_bits_beside_f1(tmp_path, kind):
         assert rec["avg_w_bits"] != 6 or rec["width_share"]["w8"] > 0
     else:
         assert abs(rec["calib_avg_w_bits"] - 6) <= 0.05
+    if kind == "gate":
+        assert len(rec["gate_history"]["kl"]) == 6 and (out / rec["gate_file"]).is_file()
     assert "bytes_per_token" in (out / "results.md").read_text()
 
 
@@ -74,6 +76,8 @@ def test_eval_dynamic_wikitext(tmp_path):
     (["--budget", "5"], "--dynamic"),
     (["--dynamic", "request", "--budget", "5", "--profiles", "w8"], "--profiles"),
     (["--dynamic", "request", "--budget", "5", "--engine", "runtime"], "--engine runtime"),
+    (["--dynamic", "gate", "--budget", "5"], "--train-data"),
+    (["--dynamic", "gate", "--budget", "5", "--gate-steps", "0"], "--gate-steps"),
 ])
 def test_eval_dynamic_bad_input_is_one_line(tmp_path, argv, needle, capsys):
     text = tmp_path / "t.txt"

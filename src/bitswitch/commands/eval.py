@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
     p.add_argument("--stride", type=int, default=None, help="wikitext: window stride (default: window)")
     p.add_argument("--shots", type=int, default=0, help="squad: k-shot examples per prompt")
     p.add_argument("--train-data", default=None,
-                   help="squad: SQuAD training file for k-shot examples and static calibration")
+                   help="SQuAD training file: k-shot examples, static calibration, --dynamic fitting on "
+                        "squad, and the gate's training")
     p.add_argument("--template", default=None, help="squad: prompt template with {context} and {question}")
     p.add_argument("--chat", action="store_true", help="squad: wrap prompts in the chat template")
     p.add_argument("--max-new-tokens", type=int, default=32)
@@ -27,13 +28,18 @@ def add_parser(sub) -> None:
     p.add_argument("--engine", choices=["auto", "fake", "runtime"], default="auto",
                    help="fake: fake quantization (exact grids, float compute); runtime: packed int4/int8 kernels "
                         "in bf16 (bitswitch generate's engine); auto (default): runtime for a nested checkpoint")
-    p.add_argument("--dynamic", choices=["threshold", "request"], default=None,
+    p.add_argument("--dynamic", choices=["threshold", "gate", "request"], default=None,
                    help="choose widths while running instead of --profiles: threshold (per token and unit, by an "
-                        "error estimate fitted to --budget on calibration data) or request (one width per sequence)")
+                        "error estimate fitted to --budget on calibration data), gate (per token and unit, a "
+                        "learned gate trained and fitted on calibration data) or request (one width per sequence)")
     p.add_argument("--budget", type=float, default=None,
                    help="--dynamic: average weight bits per token (or bytes read, with --budget-by bytes), e.g. 4.5")
     p.add_argument("--widths", default="w4g32,w8", help="--dynamic: the widths to choose from, comma-separated")
     p.add_argument("--budget-by", choices=["bits", "bytes"], default="bits", help="--dynamic: what --budget counts")
+    p.add_argument("--gate-penalty", type=float, default=0.05,
+                   help="--dynamic gate: weight of the expected average weight bits in the gate's loss")
+    p.add_argument("--gate-steps", type=int, default=64,
+                   help="--dynamic gate: training steps, one calibration prompt each (see --calib-batches)")
     p.add_argument("--rpi", nargs="+", default=None, metavar="PROFILE",
                    help="random precision inference over these profiles: evaluates the one setting 'rpi' "
                         "(seeded draws) instead of --profiles")

@@ -1,10 +1,13 @@
-"""``bitswitch eval --dynamic threshold|request --budget B [--widths w4g32,w8]``: a task's metrics
-under a dynamic controller (fake quantization, one sequence at a time whatever ``--batch-size``), with the realized average
-weight bits and weight bytes read per token beside them.
+"""``bitswitch eval --dynamic threshold|gate|request --budget B [--widths w4g32,w8]``: a task's
+metrics under a dynamic controller (fake quantization, one sequence at a time whatever
+``--batch-size``), with the realized average weight bits and weight bytes read per token beside them.
 
 ``threshold`` is fitted first on the task's calibration inputs (SQuAD: prompts of ``--train-data``,
 never the evaluated questions; wikitext: the first ``--calib-batches`` windows of the evaluated
-text, so only the threshold's one scalar sees it). One record per run, keyed by the controller.
+text, so only the threshold's one scalar sees it). ``gate`` is trained (``--gate-steps``,
+``--gate-penalty``) and its price fitted on ``--calib-batches`` prompts of ``--train-data`` for
+either task (its weights must never see the evaluated text), then saved beside the results. One
+record per run, keyed by the controller.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
@@ -19,6 +23,7 @@ from ..errors import BitswitchError
 from ..jobs import Job
 from ..loading import is_exported
 from ..results import peak_rss_mb
+from .gate import GateController, train_gate
 from .request import RequestController
 from .threshold import ThresholdController
 from .usage import Usage
@@ -45,7 +50,8 @@ def run_dynamic_eval(cfg, argv: list[str] | None = None, log=print) -> dict:
     widths = WidthSet.from_model(model, cfg.widths)
     widths.check_budget(cfg.budget, cfg.budget_by)
     name = f"dynamic-{cfg.dynamic}-{cfg.budget:g}{'' if cfg.budget_by == 'bits' else 'B'}"
-    pid = "dyn-" + hashlib.sha1(f"{cfg.dynamic}|{cfg.budget}|{cfg.budget_by}|{widths.widths}".encode()).hexdigest()[:12]
+    gate = f"|{cfg.gate_penalty}|{cfg.gate_steps}" if cfg.dynamic == "gate" else ""
+    pid = "dyn-" + hashlib.sha1(f"{cfg.dynamic}|{cfg.budget}|{cfg.budget_by}|{widths.widths}{gate}".encode()).hexdigest()[:12]
     task.setup(model, tok)
     job.describe(model, task=cfg.task, model=cfg.model, data=cfg.data, adapters=cfg.adapters, engine="fake",
                  dynamic=cfg.dynamic, widths=list(widths.widths))
@@ -65,9 +71,11 @@ def _measure(cfg, task, model, tok, widths, name, pid, job, log) -> dict:
         ctl = ThresholdController.from_model(model, widths)
         t0 = time.perf_counter()
         got = ctl.fit(model, task.calibration_batches(), cfg.budget, cfg.budget_by)
-        extra = {"threshold": ctl.threshold, f"calib_{'avg_w_bits' if cfg.budget_by == 'bits' else 'bytes_per_token'}":
-                 round(got, 4), "calib_seconds": round(time.perf_counter() - t0, 2)}
+        extra = {"threshold": ctl.threshold, _calib_key(cfg): round(got, 4),
+                 "calib_seconds": round(time.perf_counter() - t0, 2)}
         log(f"[{name}] threshold {ctl.threshold:.4g}: {got:.4f} {cfg.budget_by} per token on calibration data")
+    elif cfg.dynamic == "gate":
+        ctl, extra = _trained_gate(cfg, task, model, tok, widths, name, pid, job.out, log)
     else:
         ctl = RequestController(widths, cfg.budget, cfg.budget_by)
     t0 = time.perf_counter()
@@ -81,3 +89,36 @@ def _measure(cfg, task, model, tok, widths, name, pid, job, log) -> dict:
             "budget": cfg.budget, "budget_by": cfg.budget_by, "widths": list(widths.widths), **extra,
             "width_share": summary["width_share"], "sequences": summary["sequences"], "tokens": summary["tokens"],
             "units": summary["units"], "peak_rss_mb": round(peak_rss_mb(), 1)}
+
+
+def _calib_key(cfg) -> str:
+    return f"calib_{'avg_w_bits' if cfg.budget_by == 'bits' else 'bytes_per_token'}"
+
+
+def _trained_gate(cfg, task, model, tok, widths, name, pid, out, log) -> tuple[GateController, dict]:
+    """Train a gate on calibration prompts (SQuAD training examples, for wikitext too), fit its price
+    to the budget on them, and save it (gate-<id>.safetensors) beside the results."""
+    from safetensors.torch import save
+
+    from ..data.squad import calibration_batches, load_squad
+    from ..io import atomic_write_bytes
+
+    if cfg.task == "squad":
+        batches = task.calibration_batches()
+    else:
+        batches = calibration_batches(tok, load_squad(cfg.train_data, split="train"), cfg.calib_batches)
+    gate = GateController.from_model(model, widths)
+    t0 = time.perf_counter()
+    with tqdm(total=cfg.gate_steps, desc=f"gate penalty {cfg.gate_penalty:g}", unit="step", leave=False) as bar:
+        history = train_gate(model, gate, batches, cfg.gate_penalty, cfg.gate_steps, seed=cfg.seed, progress=bar)
+    got = gate.fit(model, batches, cfg.budget, cfg.budget_by)
+    path = atomic_write_bytes(Path(out) / f"gate-{pid}.safetensors",
+                              save({k: v.detach().cpu().contiguous() for k, v in gate.state_dict().items()},
+                                   metadata={"widths": ",".join(widths.widths), "price": repr(gate.price)}))
+    log(f"[{name}] gate trained {cfg.gate_steps} steps (last KL {history[-1]['kl']:.4f}, expected bits "
+        f"{history[-1]['bits']:.3f}); price {gate.price:.4g}: {got:.4f} {cfg.budget_by} per token on calibration data")
+    return gate, {"price": gate.price, _calib_key(cfg): round(got, 4), "calib_prompts": len(batches),
+                  "gate_penalty": cfg.gate_penalty, "gate_steps": cfg.gate_steps, "gate_file": path.name,
+                  "gate_history": {"kl": [round(h["kl"], 5) for h in history],
+                                   "bits": [round(h["bits"], 4) for h in history]},
+                  "calib_seconds": round(time.perf_counter() - t0, 2)}

@@ -13,8 +13,8 @@ per unit and width (the top width's is zero, so it is always allowed).
 
 Fitting (:meth:`ThresholdController.fit`): one pass records every unit's estimates on the
 calibration tokens, a bisection on those gives a first threshold (ignoring that lower widths change
-the inputs of later units), then a bisection on the log threshold with real routed passes brings
-the realized cost within ``tol`` of the budget.
+the inputs of later units), then real routed passes on the log threshold
+(:func:`~.budget.fit_scalar`) bring the realized cost within ``tol`` of the budget.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import math
 import torch
 
 from ..switching import resolve_profile, state, unit_modules
+from .budget import fit_scalar, realized_cost
 from .routing import routed
 from .usage import Usage
 from .widths import WidthSet
@@ -79,14 +80,9 @@ class ThresholdController:
         return routed(model, self.widths, self, usage)
 
     # -- fitting ---------------------------------------------------------------------------------
-    @torch.inference_mode()
     def measure(self, model, batches, by: str = "bits") -> float:
         """Realized cost per token of the current threshold over ``batches`` ((1, T) id tensors)."""
-        usage = Usage(self.widths)
-        with self.install(model, usage):
-            for ids in batches:
-                model(ids.to(next(model.parameters()).device))
-        return usage.realized(by)
+        return realized_cost(self, model, batches, by)
 
     @torch.inference_mode()
     def estimates(self, model, batches) -> dict[str, torch.Tensor]:
@@ -124,23 +120,12 @@ class ThresholdController:
         for _ in range(60):
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if self._estimate(errors, math.exp(mid), costs) > budget else (lo, mid)
-        # real passes: the cost falls as the threshold grows; step out until bracketed, then bisect
-        mid, step = (lo + hi) / 2, 0.5
-        above = below = None                          # log thresholds known to cost more / less
-        best = None
-        for _ in range(max_iter):
-            self.threshold = math.exp(mid)
-            got = self.measure(model, batches, by)
-            if best is None or abs(got - budget) < abs(best[1] - budget):
-                best = (self.threshold, got)
-            if abs(got - budget) <= tol:
-                break
-            if got > budget:
-                above = mid
-                mid = (mid + below) / 2 if below is not None else mid + step
-            else:
-                below = mid
-                mid = (mid + above) / 2 if above is not None else mid - step
-            step *= 2
-        self.threshold = best[0]
-        return best[1]
+
+        # real passes on the log threshold (lower widths change later units' inputs)
+        def measure(log_tau):
+            self.threshold = math.exp(log_tau)
+            return self.measure(model, batches, by)
+
+        log_tau, got = fit_scalar(measure, (lo + hi) / 2, budget, tol, max_iter)
+        self.threshold = math.exp(log_tau)
+        return got

@@ -9,7 +9,7 @@ from ..errors import BitswitchError
 from ..jobs import RunConfig
 
 
-DYNAMIC = ("threshold", "request")
+DYNAMIC = ("threshold", "gate", "request")
 ENGINES = ("auto", "fake", "runtime")   # auto: the runtime for a nested checkpoint, else fake quantization
 
 
@@ -32,10 +32,12 @@ class EvalConfig(RunConfig):
     max_new_tokens: int = 32
     calib_batches: int = 4
     # dynamic widths (bitswitch.dynamic): a controller instead of --profiles
-    dynamic: str | None = None            # threshold | request
+    dynamic: str | None = None            # threshold | gate | request
     budget: float | None = None           # average weight bits (or bytes read) per token
     widths: str = "w4g32,w8"
     budget_by: str = "bits"               # bits | bytes
+    gate_penalty: float = 0.05            # gate: weight of the expected average bits in its loss
+    gate_steps: int = 64                  # gate: training steps (one calibration prompt each)
     # random precision inference (bitswitch.robust.rpi_eval): one setting "rpi" instead of --profiles
     rpi: list[str] | None = None          # the RPI profile set
     rpi_p: float = 0.5
@@ -51,6 +53,9 @@ class EvalConfig(RunConfig):
             d.pop("engine")
         if d.get("dynamic") is None:   # nor were dynamic widths
             for k in ("dynamic", "budget", "widths", "budget_by"):
+                d.pop(k, None)
+        if d.get("dynamic") != "gate":   # nor the gate
+            for k in ("gate_penalty", "gate_steps"):
                 d.pop(k, None)
         if d.get("rpi") is None:       # nor RPI
             for k in ("rpi", "rpi_p", "rpi_granularity", "rpi_calib"):
@@ -89,8 +94,14 @@ class EvalConfig(RunConfig):
                 raise BitswitchError("--dynamic runs on fake quantization: drop --engine runtime")
             if self.budget_by not in ("bits", "bytes"):
                 raise BitswitchError(f"--budget-by must be bits or bytes, got {self.budget_by!r}")
+            if self.dynamic == "gate" and (self.gate_steps < 1 or self.gate_penalty < 0):
+                raise BitswitchError(f"--gate-steps must be at least 1 and --gate-penalty at least 0, got "
+                                     f"{self.gate_steps} and {self.gate_penalty:g}")
+            if self.dynamic == "gate" and self.task == "wikitext" and not self.train_data:
+                raise BitswitchError("--dynamic gate trains its gate on SQuAD training prompts, never the evaluated "
+                                     "text: pass --train-data (a SQuAD training file)")
         elif self.budget is not None:
-            raise BitswitchError("--budget applies to --dynamic only: add --dynamic threshold|request")
+            raise BitswitchError("--budget applies to --dynamic only: add --dynamic threshold|gate|request")
         if self.shots < 0:
             raise BitswitchError(f"--shots must be >= 0, got {self.shots}")
         if self.rpi is not None:
