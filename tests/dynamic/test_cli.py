@@ -59,6 +59,21 @@ def test_eval_dynamic_squad_reports_bits_beside_f1(tmp_path, kind):
     assert "bytes_per_token" in (out / "results.md").read_text()
 
 
+def test_eval_dynamic_gate_reuses_a_saved_gate(tmp_path):
+    data = _squad_file(tmp_path / "dev.json", n=3)
+    train = _squad_file(tmp_path / "train.json", n=4, prefix="t")
+    common = ["eval", "--model", "tiny-llama", "--task", "squad", "--data", str(data), "--train-data", str(train),
+              "--dynamic", "gate", "--budget", "6", "--max-new-tokens", "4", "--device", "cpu"]
+    assert main([*common, "--gate-steps", "4", "--out", str(tmp_path / "a")]) == 0
+    (first,) = json.loads((tmp_path / "a" / "results.json").read_text())["records"]
+    gate = tmp_path / "a" / first["gate_file"]
+    assert main([*common, "--gate", str(gate), "--out", str(tmp_path / "b")]) == 0
+    (again,) = json.loads((tmp_path / "b" / "results.json").read_text())["records"]
+    assert "gate_history" not in again and again["gate_file"] == gate.name
+    for key in ("price", "calib_avg_w_bits", "avg_w_bits", "f1", "answer_ppl", "width_share"):
+        assert again[key] == first[key], key      # same gate, same calibration prompts: the same fit and run
+
+
 def test_eval_dynamic_wikitext(tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("the quick brown fox jumps over the lazy dog. " * 40)
@@ -78,6 +93,8 @@ def test_eval_dynamic_wikitext(tmp_path):
     (["--dynamic", "request", "--budget", "5", "--engine", "runtime"], "--engine runtime"),
     (["--dynamic", "gate", "--budget", "5"], "--train-data"),
     (["--dynamic", "gate", "--budget", "5", "--gate-steps", "0"], "--gate-steps"),
+    (["--dynamic", "threshold", "--budget", "5", "--gate", "g.safetensors"], "--gate"),
+    (["--dynamic", "gate", "--budget", "5", "--gate", "missing.safetensors"], "cannot be read"),
 ])
 def test_eval_dynamic_bad_input_is_one_line(tmp_path, argv, needle, capsys):
     text = tmp_path / "t.txt"

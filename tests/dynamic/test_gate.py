@@ -87,3 +87,35 @@ def test_budget_outside_the_widths_is_an_error(model):
     gate = GateController.from_model(model, WidthSet.from_model(model, "w4g32,w8"))
     with pytest.raises(BitswitchError, match="outside what widths"):
         gate.fit(model, batches(1), 9.0)
+
+
+def test_saved_gate_loads_to_the_same_routing(model, tmp_path):
+    ws = WidthSet.from_model(model, "w3g32,w4g32,w8")
+    gate = GateController.from_model(model, ws)
+    train_gate(model, gate, batches(2), penalty=0.05, steps=4, lr=0.05)
+    gate.fit(model, batches(2), 5.0)
+    path = gate.save(tmp_path / "g.safetensors")
+    back = GateController.load(path, model)
+    assert back.widths.widths == ws.widths and back.price == gate.price
+    assert all(torch.equal(v, back.state_dict()[k]) for k, v in gate.state_dict().items())
+    ids = batches(1, seed=7)[0]
+    with gate.install(model):
+        want = logits(model, ids)
+    with back.install(model):
+        assert torch.equal(logits(model, ids), want)
+
+
+def test_corrupt_or_foreign_gate_file_is_a_one_line_error(model, tmp_path):
+    gate = GateController.from_model(model, WidthSet.from_model(model, "w4g32,w8"))
+    path = gate.save(tmp_path / "g.safetensors")
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF                                   # a flipped bit in the tensor data
+    (tmp_path / "bad.safetensors").write_bytes(bytes(data))
+    with pytest.raises(BitswitchError, match="sha256 mismatch"):
+        GateController.load(tmp_path / "bad.safetensors", model)
+    (tmp_path / "cut.safetensors").write_bytes(bytes(data[:40]))
+    with pytest.raises(BitswitchError, match="cannot be read"):
+        GateController.load(tmp_path / "cut.safetensors", model)
+    other = switchable("tiny-gpt2" if "llama" in type(model).__name__.lower() else "tiny-llama")[0]
+    with pytest.raises(BitswitchError, match="another model|cannot be read|unknown"):
+        GateController.load(path, other)

@@ -40,6 +40,9 @@ def add_parser(sub) -> None:
                    help="--dynamic gate: weight of the expected average weight bits in the gate's loss")
     p.add_argument("--gate-steps", type=int, default=64,
                    help="--dynamic gate: training steps, one calibration prompt each (see --calib-batches)")
+    p.add_argument("--gate", default=None, metavar="FILE",
+                   help="--dynamic gate: reuse a gate saved by an earlier run (its gate-*.safetensors) instead of "
+                        "training one; only its price is fitted to --budget again")
     p.add_argument("--rpi", nargs="+", default=None, metavar="PROFILE",
                    help="random precision inference over these profiles: evaluates the one setting 'rpi' "
                         "(seeded draws) instead of --profiles")

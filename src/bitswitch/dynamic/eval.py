@@ -6,8 +6,10 @@ metrics under a dynamic controller (fake quantization, one sequence at a time wh
 never the evaluated questions; wikitext: the first ``--calib-batches`` windows of the evaluated
 text, so only the threshold's one scalar sees it). ``gate`` is trained (``--gate-steps``,
 ``--gate-penalty``) and its price fitted on ``--calib-batches`` prompts of ``--train-data`` for
-either task (its weights must never see the evaluated text), then saved beside the results. One
-record per run, keyed by the controller.
+either task (its weights must never see the evaluated text), then saved beside the results;
+``--gate FILE`` reuses a saved gate instead (only its price is fitted again, on the calibration
+inputs the threshold uses). One record per run, keyed by the controller (a reused gate by the
+sha256 of its tensors).
 """
 
 from __future__ import annotations
@@ -50,7 +52,9 @@ def run_dynamic_eval(cfg, argv: list[str] | None = None, log=print) -> dict:
     widths = WidthSet.from_model(model, cfg.widths)
     widths.check_budget(cfg.budget, cfg.budget_by)
     name = f"dynamic-{cfg.dynamic}-{cfg.budget:g}{'' if cfg.budget_by == 'bits' else 'B'}"
-    gate = f"|{cfg.gate_penalty}|{cfg.gate_steps}" if cfg.dynamic == "gate" else ""
+    gate = ""
+    if cfg.dynamic == "gate":
+        gate = f"|{cfg.gate_penalty}|{cfg.gate_steps}" if cfg.gate is None else f"|{_saved_gate_digest(cfg.gate)}"
     pid = "dyn-" + hashlib.sha1(f"{cfg.dynamic}|{cfg.budget}|{cfg.budget_by}|{widths.widths}{gate}".encode()).hexdigest()[:12]
     task.setup(model, tok)
     job.describe(model, task=cfg.task, model=cfg.model, data=cfg.data, adapters=cfg.adapters, engine="fake",
@@ -74,6 +78,8 @@ def _measure(cfg, task, model, tok, widths, name, pid, job, log) -> dict:
         extra = {"threshold": ctl.threshold, _calib_key(cfg): round(got, 4),
                  "calib_seconds": round(time.perf_counter() - t0, 2)}
         log(f"[{name}] threshold {ctl.threshold:.4g}: {got:.4f} {cfg.budget_by} per token on calibration data")
+    elif cfg.dynamic == "gate" and cfg.gate is not None:
+        ctl, extra = _saved_gate(cfg, task, model, widths, name, log)
     elif cfg.dynamic == "gate":
         ctl, extra = _trained_gate(cfg, task, model, tok, widths, name, pid, job.out, log)
     else:
@@ -98,10 +104,7 @@ def _calib_key(cfg) -> str:
 def _trained_gate(cfg, task, model, tok, widths, name, pid, out, log) -> tuple[GateController, dict]:
     """Train a gate on calibration prompts (SQuAD training examples, for wikitext too), fit its price
     to the budget on them, and save it (gate-<id>.safetensors) beside the results."""
-    from safetensors.torch import save
-
     from ..data.squad import calibration_batches, load_squad
-    from ..io import atomic_write_bytes
 
     if cfg.task == "squad":
         batches = task.calibration_batches()
@@ -112,13 +115,42 @@ def _trained_gate(cfg, task, model, tok, widths, name, pid, out, log) -> tuple[G
     with tqdm(total=cfg.gate_steps, desc=f"gate penalty {cfg.gate_penalty:g}", unit="step", leave=False) as bar:
         history = train_gate(model, gate, batches, cfg.gate_penalty, cfg.gate_steps, seed=cfg.seed, progress=bar)
     got = gate.fit(model, batches, cfg.budget, cfg.budget_by)
-    path = atomic_write_bytes(Path(out) / f"gate-{pid}.safetensors",
-                              save({k: v.detach().cpu().contiguous() for k, v in gate.state_dict().items()},
-                                   metadata={"widths": ",".join(widths.widths), "price": repr(gate.price)}))
+    path = gate.save(Path(out) / f"gate-{pid}.safetensors")
     log(f"[{name}] gate trained {cfg.gate_steps} steps (last KL {history[-1]['kl']:.4f}, expected bits "
         f"{history[-1]['bits']:.3f}); price {gate.price:.4g}: {got:.4f} {cfg.budget_by} per token on calibration data")
     return gate, {"price": gate.price, _calib_key(cfg): round(got, 4), "calib_prompts": len(batches),
                   "gate_penalty": cfg.gate_penalty, "gate_steps": cfg.gate_steps, "gate_file": path.name,
                   "gate_history": {"kl": [round(h["kl"], 5) for h in history],
                                    "bits": [round(h["bits"], 4) for h in history]},
+                  "calib_seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _saved_gate_digest(path) -> str:
+    """The sha256 of a saved gate's tensors (from its metadata; load() checks it)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            digest = (f.metadata() or {}).get("sha256")
+    except Exception as exc:     # safetensors raises several types for a bad file
+        raise BitswitchError(f"--gate {path} cannot be read ({type(exc).__name__}): pass a gate file that "
+                             f"bitswitch eval --dynamic gate saved (gate-*.safetensors)") from None
+    if not digest:
+        raise BitswitchError(f"--gate {path} has no sha256 in its metadata: pass a gate file that bitswitch eval "
+                             f"--dynamic gate saved (gate-*.safetensors)")
+    return digest
+
+
+def _saved_gate(cfg, task, model, widths, name, log) -> tuple[GateController, dict]:
+    """Load ``--gate`` (its widths must be ``--widths``) and fit its price to the budget on the task's
+    calibration inputs."""
+    gate = GateController.load(cfg.gate, model)
+    if gate.widths.widths != widths.widths:
+        raise BitswitchError(f"--gate {cfg.gate} chooses among {','.join(gate.widths.widths)}, not --widths "
+                             f"{','.join(widths.widths)}: pass --widths {','.join(gate.widths.widths)}")
+    t0 = time.perf_counter()
+    got = gate.fit(model, task.calibration_batches(), cfg.budget, cfg.budget_by)
+    log(f"[{name}] gate {Path(cfg.gate).name}: price {gate.price:.4g}: {got:.4f} {cfg.budget_by} per token on "
+        f"calibration data")
+    return gate, {"price": gate.price, _calib_key(cfg): round(got, 4), "gate_file": Path(cfg.gate).name,
                   "calib_seconds": round(time.perf_counter() - t0, 2)}

@@ -5,6 +5,7 @@
     gate.fit(model, batches, budget=4.5)                        # the price per bit that meets a budget
     with gate.install(model, usage):
         model(ids)
+    gate.save("gate.safetensors"); GateController.load("gate.safetensors", model)   # train once, reuse
 
 The gate of unit u reads a token's input x (in,) as features f = [x / rms(x), log rms(x)] (direction
 and scale: a unit's quantization error grows with both) and gives one logit per width,
@@ -25,12 +26,15 @@ average bits). A larger penalty trades KL for bits. Gates start out preferring t
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import BitswitchError
 from ..switching import adapter_key, resolve_profile, restore, set_profile, snapshot, state, use_profile
 from .budget import fit_scalar, realized_cost
 from .routing import output_at, routed
@@ -70,6 +74,45 @@ class GateController(nn.Module):
             ins[unit] = mod.in_features
         return cls(widths, ins).to(next(model.parameters()).device)
 
+    def save(self, path) -> Path:
+        """Write the gate atomically as safetensors; its widths, price and a sha256 of the tensors
+        (checked by :meth:`load`) in the metadata."""
+        from safetensors.torch import save
+
+        from ..io import atomic_write_bytes
+
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        meta = {"widths": ",".join(self.widths.widths), "price": repr(self.price), "sha256": _digest(tensors)}
+        return atomic_write_bytes(path, save(tensors, metadata=meta))
+
+    @classmethod
+    def load(cls, path, model) -> GateController:
+        """The gate saved at ``path`` for ``model`` (its widths come from the file); a missing, corrupt
+        or mismatched file is a one-line BitswitchError."""
+        from safetensors import safe_open
+
+        fix = "train a gate for this model again (bitswitch eval --dynamic gate without --gate)"
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:     # safetensors raises several types for a bad file
+            raise BitswitchError(f"gate file {path} cannot be read ({type(exc).__name__}): {fix}") from None
+        if not {"widths", "price", "sha256"} <= meta.keys():
+            raise BitswitchError(f"gate file {path} lacks its widths, price or sha256 metadata: {fix}")
+        if _digest(tensors) != meta["sha256"]:
+            raise BitswitchError(f"gate file {path} is corrupt (sha256 mismatch): {fix}")
+        gate = cls.from_model(model, WidthSet.from_model(model, meta["widths"]))
+        want = {k: tuple(v.shape) for k, v in gate.state_dict().items()}
+        got = {k: tuple(v.shape) for k, v in tensors.items()}
+        if want != got:
+            bad = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
+            raise BitswitchError(f"gate file {path} was trained for another model ({len(bad)} tensors differ, e.g. "
+                                 f"{bad[0]}): {fix}")
+        gate.load_state_dict(tensors)
+        gate.price = float(meta["price"])
+        return gate
+
     def logits(self, unit: str, x: torch.Tensor) -> torch.Tensor:
         """x (N, in) -> (N, W) float32."""
         gate = self.gates[_key(unit)]
@@ -102,6 +145,14 @@ class GateController(nn.Module):
 
         self.price, got = fit_scalar(measure, 0.0, budget, tol, max_iter, step=0.25)
         return got
+
+
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        h.update(k.encode() + str(tensors[k].dtype).encode() + str(tuple(tensors[k].shape)).encode())
+        h.update(tensors[k].contiguous().flatten().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def unit_inputs(model, widths: WidthSet):

@@ -38,6 +38,7 @@ class EvalConfig(RunConfig):
     budget_by: str = "bits"               # bits | bytes
     gate_penalty: float = 0.05            # gate: weight of the expected average bits in its loss
     gate_steps: int = 64                  # gate: training steps (one calibration prompt each)
+    gate: str | None = None               # gate: a saved gate file to reuse instead of training one
     # random precision inference (bitswitch.robust.rpi_eval): one setting "rpi" instead of --profiles
     rpi: list[str] | None = None          # the RPI profile set
     rpi_p: float = 0.5
@@ -55,8 +56,13 @@ class EvalConfig(RunConfig):
             for k in ("dynamic", "budget", "widths", "budget_by"):
                 d.pop(k, None)
         if d.get("dynamic") != "gate":   # nor the gate
-            for k in ("gate_penalty", "gate_steps"):
+            for k in ("gate_penalty", "gate_steps", "gate"):
                 d.pop(k, None)
+        elif d.get("gate") is None:     # a trained gate: its training settings; a reused one: its file
+            d.pop("gate", None)
+        else:
+            d.pop("gate_penalty", None)
+            d.pop("gate_steps", None)
         if d.get("rpi") is None:       # nor RPI
             for k in ("rpi", "rpi_p", "rpi_granularity", "rpi_calib"):
                 d.pop(k, None)
@@ -97,11 +103,13 @@ class EvalConfig(RunConfig):
             if self.dynamic == "gate" and (self.gate_steps < 1 or self.gate_penalty < 0):
                 raise BitswitchError(f"--gate-steps must be at least 1 and --gate-penalty at least 0, got "
                                      f"{self.gate_steps} and {self.gate_penalty:g}")
-            if self.dynamic == "gate" and self.task == "wikitext" and not self.train_data:
+            if self.gate is not None and self.dynamic != "gate":
+                raise BitswitchError("--gate is a saved gate for --dynamic gate: drop it or pass --dynamic gate")
+            if self.dynamic == "gate" and self.task == "wikitext" and not self.train_data and self.gate is None:
                 raise BitswitchError("--dynamic gate trains its gate on SQuAD training prompts, never the evaluated "
                                      "text: pass --train-data (a SQuAD training file)")
-        elif self.budget is not None:
-            raise BitswitchError("--budget applies to --dynamic only: add --dynamic threshold|gate|request")
+        elif self.budget is not None or self.gate is not None:
+            raise BitswitchError("--budget and --gate apply to --dynamic only: add --dynamic threshold|gate|request")
         if self.shots < 0:
             raise BitswitchError(f"--shots must be >= 0, got {self.shots}")
         if self.rpi is not None:
