@@ -112,3 +112,16 @@ def test_report_of_an_unfinished_run_says_what_is_missing(tiny_experiment, tmp_p
     text = out.read_text()
     assert "Not included (no finished results): train (pending)" in text and "### Training runs" in text
     assert "(compare f1: no results for switchable, dedicated in this run)" in text or "no results of that kind" in text
+
+
+def test_rpi_without_transferred_examples_renders(tmp_path):
+    """A diagonal attack matrix (RPI attacked only by its own examples) has no transfer figure: the
+    report says it was not measured instead of failing."""
+    res = _attack_results()
+    summary = res["results"]["typo"]["rpi_summary"]
+    summary.update(attacked_f1_rpi_transfer=None, recovered_transfer=None, recovered_transfer_se=None)
+    out = tmp_path / "r.md"
+    assert main(["report", str(_fake_run(tmp_path, "robust", {"attack": res})), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "recovers 7.5 F1 against the adaptive (EOT) attacker (45 vs 37.5) and was not measured against " \
+           "transferred examples." in text

@@ -73,8 +73,11 @@ def render_attack(items: list[StepResult], ctx: Context) -> Section:
                     + f" clean F1 ({fmt(s['clean_f1_fixed_mean'])} "
                     f"at fixed profiles, {fmt(s['clean_f1_rpi'])} with RPI); under attack it "
                     f"{_gain(s['recovered_adaptive'])} against the adaptive (EOT) attacker "
-                    f"({fmt(s['attacked_f1_rpi_adaptive'])} vs {fmt(s['attacked_f1_fixed_mean'])}) and "
-                    f"{_gain(s['recovered_transfer'])} against examples crafted at fixed profiles.")
+                    f"({fmt(s['attacked_f1_rpi_adaptive'])} vs {fmt(s['attacked_f1_fixed_mean'])})"
+                    # a diagonal matrix replays no fixed-profile examples under RPI: no transfer figure
+                    + (" and was not measured against transferred examples."
+                       if s.get("recovered_transfer") is None else
+                       f" and {_gain(s['recovered_transfer'])} against examples crafted at fixed profiles."))
     return Section("", "\n\n".join(parts), answers)
 
 
