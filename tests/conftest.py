@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 import bitswitch as bs
+
+# the runtime compiles its decode step where a C++ compiler exists: a minute per profile that every
+# runtime test would pay; tests/runtime/test_compiled.py compiles on purpose
+os.environ.setdefault("BITSWITCH_COMPILE", "off")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SHARED_DATA = SHARED / "data"

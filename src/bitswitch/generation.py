@@ -53,8 +53,8 @@ class GenerateConfig(RunConfig):
             raise BitswitchError(f"--top-k must be at least 1, got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise BitswitchError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if self.compile not in ("auto", "off"):
-            raise BitswitchError(f"--compile must be auto or off, got {self.compile!r}")
+        if self.compile not in ("auto", "on", "off"):
+            raise BitswitchError(f"--compile must be auto, on or off, got {self.compile!r}")
         if self.threads is not None and self.threads < 1:
             raise BitswitchError(f"--threads must be at least 1, got {self.threads}")
         if self.schedule is not None and not self.schedule:

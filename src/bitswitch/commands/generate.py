@@ -26,8 +26,9 @@ def add_parser(sub) -> None:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--chat", action="store_true", help="wrap prompts in the tokenizer's chat template")
-    p.add_argument("--compile", choices=["auto", "off"], default="auto",
-                   help="the decode step runs eager (its Python per token is small); kept for a compiled step")
+    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                   help="--engine runtime: torch.compile the one-token decode step (auto: where a C++ compiler "
+                        "exists; the first step of each profile and batch size compiles, about a minute)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--speculative", default=None, metavar="LOW:HIGH",
                    help="lossless self-speculative greedy decoding: draft at LOW, verify at HIGH, e.g. w4g32:w8")

@@ -19,6 +19,8 @@ from torch import Tensor
 
 from ..errors import BitswitchError
 from .build import build_runtime_model
+from .compiled import compile_step
+from .compiled import resolve as resolve_compile
 from .generate import GenerateOutput, run
 
 
@@ -28,11 +30,12 @@ class Runtime:
 
     is_runtime = True   # how the scorers tell a runtime from a torch module (no import of this package)
 
-    def __init__(self, model, tokenizer, config, profiles: list[str]):
+    def __init__(self, model, tokenizer, config, profiles: list[str], compiled: bool = False):
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.profiles = list(profiles)
         self.profile = self.profiles[0]
         self._units = dict(model.units())
+        self._compiled = compile_step(model.forward) if compiled else None
 
     # -- building --------------------------------------------------------------------------------
     @classmethod
@@ -40,20 +43,20 @@ class Runtime:
                    weight_of=None) -> Runtime:
         """Pack a switchable model (adapters loaded; a plain one is made switchable with default
         options) at every profile of ``profiles``; the first is active. The float model is not kept.
-        ``weight_of``: see :func:`.build.build_runtime_model` (a hollow model's weights)."""
+        ``compile``: auto / on / off, the one-token decode step through ``torch.compile`` (see
+        :mod:`.compiled`). ``weight_of``: see :func:`.build.build_runtime_model` (a hollow model's weights)."""
         from ..switching import make_switchable
 
-        if compile not in ("auto", "off"):   # the decode step runs eager: no compiled variant yet
-            raise BitswitchError(f"compile must be auto or off, got {compile!r}")
         profiles = [profiles] if isinstance(profiles, str) else list(dict.fromkeys(p.strip() for p in profiles))
         if not hasattr(model, "bitswitch"):
             make_switchable(model)
         device = next(model.parameters()).device
+        compiled = resolve_compile(compile, device)
         if device.type != "cpu":
             kernel = "dequant"   # the int4 / int8 kernels are the CPU's
         with torch.no_grad():
             rm = build_runtime_model(model, profiles, kernel, weight_of)
-        return cls(rm, tokenizer, model.config, profiles)
+        return cls(rm, tokenizer, model.config, profiles, compiled=compiled)
 
     @classmethod
     def load(cls, spec: str, adapters: str | None = None, profiles=("fp",), options=None, compile: str = "auto",
@@ -121,6 +124,17 @@ class Runtime:
         return sum(u.pack_count for u in self._units.values())
 
     # -- running ---------------------------------------------------------------------------------
+    @property
+    def compiled(self) -> bool:
+        return self._compiled is not None
+
+    def step(self, ids: Tensor, cache, pos: int) -> Tensor:
+        """One generation step: logits (B, 1, V) of the last column of ``ids`` (B, T) at ``pos``.
+        One-column steps at a uniform profile run compiled (when compiled); the rest eager."""
+        if self._compiled is not None and ids.shape[1] == 1 and self.profile != "mixed":
+            return self._compiled(ids, cache, pos, True)
+        return self.model(ids, cache, pos, last_only=True)
+
     def encode(self, prompts) -> list[list[int]]:
         """Prompts as ids: strings through the tokenizer, id lists as they are."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):

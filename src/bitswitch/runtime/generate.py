@@ -100,7 +100,7 @@ def run(rt, prompts: list[list[int]], max_new_tokens: int, do_sample: bool = Fal
                 rt.set_profile(schedule[step % len(schedule)])
             used.append(rt.profile)
             t0 = time.perf_counter()
-            logits = model(step_ids, cache, pos, last_only=True)[:, -1]        # (B, V)
+            logits = rt.step(step_ids, cache, pos)[:, -1]                       # (B, V)
             if step < min_new_tokens and eos_id is not None:
                 logits[:, eos_id] = float("-inf")
             nxt = pick(logits, do_sample, temperature, top_k, top_p, gen)
