@@ -169,7 +169,8 @@ def _runtime_row(spec: dict):
                           schedule=ALTERNATING if row == "alt" else None)
         return out.prefill_s, out.decode_s, min(len(t) for t in out.tokens)   # new ids per row
 
-    return once, {"resident_mb": rt.resident_bytes()["total"] / 2**20, "profiles": profiles}, None
+    return once, {"resident_mb": rt.resident_bytes()["total"] / 2**20, "profiles": profiles,
+                  "compiled": rt.compiled}, None
 
 
 def _llama_cpp_row(spec: dict):
@@ -210,13 +211,15 @@ def run_row(spec: dict) -> dict:
     make = _hf_row if spec["row"] in HF_ROWS else _llama_cpp_row if spec["row"] == "llama.cpp" else _runtime_row
     once, info, finish = make(spec)
     load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
     once()   # warm-up: first-call allocations, one-time compilation
+    warmup_s = time.perf_counter() - t0
     runs = [once() for _ in range(spec["repeats"])]
     short = [new for _, _, new in runs if new != spec["new_tokens"]]
     if short:
         raise BitswitchError(f"{spec['row']} generated {short[0]} tokens, not {spec['new_tokens']}: "
                              "min_new_tokens did not hold")
-    out = {"prefill_s": [r[0] for r in runs], "decode_s": [r[1] for r in runs], "load_s": load_s,
+    out = {"prefill_s": [r[0] for r in runs], "decode_s": [r[1] for r in runs], "load_s": load_s, "warmup_s": warmup_s,
            "peak_rss_mb": peak_rss_mb(), "rss_mb": current_rss_mb(), **info}
     return {**out, **(finish() if finish else {})}
 
