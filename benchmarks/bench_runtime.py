@@ -13,7 +13,8 @@ repeated: no padding). Each (threads, batch, row) runs in a fresh subprocess, so
   row needs;
 - ``nested``: the runtime at ``w4g32`` loaded from a nested checkpoint (``--nested``, or one the
   benchmark exports first in its own process), packed straight from its int8 masters: the
-  deployment path, whose peak RSS is the memory goal's;
+  deployment path, whose peak RSS is the memory goal's; ``nested-eager`` the same with the decode
+  step eager (``compile="off"``): no compiler in the process, the smallest footprint;
 - ``llama.cpp``: SmolLM2's Q4_1 GGUF through :mod:`bitswitch.llamacpp` (node-llama-cpp 3.21.1), batch
   B as B sequences of one context decoded together; its peak RSS is the node process's.
 
@@ -49,7 +50,9 @@ from bitswitch.results import markdown_table, run_metadata
 ROOT = Path(__file__).resolve().parents[1]
 SQUAD = ROOT.parent / "shared" / "data" / "squad-v1.1" / "dev-part1-v1.1.json"
 HF_ROWS = {"hf-fp32": "fp32", "hf-bf16": "bf16"}
-RUNTIME_ROWS = ("w8", "w4g32", "w4g32a8", "mixed", "alt", "nested")
+# nested-eager: the nested checkpoint with the decode step eager (no compiler in the process: its
+# import and compilation cost about 100+ MiB of resident memory), the smallest footprint
+RUNTIME_ROWS = ("w8", "w4g32", "w4g32a8", "mixed", "alt", "nested", "nested-eager")
 ROWS = (*HF_ROWS, *RUNTIME_ROWS, "llama.cpp")
 ALTERNATING = ["w4g32", "w8"]
 LAYERS = {"smollm2-135m": 30, "tiny-llama": 2}
@@ -64,6 +67,7 @@ GOALS = [("w4g32 decode / hf-fp32 decode", "w4g32", ["hf-fp32"], "decode", "min"
          ("alt decode / mean(w4g32, w8) decode", "alt", ["w4g32", "w8"], "decode", "near", 0.10),
          ("w4g32 peak RSS / hf-fp32 peak RSS", "w4g32", ["hf-fp32"], "rss", "max", 0.5),
          ("nested w4g32 peak RSS / hf-fp32 peak RSS", "nested", ["hf-fp32"], "rss", "max", 0.5),
+         ("nested-eager w4g32 peak RSS / hf-fp32 peak RSS", "nested-eager", ["hf-fp32"], "rss", "max", 0.5),
          ("w4g32 decode / llama.cpp decode", "w4g32", ["llama.cpp"], "decode", "min", 0.7)]
 
 
@@ -157,9 +161,10 @@ def _runtime_row(spec: dict):
 
     row = spec["row"]
     profiles = (ALTERNATING if row == "alt" else [spec["mixed"]] if row == "mixed"
-                else ["w4g32"] if row == "nested" else [row])
-    source = spec["nested"] if row == "nested" else spec["model"]
-    rt = Runtime.load(source, adapters=None, profiles=profiles, compile=spec["compile"])
+                else ["w4g32"] if row.startswith("nested") else [row])
+    source = spec["nested"] if row.startswith("nested") else spec["model"]
+    rt = Runtime.load(source, adapters=None, profiles=profiles,
+                      compile="off" if row == "nested-eager" else spec["compile"])
     rt.set_profile(profiles[0])
     prompts = [list(spec["prompt"]) for _ in range(spec["batch"])]
     n = spec["new_tokens"]
@@ -344,7 +349,7 @@ def run(a) -> int:
     print(f"prompt: {len(prompt)} tokens (question {question}); {new_tokens} new tokens; rows {' '.join(rows)}",
           flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        nested = a.nested or (export_nested_checkpoint(model, tmp) if "nested" in rows else None)
+        nested = a.nested or (export_nested_checkpoint(model, tmp) if {"nested", "nested-eager"} & set(rows) else None)
         return _run_rows(a, model, rows, new_tokens, mixed, squad, prompt, question, nested)
 
 

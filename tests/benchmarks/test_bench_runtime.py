@@ -33,6 +33,7 @@ def row(name, decode, rss=100.0, threads=2, batch=1):
 def test_goals_are_ratios_within_each_thread_and_batch_group(bench):
     rows = [row("hf-fp32", 20.0, rss=800.0), row("hf-bf16", 40.0), row("w8", 30.0), row("w4g32", 50.0, rss=400.0),
             row("alt", 42.0), row("llama.cpp", 80.0), row("nested", 50.0, rss=480.0),
+            row("nested-eager", 40.0, rss=360.0),
             row("hf-fp32", 10.0, threads=1), {**row("w4g32", None, threads=1), "error": "boom"}]
     checks = {(c["threads"], c["goal"]): c for c in bench.goals(rows)}
     assert len(checks) == 2 * len(bench.GOALS)
@@ -43,6 +44,7 @@ def test_goals_are_ratios_within_each_thread_and_batch_group(bench):
     assert two["alt decode / mean(w4g32, w8) decode"] == (1.05, "yes")   # 42 / 40: within 10 %
     assert two["w4g32 peak RSS / hf-fp32 peak RSS"] == (0.5, "yes")
     assert two["nested w4g32 peak RSS / hf-fp32 peak RSS"] == (0.6, "NO")
+    assert two["nested-eager w4g32 peak RSS / hf-fp32 peak RSS"] == (0.45, "yes")
     assert two["w4g32 decode / llama.cpp decode"] == (0.625, "NO")
     one = [c for (t, _), c in checks.items() if t == 1]
     assert all(c["ratio"] is None and c["met"] == "not measured" for c in one)   # w4g32 failed there
