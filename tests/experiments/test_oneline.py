@@ -122,3 +122,12 @@ def test_report_glance_is_one_line_per_question_and_cached_reads_as_cached(tmp_p
     assert "Details:" in text and "cyclic against random, f1" in text      # the long sentence stays below
     assert "Paired differences of f1" in text and "| cyclic | random | w4a8 |" in text
     assert "[cached, 1.0 s]" in text and "skipped" not in text
+
+
+def test_top_rule_names_the_largest_and_smallest_rows():
+    rows = {"sensitivity": [{"label": "unit", "profile": f"L{i}.attn_in", "damage": d}
+                            for i, d in enumerate([0.1, -0.2, 0.5, 0.3, None, 0.0])]
+            + [{"label": "layer", "profile": "L9", "damage": 9.0}]}
+    rule = {"top": {"kind": "sensitivity", "metric": "damage", "label": "unit", "n": 2}}
+    assert verdict(rule, rows) == ("unit: largest damage L2.attn_in (0.5), L3.attn_in (0.3) of 5; "
+                                   "smallest L1.attn_in (-0.2), L5.attn_in (0)")

@@ -7,7 +7,9 @@ each kind's results into rows). An experiment's ``answers:`` list names rules:
   labels side by side at every profile they share; with two labels, the difference A - B per
   profile and, for SQuAD EM/F1, its paired standard error over the same questions;
 - ``drop: {kind, metric, label, reference}``: each profile's change against ``reference`` (default:
-  the label's highest-bit profile).
+  the label's highest-bit profile);
+- ``top: {kind, metric, label, n}``: the ``n`` rows of ``label`` with the largest ``metric`` (e.g.
+  the most sensitive units by damage), and the smallest.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def evaluate_rule(rule: dict, rows_by_kind: dict[str, list[dict]]) -> str:
         raise BitswitchError(f"answer rule {rule!r} must be one of compare: {{...}} or drop: {{...}}")
     (name, args), = rule.items()
     if name not in RULES or not isinstance(args, dict):
-        raise BitswitchError(f"unknown answer rule {name!r}: use compare or drop")
+        raise BitswitchError(f"unknown answer rule {name!r}: use compare, drop or top")
     kind = args.get("kind", "eval-squad")
     rows = rows_by_kind.get(kind, [])
     if not rows:
@@ -122,7 +124,19 @@ def drop(args: dict, rows: list[dict]) -> str:
     return " ".join(out)
 
 
-RULES = {"compare": compare, "drop": drop}
+def top(args: dict, rows: list[dict]) -> str:
+    metric, n = args.get("metric", "damage"), int(args.get("n", 3))
+    label = args.get("label") or rows[0]["label"]
+    mine = sorted((r for r in rows if r["label"] == label and r.get(metric) is not None), key=lambda r: -r[metric])
+    if not mine:
+        return f"(top {metric}: no results for {label})"
+    named = lambda rs: ", ".join(f"{r['profile']} ({fmt(r[metric])})" for r in rs)  # noqa: E731
+    least = [r for r in mine[-n:][::-1] if r not in mine[:n]]
+    return (f"{label}: largest {metric} {named(mine[:n])} of {len(mine)}"
+            + (f"; smallest {named(least)}" if least else "") + ".")
+
+
+RULES = {"compare": compare, "drop": drop, "top": top}
 
 
 def paired_se(ra: dict, rb: dict, metric: str) -> float | None:
@@ -216,6 +230,8 @@ def verdict(rule: dict, rows_by_kind: dict[str, list[dict]]) -> str:
         return "no results yet"
     if name == "drop":
         return _drop_verdict(args, rows, metric, up)
+    if name == "top":
+        return top(args, rows).rstrip(".")
     labels = [str(x) for x in args.get("labels") or []]
     if len(labels) > 2:
         idx = _index(rows, metric)
