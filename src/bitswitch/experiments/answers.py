@@ -36,7 +36,7 @@ def signed(v: float) -> str:
 def evaluate_rule(rule: dict, rows_by_kind: dict[str, list[dict]]) -> str:
     """One sentence for one rule; a rule that does not fit the data says so instead of failing."""
     if not isinstance(rule, dict) or len(rule) != 1:
-        raise BitswitchError(f"answer rule {rule!r} must be one of compare: {{...}} or drop: {{...}}")
+        raise BitswitchError(f"answer rule {rule!r} must be one of compare: {{...}}, drop: {{...}} or top: {{...}}")
     (name, args), = rule.items()
     if name not in RULES or not isinstance(args, dict):
         raise BitswitchError(f"unknown answer rule {name!r}: use compare, drop or top")
