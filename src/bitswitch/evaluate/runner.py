@@ -62,7 +62,9 @@ def build_runtime(cfg: EvalConfig, model, tok, plan: list[dict]):
                              "nested checkpoints (bitswitch export --nested); use --engine fake")
     if cfg.options.act_mode != "token":
         raise BitswitchError("the runtime quantizes activations per token: drop --act-mode tensor or use --engine fake")
-    return Runtime.from_model(model, tok, [it["spec"] for it in plan])
+    # eager: an eval's batches differ in rows and lengths, and each new shape set costs torch.compile
+    # minutes on a CPU, more than the short answers it would speed up
+    return Runtime.from_model(model, tok, [it["spec"] for it in plan], compile="off")
 
 
 def record_key(record: dict) -> str:

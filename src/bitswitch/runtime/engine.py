@@ -12,6 +12,7 @@ width runs through the dequantizing path.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -21,7 +22,10 @@ from ..errors import BitswitchError
 from .build import build_runtime_model
 from .compiled import compile_step
 from .compiled import resolve as resolve_compile
+from .cpu import SLOW_BF16, native_bf16
 from .generate import GenerateOutput, run
+
+_warned: list[bool] = []
 
 
 class Runtime:
@@ -54,6 +58,9 @@ class Runtime:
         compiled = resolve_compile(compile, device)
         if device.type != "cpu":
             kernel = "dequant"   # the int4 / int8 kernels are the CPU's
+        elif kernel != "reference" and native_bf16() is False and not _warned:
+            _warned.append(True)   # once per process
+            print(f"bitswitch: warning: {SLOW_BF16}", file=sys.stderr)
         with torch.no_grad():
             rm = build_runtime_model(model, profiles, kernel, weight_of)
         return cls(rm, tokenizer, model.config, profiles, compiled=compiled)
