@@ -19,10 +19,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import rel, write
+from common import paired_scores, per_question, rel, write
 
 from bitswitch.io import atomic_write_text
-from bitswitch.results import markdown_table, se_of_mean
+from bitswitch.results import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "squad-v1.1"
@@ -31,22 +31,9 @@ COLUMNS = ["profile", "n", "f1_independent", "f1_nested", "d_f1", "se_d_f1", "si
            "em_nested", "d_em", "answer_ppl_independent", "answer_ppl_nested"]
 
 
-def per_question(path: Path) -> dict[str, dict]:
-    return {r["id"]: r for r in map(json.loads, path.read_text().splitlines()) if r}
-
-
 def pair(ind: dict[str, dict], nest: dict[str, dict]) -> dict:
     """Paired differences (nested - independent, in points) over the questions both answered."""
-    ids = [i for i in ind if i in nest]
-    if not ids:
-        raise SystemExit("error: the two evaluations share no question: were they run with the same settings?")
-    out = {"n": len(ids)}
-    for m in ("f1", "em"):
-        a = [100 * float(ind[i][m]) for i in ids]
-        b = [100 * float(nest[i][m]) for i in ids]
-        d = [y - x for x, y in zip(a, b)]
-        out[f"{m}_independent"], out[f"{m}_nested"] = sum(a) / len(a), sum(b) / len(b)
-        out[f"d_{m}"], out[f"se_d_{m}"] = sum(d) / len(d), se_of_mean(d)
+    out = paired_scores(ind, nest, "independent", "nested")
     out["significant"] = abs(out["d_f1"]) > 2 * out["se_d_f1"]
     return out
 

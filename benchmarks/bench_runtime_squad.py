@@ -17,10 +17,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import rel, write
+from common import paired_scores, per_question, rel, write
 
 from bitswitch.io import atomic_write_text
-from bitswitch.results import markdown_table, se_of_mean
+from bitswitch.results import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SQUAD = ROOT.parent / "shared" / "data" / "squad-v1.1" / "dev-part1-v1.1.json"
@@ -28,22 +28,10 @@ COLUMNS = ["profile", "n", "f1_fake", "f1_runtime", "d_f1", "se_d_f1", "em_fake"
            "same_answer", "answer_ppl_fake", "answer_ppl_runtime", "goal_met"]
 
 
-def per_question(path: Path) -> dict[str, dict]:
-    return {r["id"]: r for r in map(json.loads, path.read_text().splitlines()) if r}
-
-
 def pair(fake: dict[str, dict], runtime: dict[str, dict]) -> dict:
     """Paired differences (runtime - fake, in points) over the questions both answered."""
+    out = paired_scores(fake, runtime, "fake", "runtime")
     ids = [i for i in fake if i in runtime]
-    if not ids:
-        raise SystemExit("error: the two engines share no question: were they run with the same settings?")
-    out = {"n": len(ids)}
-    for m in ("f1", "em"):
-        a = [100 * float(fake[i][m]) for i in ids]
-        b = [100 * float(runtime[i][m]) for i in ids]
-        d = [y - x for x, y in zip(a, b)]
-        out[f"{m}_fake"], out[f"{m}_runtime"] = sum(a) / len(a), sum(b) / len(b)
-        out[f"d_{m}"], out[f"se_d_{m}"] = sum(d) / len(d), se_of_mean(d)
     out["same_answer"] = sum(fake[i]["prediction"] == runtime[i]["prediction"] for i in ids) / len(ids)
     return out
 

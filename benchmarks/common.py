@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from bitswitch.io import atomic_write_json  # noqa: E402
-from bitswitch.results import markdown_table, run_metadata  # noqa: E402
+from bitswitch.results import markdown_table, run_metadata, se_of_mean  # noqa: E402
 
 
 def rel(path) -> str:
@@ -42,3 +43,25 @@ def write(out: str | None, rows: list[dict], columns: list[str], **meta) -> None
     if out:
         atomic_write_json(out, {"meta": {**run_metadata(None, meta.pop("seed", 0)), **meta}, "rows": rows})
         print(f"\nwritten: {out}")
+
+
+def per_question(path) -> dict[str, dict]:
+    """An eval's ``predictions-<profile>.jsonl`` by question id."""
+    return {r["id"]: r for r in map(json.loads, Path(path).read_text().splitlines()) if r}
+
+
+def paired_scores(a: dict[str, dict], b: dict[str, dict], name_a: str, name_b: str) -> dict:
+    """F1 / EM of ``a`` and ``b`` (per_question dicts) in points over the questions both answered:
+    ``n``, ``f1_<name>`` / ``em_<name>`` means, ``d_f1`` / ``d_em`` (b - a) and their standard errors
+    ``se_d_f1`` / ``se_d_em``."""
+    ids = [i for i in a if i in b]
+    if not ids:
+        raise SystemExit("error: the two evaluations share no question: were they run with the same settings?")
+    out = {"n": len(ids)}
+    for m in ("f1", "em"):
+        x = [100 * float(a[i][m]) for i in ids]
+        y = [100 * float(b[i][m]) for i in ids]
+        d = [v - u for u, v in zip(x, y)]
+        out[f"{m}_{name_a}"], out[f"{m}_{name_b}"] = sum(x) / len(x), sum(y) / len(y)
+        out[f"d_{m}"], out[f"se_d_{m}"] = sum(d) / len(d), se_of_mean(d)
+    return out

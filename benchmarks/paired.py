@@ -11,16 +11,11 @@ whether it exceeds two standard errors.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from common import write
+from common import per_question, write
 
 from bitswitch.results import se_of_mean
-
-
-def per_question(path: str) -> dict[str, dict]:
-    return {r["id"]: r for r in map(json.loads, Path(path).read_text().splitlines()) if r}
 
 
 def main(argv=None):
