@@ -2,25 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
 from bitswitch.profiles import parse_profile
 from bitswitch.verify import stats
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-@pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import bench_gguf
-        yield bench_gguf
-    finally:
-        sys.path.remove(str(BENCH))
 
 
 def test_rows_and_quick_sizes(bench):

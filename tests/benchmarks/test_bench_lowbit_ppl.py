@@ -3,24 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import shared_data
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-@pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import bench_lowbit_ppl
-        yield bench_lowbit_ppl
-    finally:
-        sys.path.remove(str(BENCH))
 
 
 def test_tiny_run_writes_rows_and_markdown(bench, tmp_path):

@@ -2,22 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-@pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import bench_nested_squad
-        yield bench_nested_squad
-    finally:
-        sys.path.remove(str(BENCH))
 
 
 def q(f1, em=0.0):

@@ -16,16 +16,6 @@ from tests.conftest import shared_data
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-@pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import bench_runtime
-        yield bench_runtime
-    finally:
-        sys.path.remove(str(BENCH))
-
-
 def row(name, decode, rss=100.0, threads=2, batch=1):
     return {"threads": threads, "batch": batch, "row": name, "decode_tok_s": decode, "peak_rss_mb": rss}
 

@@ -7,21 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import shared_data
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-@pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import bench_runtime_squad
-        yield bench_runtime_squad
-    finally:
-        sys.path.remove(str(BENCH))
 
 
 def q(pred, f1, em=0.0):
