@@ -15,6 +15,8 @@ repeated: no padding). Each (threads, batch, row) runs in a fresh subprocess, so
   benchmark exports first in its own process), packed straight from its int8 masters: the
   deployment path, whose peak RSS is the memory goal's; ``nested-eager`` the same with the decode
   step eager (``compile="off"``): no compiler in the process, the smallest footprint;
+  ``nested-eager-kv16`` that with a bfloat16 KV cache (half the cache; logits no longer fake
+  quantization's);
 - ``llama.cpp``: SmolLM2's Q4_1 GGUF through :mod:`bitswitch.llamacpp` (node-llama-cpp 3.21.1), batch
   B as B sequences of one context decoded together; its peak RSS is the node process's.
 
@@ -52,7 +54,7 @@ SQUAD = ROOT.parent / "shared" / "data" / "squad-v1.1" / "dev-part1-v1.1.json"
 HF_ROWS = {"hf-fp32": "fp32", "hf-bf16": "bf16"}
 # nested-eager: the nested checkpoint with the decode step eager (no compiler in the process: its
 # import and compilation cost about 100+ MiB of resident memory), the smallest footprint
-RUNTIME_ROWS = ("w8", "w4g32", "w4g32a8", "mixed", "alt", "nested", "nested-eager")
+RUNTIME_ROWS = ("w8", "w4g32", "w4g32a8", "mixed", "alt", "nested", "nested-eager", "nested-eager-kv16")
 ROWS = (*HF_ROWS, *RUNTIME_ROWS, "llama.cpp")
 ALTERNATING = ["w4g32", "w8"]
 LAYERS = {"smollm2-135m": 30, "tiny-llama": 2}
@@ -68,6 +70,8 @@ GOALS = [("w4g32 decode / hf-fp32 decode", "w4g32", ["hf-fp32"], "decode", "min"
          ("w4g32 peak RSS / hf-fp32 peak RSS", "w4g32", ["hf-fp32"], "rss", "max", 0.5),
          ("nested w4g32 peak RSS / hf-fp32 peak RSS", "nested", ["hf-fp32"], "rss", "max", 0.5),
          ("nested-eager w4g32 peak RSS / hf-fp32 peak RSS", "nested-eager", ["hf-fp32"], "rss", "max", 0.5),
+         ("nested-eager-kv16 w4g32 peak RSS / hf-fp32 peak RSS", "nested-eager-kv16", ["hf-fp32"], "rss", "max",
+          0.5),
          ("w4g32 decode / llama.cpp decode", "w4g32", ["llama.cpp"], "decode", "min", 0.7)]
 
 
@@ -164,7 +168,8 @@ def _runtime_row(spec: dict):
                 else ["w4g32"] if row.startswith("nested") else [row])
     source = spec["nested"] if row.startswith("nested") else spec["model"]
     rt = Runtime.load(source, adapters=None, profiles=profiles,
-                      compile="off" if row == "nested-eager" else spec["compile"])
+                      compile="off" if row.startswith("nested-eager") else spec["compile"],
+                      kv_dtype="bfloat16" if row.endswith("kv16") else "float32")
     rt.set_profile(profiles[0])
     prompts = [list(spec["prompt"]) for _ in range(spec["batch"])]
     n = spec["new_tokens"]
@@ -349,7 +354,8 @@ def run(a) -> int:
     print(f"prompt: {len(prompt)} tokens (question {question}); {new_tokens} new tokens; rows {' '.join(rows)}",
           flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        nested = a.nested or (export_nested_checkpoint(model, tmp) if {"nested", "nested-eager"} & set(rows) else None)
+        wants_nested = any(r.startswith("nested") for r in rows)
+        nested = a.nested or (export_nested_checkpoint(model, tmp) if wants_nested else None)
         return _run_rows(a, model, rows, new_tokens, mixed, squad, prompt, question, nested)
 
 

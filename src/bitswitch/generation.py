@@ -33,6 +33,7 @@ class GenerateConfig(RunConfig):
     stop: list[str] = field(default_factory=list)
     chat: bool = False
     compile: str = "auto"
+    kv_dtype: str = "float32"              # the KV cache: float32 (fake quantization's) or bfloat16 (half)
     threads: int | None = None
     speculative: str | None = None         # LOW:HIGH: greedy at HIGH, drafted at LOW (bitswitch.dynamic)
     draft_k: int = 4
@@ -55,6 +56,8 @@ class GenerateConfig(RunConfig):
             raise BitswitchError(f"--top-p must be in (0, 1], got {self.top_p}")
         if self.compile not in ("auto", "on", "off"):
             raise BitswitchError(f"--compile must be auto, on or off, got {self.compile!r}")
+        if self.kv_dtype not in ("float32", "bfloat16"):
+            raise BitswitchError(f"--kv-dtype must be float32 or bfloat16, got {self.kv_dtype!r}")
         if self.threads is not None and self.threads < 1:
             raise BitswitchError(f"--threads must be at least 1, got {self.threads}")
         if self.schedule is not None and not self.schedule:
@@ -129,7 +132,7 @@ def run_generate(cfg: GenerateConfig, log=print) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rt = Runtime.load(cfg.model, adapters=cfg.adapters, profiles=cfg.profiles(), options=cfg.options,
-                      compile=cfg.compile, device=cfg.device)
+                      compile=cfg.compile, device=cfg.device, kv_dtype=cfg.kv_dtype)
     prompts = read_prompts(cfg, rt.tokenizer)
     rt.set_profile(cfg.profile)
     out = rt.generate(prompts, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.temperature > 0,

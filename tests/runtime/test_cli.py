@@ -35,8 +35,18 @@ def test_generate_schedule_and_data_file(tmp_path, capsys):
     assert res["texts"] == rt.generate(res["prompts"], max_new_tokens=5, stop=None, schedule=["w4g32", "w8"]).texts
 
 
+def test_generate_with_a_bf16_kv_cache(tmp_path):
+    out = tmp_path / "g.json"
+    assert main(["generate", "--model", "tiny-llama", "--profile", "w4g32", "--prompt", "hello", "--max-new-tokens",
+                 "5", "--kv-dtype", "bfloat16", "--compile", "off", "--device", "cpu", "--out", str(out)]) == 0
+    rt = Runtime.load("tiny-llama", profiles=["w4g32"], device="cpu", compile="off", kv_dtype="bfloat16")
+    assert rt.kv_dtype == "bfloat16"
+    assert json.loads(out.read_text())["texts"] == rt.generate(["hello"], max_new_tokens=5, stop=None).texts
+
+
 @pytest.mark.parametrize("argv, needle", [
     ([], "nothing to generate"),
+    (["--prompt", "x", "--kv-dtype", "int8"], "--kv-dtype"),
     (["--prompt", "x", "--profile", "w9"], "w9"),
     (["--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens"),
     (["--data", "absent.txt"], "no such file"),

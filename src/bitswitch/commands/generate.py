@@ -29,6 +29,9 @@ def add_parser(sub) -> None:
     p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                    help="--engine runtime: torch.compile the one-token decode step (auto: where a C++ compiler "
                         "exists; the first step of each profile and batch size compiles, about a minute)")
+    p.add_argument("--kv-dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="the KV cache: float32 (as fake quantization keeps keys and values) or bfloat16 (half "
+                        "the memory, logits no longer equal fake quantization's)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--speculative", default=None, metavar="LOW:HIGH",
                    help="lossless self-speculative greedy decoding: draft at LOW, verify at HIGH, e.g. w4g32:w8")

@@ -22,7 +22,7 @@ def run_speculative(cfg, log=print) -> dict:
         torch.set_num_threads(cfg.threads)
     low, high = speculative_pair(cfg.speculative)
     rt = Runtime.load(cfg.model, adapters=cfg.adapters, profiles=[high, low], options=cfg.options,
-                      compile=cfg.compile, device=cfg.device)
+                      compile=cfg.compile, device=cfg.device, kv_dtype=cfg.kv_dtype)
     engine = RuntimeEngine(rt)
     prompts = read_prompts(cfg, rt.tokenizer)
     texts, runs = [], []

@@ -44,13 +44,15 @@ class Runtime:
     # -- building --------------------------------------------------------------------------------
     @classmethod
     def from_model(cls, model, tokenizer, profiles, compile: str = "auto", kernel: str = "auto",
-                   weight_of=None) -> Runtime:
+                   weight_of=None, kv_dtype: str = "float32") -> Runtime:
         """Pack a switchable model (adapters loaded; a plain one is made switchable with default
         options) at every profile of ``profiles``; the first is active. The float model is not kept.
         ``compile``: auto / on / off, the one-token decode step through ``torch.compile`` (see
-        :mod:`.compiled`). ``weight_of``: see :func:`.build.build_runtime_model` (a hollow model's weights)."""
+        :mod:`.compiled`). ``weight_of``: see :func:`.build.build_runtime_model` (a hollow model's weights).
+        ``kv_dtype``: float32 or bfloat16, see :meth:`set_kv_dtype`."""
         from ..switching import make_switchable
 
+        kv = _kv_dtype(kv_dtype)   # before packing: a bad value costs nothing
         profiles = [profiles] if isinstance(profiles, str) else list(dict.fromkeys(p.strip() for p in profiles))
         if not hasattr(model, "bitswitch"):
             make_switchable(model)
@@ -63,11 +65,12 @@ class Runtime:
             print(f"bitswitch: warning: {SLOW_BF16}", file=sys.stderr)
         with torch.no_grad():
             rm = build_runtime_model(model, profiles, kernel, weight_of)
+        rm.kv_dtype = kv
         return cls(rm, tokenizer, model.config, profiles, compiled=compiled)
 
     @classmethod
     def load(cls, spec: str, adapters: str | None = None, profiles=("fp",), options=None, compile: str = "auto",
-             kernel: str = "auto", device: str = "auto") -> Runtime:
+             kernel: str = "auto", device: str = "auto", kv_dtype: str = "float32") -> Runtime:
         """Load ``spec`` (a nested checkpoint, or a model plus ``adapters``) and pack it at ``profiles``.
 
         A nested checkpoint on the CPU is packed straight from its int8 masters, one unit at a time
@@ -87,11 +90,12 @@ class Runtime:
             def weight_of(module):
                 return master_weight(ckpt, module, release=True) if module in ckpt.masters else None
 
-            rt = cls.from_model(model, tok, profiles, compile=compile, kernel=kernel, weight_of=weight_of)
+            rt = cls.from_model(model, tok, profiles, compile=compile, kernel=kernel, weight_of=weight_of,
+                                kv_dtype=kv_dtype)
             del model, ckpt
             return rt
         model, tok = load_switchable(spec, adapters, options, device=dev)
-        rt = cls.from_model(model, tok, profiles, compile=compile, kernel=kernel)
+        rt = cls.from_model(model, tok, profiles, compile=compile, kernel=kernel, kv_dtype=kv_dtype)
         del model
         return rt
 
@@ -120,6 +124,15 @@ class Runtime:
             self._units[unit].active = p.strip()
         actives = {u.active for u in self._units.values()}
         self.profile = actives.pop() if len(actives) == 1 else "mixed"
+
+    def set_kv_dtype(self, dtype: str) -> None:
+        """The KV cache of the next request: ``float32`` (the default: keys and values as fake quantization
+        keeps them, for logit parity) or ``bfloat16`` (half the cache; keys and values rounded once)."""
+        self.model.kv_dtype = _kv_dtype(dtype)
+
+    @property
+    def kv_dtype(self) -> str:
+        return str(self.model.kv_dtype).removeprefix("torch.")
 
     @property
     def units(self) -> list[str]:
@@ -196,3 +209,14 @@ class Runtime:
             other += size(unit.bias) if unit.bias is not None else 0
         return {"by_width": by_width, "adapters": adapters, "float": other,
                 "total": sum(by_width.values()) + adapters + other}
+
+
+KV_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def _kv_dtype(name) -> torch.dtype:
+    if isinstance(name, torch.dtype) and name in KV_DTYPES.values():
+        return name
+    if name not in KV_DTYPES:
+        raise BitswitchError(f"the KV cache dtype must be float32 or bfloat16, not {name!r}")
+    return KV_DTYPES[name]

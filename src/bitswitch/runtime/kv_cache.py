@@ -1,4 +1,8 @@
-"""A static key/value cache: one preallocated float32 tensor pair per layer, written in place.
+"""A static key/value cache: one preallocated tensor pair per layer, written in place.
+
+float32 by default (fake quantization keeps keys and values in float32, so the runtime's logits match
+it); bfloat16 halves the cache, which dominates memory at long contexts and large batches (llama.cpp
+keeps an F16 cache by default). Attention reads it back as float32.
 
 Rows are left-padded prompts; column ``t`` of every row is decoding position ``t`` (the rotary or
 learned position of a row is its count of real tokens before it, see :func:`positions`). Rolling
@@ -12,14 +16,14 @@ from torch import Tensor
 
 
 class KVCache:
-    """k, v: ``n_layer`` tensors (B, n_kv_head, max_len, head_dim) float32; ``valid`` (B, max_len)
+    """k, v: ``n_layer`` tensors (B, n_kv_head, max_len, head_dim) of ``dtype``; ``valid`` (B, max_len)
     bool: which columns hold real tokens (pads stay False); ``length``: columns written so far."""
 
     def __init__(self, n_layer: int, batch: int, n_kv_head: int, max_len: int, head_dim: int,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
         shape = (batch, n_kv_head, max_len, head_dim)
-        self.k = [torch.zeros(shape, device=device) for _ in range(n_layer)]
-        self.v = [torch.zeros(shape, device=device) for _ in range(n_layer)]
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.valid = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
         self.max_len, self.length = max_len, 0
 

@@ -6,9 +6,10 @@
 Each profile unit is one RuntimeLinear: Llama's q/k/v (and gate/up) are fused into one weight of
 stacked rows, which quantizes exactly as the separate modules do (every bitswitch grid is row-local:
 scales per output channel or per group of input columns), so one kernel call replaces three. The
-residual stream, norms, rotary positions and attention run in float32, the KV cache is float32, and
-only the units' matmuls are bf16 (the kernels are fast only there): the logits then differ from
-float32 fake quantization by bf16 rounding of each unit's input and output, no more.
+residual stream, norms, rotary positions and attention run in float32, the KV cache is float32 (or
+bf16, ``kv_dtype``, to halve it), and only the units' matmuls are bf16 (the kernels are fast only
+there): with the float32 cache the logits differ from float32 fake quantization by bf16 rounding of
+each unit's input and output, no more.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class RuntimeModel(nn.Module):
         self.arch, self.embed, self.wpe, self.final = arch, embed, wpe, final
         self.layers = nn.ModuleList(layers)
         self.head = head
+        self.kv_dtype = torch.float32   # the KV cache's dtype (see set_kv_dtype): module state, as precision is
         if arch.kind == "llama":
             dim = arch.head_dim
             self.inv_freq = 1.0 / (arch.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
@@ -61,7 +63,7 @@ class RuntimeModel(nn.Module):
 
             raise BitswitchError(f"{max_len} tokens exceed the model's context of {a.max_positions}: "
                                  "shorten the prompt or --max-new-tokens")
-        return KVCache(a.n_layer, batch, a.n_kv_head, max_len, a.head_dim, self.embed.device)
+        return KVCache(a.n_layer, batch, a.n_kv_head, max_len, a.head_dim, self.embed.device, self.kv_dtype)
 
     # -- the decode step -------------------------------------------------------------------------
     def _norm(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
@@ -106,8 +108,10 @@ class RuntimeModel(nn.Module):
                 q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
             cache.k[i][:, :, pos:pos + t] = k
             cache.v[i][:, :, pos:pos + t] = v
-            o = F.scaled_dot_product_attention(q, cache.k[i][:, :, :pos + t], cache.v[i][:, :, :pos + t],
-                                               attn_mask=mask, enable_gqa=a.group > 1)
+            keys, values = cache.k[i][:, :, :pos + t], cache.v[i][:, :, :pos + t]
+            if keys.dtype != q.dtype:   # a bf16 cache: attention still in float32, on the rounded keys
+                keys, values = keys.to(q.dtype), values.to(q.dtype)
+            o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=a.group > 1)
             x = x + u["attn_out"](o.transpose(1, 2).reshape(b, t, nq)).float()
             h = u["mlp_in"](self._norm(x, n["post_w"], n.get("post_b"))).float()
             if a.kind == "gpt2":
