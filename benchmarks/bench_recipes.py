@@ -71,12 +71,16 @@ def train_and_eval(a, recipe: str, runs: Path) -> dict:
     """Train ``recipe`` (resumable), evaluate it on SQuAD and WikiText; returns the eval directories."""
     model = gptq_base(a, runs) if recipe == "gptq" else a.model
     train = runs / f"train-{recipe}"
-    if not (train / "adapters" / "adapter_config.json").exists():
+    if (train / "checkpoint" / "step.json").is_file() and not (train / "summary.json").is_file():
+        run(cli("train", "--resume", str(train)))   # an interrupted run continues bit-exact
+    if not (train / "summary.json").is_file():
         run(cli("train", "--model", model, "--data", rel(a.train), "--profiles", *a.train_profiles, "--schedule",
                 "random", "--keying", "shared", "--steps", str(a.steps), "--batch-size", str(a.batch_size), "--lr",
                 str(a.lr), "--seed", "0", "--device", a.device, "--save-every", "20", "--set",
                 f"max_length={a.max_length}", "--set", f"warmup_steps={max(1, a.steps // 10)}", *RECIPES[recipe],
                 "--out", str(train)))
+    if recipe == "full":
+        model = str(train / "model")   # the trained weights, with the adapters beside them
     common = ["--model", model, "--adapters", str(train / "adapters"), "--profiles", *a.profiles, "--seed", "0",
               "--device", a.device]
     squad, wiki = runs / f"squad-{recipe}", runs / f"wikitext-{recipe}"

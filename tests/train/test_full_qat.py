@@ -159,3 +159,26 @@ def test_cli_flags(tmp_path, squad, capsys):
     assert saved.learn_clip and saved.train_base == "full" and not saved.lora
     tensors = load_file(str(out / "adapters" / "adapters.safetensors"))
     assert tensors and all("::clip::" in k for k in tensors)
+
+
+@pytest.mark.integration
+def test_a_model_loaded_from_gguf_saves_its_float_weights(tmp_path):
+    """SmolLM2 arrives as a GGUF file: transformers keeps a GGUF quantizer on the model, which makes
+    save_pretrained refuse, though the weights in memory are floats. save_model writes them."""
+    from bitswitch.train.full import save_model
+
+    pytest.importorskip("gguf")
+    try:
+        model, tok = load_model("smollm2-135m", device="cpu")
+    except BitswitchError as exc:
+        pytest.skip(str(exc))
+    bs.make_switchable(model)
+    out = save_model(model, tok, tmp_path / "model")
+    saved = load_file(str(out / "model.safetensors"))
+    assert torch.equal(saved["model.layers.0.self_attn.q_proj.weight"],
+                       model.model.layers[0].self_attn.q_proj.base.weight.detach())
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    assert getattr(model, "hf_quantizer", None) is not None   # the model itself is left as it was
+    reloaded, _ = load_model(str(out), device="cpu")
+    assert torch.equal(reloaded.model.layers[0].mlp.down_proj.weight,
+                       model.model.layers[0].mlp.down_proj.base.weight.detach())
