@@ -106,7 +106,7 @@ def rows_of(a, done: dict[str, dict]) -> list[dict]:
             row["n"] = own["n"] if own else len(preds[p])
             row["f1"] = own["f1_q"] if own else None
             row["em"] = own["em_q"] if own else None
-            row["drop_from_fp"] = -own["d_f1"] if own else None
+            row["drop_from_fp"] = 0.0 - own["d_f1"] if own else None   # 0.0, not -0.0, at fp
             row["se_drop"] = own["se_d_f1"] if own else None
             if recipe != "lora" and "lora" in done:
                 vs = paired_scores(per_question(done["lora"]["squad"] / f"predictions-{p}.jsonl"), preds[p],
