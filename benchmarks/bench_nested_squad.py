@@ -19,13 +19,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import paired_scores, per_question, rel, write
+from common import add_switchable_training_args, paired_scores, per_question, rel, write
 
 from bitswitch.io import atomic_write_text
 from bitswitch.results import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "squad-v1.1"
+DATA = ROOT.parent / "shared" / "data"
 GRIDS = ("independent", "nested")
 COLUMNS = ["profile", "n", "f1_independent", "f1_nested", "d_f1", "se_d_f1", "significant", "em_independent",
            "em_nested", "d_em", "answer_ppl_independent", "answer_ppl_nested"]
@@ -47,17 +47,8 @@ def run(cmd: list[str]) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--train", default=str(DATA / "train-subset-v1.1.json"))
-    ap.add_argument("--dev", default=str(DATA / "dev-part1-v1.1.json"))
-    ap.add_argument("--train-profiles", nargs="+", default=["fp", "w8a8", "w6a8", "w4a8"])
+    add_switchable_training_args(ap, DATA)
     ap.add_argument("--profiles", nargs="+", default=["w8a8", "w6a8", "w4a8"], help="evaluated and paired")
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--max-length", type=int, default=256)
-    ap.add_argument("--limit", type=int, default=400, help="dev questions, a seeded sample stratified over articles")
-    ap.add_argument("--max-new-tokens", type=int, default=16)
-    ap.add_argument("--eval-batch-size", type=int, default=16)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--runs", default="runs/nested-squad", help="RUNS/train-GRID, RUNS/eval-GRID")
     ap.add_argument("--out", default=None)

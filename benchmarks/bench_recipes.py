@@ -29,7 +29,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import paired_scores, per_question, rel, write
+from common import add_switchable_training_args, paired_scores, per_question, rel, write
 
 from bitswitch.io import atomic_write_text
 from bitswitch.results import markdown_table
@@ -121,18 +121,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=["lora", "learn-clip", "full"])
-    ap.add_argument("--train", default=str(DATA / "squad-v1.1" / "train-subset-v1.1.json"))
-    ap.add_argument("--dev", default=str(DATA / "squad-v1.1" / "dev-part1-v1.1.json"))
+    add_switchable_training_args(ap, DATA)
     ap.add_argument("--wikitext", default=str(DATA / "wikitext-2-raw" / "wiki.test.raw"))
-    ap.add_argument("--train-profiles", nargs="+", default=["fp", "w8a8", "w6a8", "w4a8"])
     ap.add_argument("--profiles", nargs="+", default=["fp", "w8a8", "w6a8", "w4a8"], help="evaluated (fp first)")
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--max-length", type=int, default=256)
-    ap.add_argument("--limit", type=int, default=400, help="dev questions, a seeded sample stratified over articles")
-    ap.add_argument("--max-new-tokens", type=int, default=16)
-    ap.add_argument("--eval-batch-size", type=int, default=16)
     ap.add_argument("--wikitext-tokens", type=int, default=2048)
     ap.add_argument("--window", type=int, default=1024)
     ap.add_argument("--calib-questions", type=int, default=64, help="gptq: training prompts that calibrate it")

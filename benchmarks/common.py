@@ -65,3 +65,18 @@ def paired_scores(a: dict[str, dict], b: dict[str, dict], name_a: str, name_b: s
         out[f"{m}_{name_a}"], out[f"{m}_{name_b}"] = sum(x) / len(x), sum(y) / len(y)
         out[f"d_{m}"], out[f"se_d_{m}"] = sum(d) / len(d), se_of_mean(d)
     return out
+
+
+def add_switchable_training_args(ap, data) -> None:
+    """The arguments of one switchable SQuAD training and its evaluation, as the paired training
+    benchmarks share them (``data``: the shared data directory)."""
+    ap.add_argument("--train", default=str(data / "squad-v1.1" / "train-subset-v1.1.json"))
+    ap.add_argument("--dev", default=str(data / "squad-v1.1" / "dev-part1-v1.1.json"))
+    ap.add_argument("--train-profiles", nargs="+", default=["fp", "w8a8", "w6a8", "w4a8"])
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--limit", type=int, default=400, help="dev questions, a seeded sample stratified over articles")
+    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--eval-batch-size", type=int, default=16)

@@ -33,25 +33,26 @@ def prefill(rt, ids):
 IDS = torch.tensor([[5, 17, 3, 99, 42, 7, 8, 61]])
 
 
+def prefill_bf16(rt, ids):
+    """prefill on a bf16 cache, the runtime left at float32 afterwards."""
+    rt.set_kv_dtype("bfloat16")
+    try:
+        return prefill(rt, ids)
+    finally:
+        rt.set_kv_dtype("float32")
+
+
 def test_default_is_float32_and_bf16_halves_the_cache(rt):
     assert rt.kv_dtype == "float32"
     _, c32 = prefill(rt, IDS)
-    rt.set_kv_dtype("bfloat16")
-    try:
-        _, c16 = prefill(rt, IDS)
-    finally:
-        rt.set_kv_dtype("float32")
+    _, c16 = prefill_bf16(rt, IDS)
     assert c32.k[0].dtype == torch.float32 and c16.k[0].dtype == torch.bfloat16
     assert c16.nbytes() * 2 == c32.nbytes()
 
 
 def test_bf16_cache_holds_the_float32_keys_rounded(rt):
     _, c32 = prefill(rt, IDS)
-    rt.set_kv_dtype("bfloat16")
-    try:
-        logits16, c16 = prefill(rt, IDS)
-    finally:
-        rt.set_kv_dtype("float32")
+    logits16, c16 = prefill_bf16(rt, IDS)
     assert torch.equal(c16.k[0], c32.k[0].to(torch.bfloat16))
     assert torch.equal(c16.v[0], c32.v[0].to(torch.bfloat16))
     logits32, _ = prefill(rt, IDS)
