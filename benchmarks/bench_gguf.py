@@ -59,6 +59,10 @@ def parse(argv=None):
     ap.add_argument("--speed-repeats", type=int, default=3)
     ap.add_argument("--unquantized-dtype", choices=["fp16", "fp32"], default="fp16",
                     help="the export's embeddings (and the tied head llama.cpp reads from them)")
+    ap.add_argument("--noise-floor", type=float, default=1e-6,
+                    help="bitswitch against itself with its input embeddings perturbed by this much (0: skip)")
+    ap.add_argument("--kv-cache", choices=["f16", "f32"], default="f16", help="llama.cpp's KV cache type")
+    ap.add_argument("--flash-attention", choices=["auto", "on", "off"], default="auto")
     ap.add_argument("--quick", action="store_true", help=f"smoke test sizes: {QUICK}")
     ap.add_argument("--work", default="runs/bench-gguf", help="where the exports go (never committed)")
     ap.add_argument("--out", default="benchmarks/results/gguf.json")
@@ -94,6 +98,7 @@ def run_row(name: str, a) -> dict:
     cfg = VerifyConfig(model=a.model, adapters=adapters, options=options, export=str(export_dir), profile=profile,
                        squad=a.squad, wikitext=a.wikitext, limit=a.limit, windows=a.windows, window=a.window,
                        threads=a.threads, speed_tokens=a.speed_tokens, speed_repeats=a.speed_repeats,
+                       noise_floor=a.noise_floor, kv_cache=a.kv_cache, flash_attention=a.flash_attention,
                        device="cpu", out=str(export_dir))
     record = compare(model, tok, cfg, log=print)
     record.pop("answers", None)
@@ -132,7 +137,8 @@ def write(out: str, meta: dict, records: list[dict], settings: dict) -> None:
 
 
 SETTINGS = ("model", "adapters", "asym_adapters", "squad", "limit", "order", "wikitext", "windows", "window",
-            "threads", "speed_tokens", "speed_repeats", "unquantized_dtype", "quick", "cpu")
+            "threads", "speed_tokens", "speed_repeats", "unquantized_dtype", "noise_floor", "kv_cache",
+            "flash_attention", "quick", "cpu")
 
 
 def combine(files: list[str], out: str) -> None:
@@ -157,7 +163,9 @@ def main(argv=None) -> None:
                 "asym_adapters": rel(a.asym_adapters) if a.asym_adapters else None, "squad": rel(a.squad),
                 "limit": a.limit, "order": "stratified", "wikitext": rel(a.wikitext), "windows": a.windows,
                 "window": a.window, "threads": a.threads, "speed_tokens": a.speed_tokens,
-                "speed_repeats": a.speed_repeats, "unquantized_dtype": a.unquantized_dtype, "quick": a.quick,
+                "speed_repeats": a.speed_repeats, "unquantized_dtype": a.unquantized_dtype,
+                "noise_floor": a.noise_floor, "kv_cache": a.kv_cache, "flash_attention": a.flash_attention,
+                "quick": a.quick,
                 "cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"}
     meta = run_metadata(None, 0, **settings)
     records = []

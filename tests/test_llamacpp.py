@@ -80,6 +80,10 @@ def test_missing_gguf_or_lora_file_fails_before_node(tmp_path):
         LlamaCpp(gguf, lora=tmp_path / "absent-lora.gguf")
     with pytest.raises(BitswitchError, match=r"threads must be an integer >= 1"):
         LlamaCpp(gguf, threads=0)
+    with pytest.raises(BitswitchError, match=r"^llama\.cpp kv_cache must be one of f16, f32, got 'q8_0'$"):
+        LlamaCpp(gguf, kv_cache="q8_0")
+    with pytest.raises(BitswitchError, match=r"^llama\.cpp flash_attention must be True, False or None"):
+        LlamaCpp(gguf, flash_attention="auto")
 
 
 def test_protocol_error_path_is_one_line(tmp_path):
@@ -192,6 +196,25 @@ def test_logprobs_and_perplexity_match_the_hf_model(llm, hf_smollm2):
     assert ours["tokens"] == ref["tokens"] == 158
     assert 5 < ours["ppl"] < 200
     assert abs(ours["ppl"] - ref["ppl"]) / ref["ppl"] < 0.04, (ours, ref)
+
+
+@pytest.mark.integration
+def test_kv_cache_type_and_flash_attention_are_applied(smollm2_gguf):
+    """The context reports what it was opened with, and the settings reach llama.cpp: without flash
+    attention, an f32 cache gives other log-probabilities than an f16 one (keys and values are not
+    rounded to half precision), and the same settings give the same numbers twice."""
+    needs_llama_cpp()
+    seen = {}
+    for kv, fa in (("f16", False), ("f32", False), ("f32", False), ("f16", True)):
+        with LlamaCpp(smollm2_gguf, threads=1, context=256, kv_cache=kv, flash_attention=fa) as engine:
+            assert engine.info["kv_cache"] == kv.upper() and engine.info["flash_attention"] is fa
+            ids = engine.tokenize("The history of the city begins in the early middle ages, when traders from the")
+            lp = engine.logprobs(ids)
+        if (kv, fa) in seen:
+            assert lp == seen[(kv, fa)]
+        seen[(kv, fa)] = lp
+    assert seen[("f16", False)] != seen[("f32", False)]
+    assert seen[("f16", True)] != seen[("f16", False)]
 
 
 def write_lora_gguf(path, targets: dict, rank: int, alpha: float, seed: int = 0) -> dict:

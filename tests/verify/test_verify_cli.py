@@ -87,7 +87,9 @@ def test_bad_input_is_one_line(export, tmp_path, capsys, monkeypatch):
     cases = [(["--export", str(tmp_path / "absent")], "is not a directory"),
              (["--squad", str(tmp_path / "absent.json")], "--squad .* is not a file"),
              (["--windows", "0"], "--windows must be at least 1"),
-             (["--weight-grid", "nested"], "drop --weight-grid nested")]
+             (["--weight-grid", "nested"], "drop --weight-grid nested"),
+             (["--noise-floor=-1e-6"], "--noise-floor must be >= 0"),
+             (["--kv-cache", "q8_0"], "invalid choice: 'q8_0'")]
     for extra, message in cases:
         args = ["--export", out, *extra] if extra[0] != "--export" else extra
         assert main(["verify-gguf", "--model", spec, "--profile", PROFILE, "--device", "cpu",
@@ -121,8 +123,11 @@ def test_whole_run_on_tiny_llama(export, tmp_path, capsys):
     res = tmp_path / "v"
     assert verify(spec, out, adapters, res, "--squad", squad_file(tmp_path / "s.json"), "--wikitext", str(text),
                   "--windows", "2", "--window", "64", "--max-new-tokens", "8", "--speed-tokens", "8",
-                  "--speed-repeats", "1") == 0
+                  "--speed-repeats", "1", "--noise-floor", "1e-6", "--kv-cache", "f32", "--flash-attention", "off") == 0
     rec = json.loads((res / "verify.json").read_text())
+    assert rec["llama_context"] == {"kv_cache": "f32", "flash_attention": "off"}
+    floor = rec["squad"]["noise_floor"]
+    assert floor["rel"] == 1e-6 and 0 <= floor["self_agreement"] <= 1 and 0 <= floor["llama_vs_perturbed"] <= 1
     assert rec["profile"] == PROFILE and rec["adapter"] is True
     sq = rec["squad"]
     assert sq["n"] == 4 and sq["selection"]["order"] == "stratified" and 0 <= sq["agreement"] <= 1

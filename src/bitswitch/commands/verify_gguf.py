@@ -32,6 +32,12 @@ def add_parser(sub) -> None:
     p.add_argument("--reference-gguf", default=None,
                    help="GGUF whose decode speed the export's is set beside (default: SmolLM2's Q4_1 file)")
     p.add_argument("--calib-data", default=None, help="SQuAD training file for static activation ranges")
+    p.add_argument("--noise-floor", type=float, default=None, metavar="REL",
+                   help="also answer with bitswitch's input embeddings perturbed by REL (e.g. 1e-6) and report "
+                        "its agreement with itself: the ceiling of any two engines' agreement (default 0: skip)")
+    p.add_argument("--kv-cache", choices=["f16", "f32"], default=None, help="llama.cpp's KV cache type (default f16)")
+    p.add_argument("--flash-attention", choices=["auto", "on", "off"], default=None,
+                   help="llama.cpp's flash attention (default auto)")
     p.add_argument("--out", default=None, help="directory for verify.json, verify.md, answers.jsonl")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_quant_args(p)

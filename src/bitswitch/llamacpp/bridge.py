@@ -25,7 +25,11 @@ from ..errors import BitswitchError
 from .install import LlamaCppInstall, find_llama_cpp, require_llama_cpp
 from .protocol import NodeProcess
 
-__all__ = ["LlamaCpp", "LlamaCppInstall", "find_llama_cpp", "require_llama_cpp"]
+__all__ = ["KV_CACHE_TYPES", "LlamaCpp", "LlamaCppInstall", "find_llama_cpp", "require_llama_cpp"]
+
+
+# bitswitch's names for the KV cache's types -> ggml's, as node-llama-cpp takes them
+KV_CACHE_TYPES = {"f16": "F16", "f32": "F32"}
 
 
 def _positive_int(name: str, value, minimum: int = 1) -> int:
@@ -39,11 +43,18 @@ class LlamaCpp:
 
     ``threads``: CPU threads for every evaluation; ``context``: tokens per sequence; ``sequences``:
     how many prompts :meth:`generate_batch` may decode together; ``lora``: a GGUF LoRA adapter file
-    applied at ``lora_scale``.
+    applied at ``lora_scale``; ``kv_cache``: the type of the cached keys and values, ``"f16"``
+    (llama.cpp's default) or ``"f32"`` (what bitswitch's own attention keeps, for comparisons);
+    ``flash_attention``: True / False, or None for node-llama-cpp's choice (``"auto"``).
     """
 
     def __init__(self, gguf_path, threads: int = 2, context: int = 2048, lora=None, lora_scale: float = 1.0,
-                 sequences: int = 1, install: LlamaCppInstall | None = None):
+                 sequences: int = 1, kv_cache: str = "f16",
+                 flash_attention: bool | None = None, install: LlamaCppInstall | None = None):
+        if kv_cache not in KV_CACHE_TYPES:
+            raise BitswitchError(f"llama.cpp kv_cache must be one of {', '.join(KV_CACHE_TYPES)}, got {kv_cache!r}")
+        if flash_attention not in (None, True, False):
+            raise BitswitchError(f"llama.cpp flash_attention must be True, False or None, got {flash_attention!r}")
         self.threads = _positive_int("threads", threads)
         _positive_int("context", context, 16)
         self.sequences = _positive_int("sequences", sequences)
@@ -58,7 +69,8 @@ class LlamaCpp:
         try:
             info = self._call("load", gguf=str(gguf.resolve()), threads=threads, context=context,
                               sequences=sequences, lora=str(Path(lora).expanduser().resolve()) if lora else None,
-                              lora_scale=float(lora_scale))
+                              lora_scale=float(lora_scale), kv_cache=KV_CACHE_TYPES[kv_cache],
+                              flash_attention=flash_attention)
         except BaseException:
             self.close()
             raise

@@ -4,7 +4,8 @@
 //
 //   node run.mjs <path of node-llama-cpp's dist/index.js>
 //
-// ops: load {gguf, threads, context, sequences, lora, lora_scale} (first, once), tokenize {text, special},
+// ops: load {gguf, threads, context, sequences, lora, lora_scale, kv_cache,
+//     flash_attention} (first, once), tokenize {text, special},
 // detokenize {tokens}, generate {prompts, max_new_tokens, min_new_tokens, greedy, seed, stop, eos},
 // logprobs {tokens}, stats {}, close {}.
 import {createInterface} from "node:readline";
@@ -28,7 +29,8 @@ const fatal = (err) => { send({id: current, ok: false, error: `fatal: ${oneLine(
 process.on("uncaughtException", fatal);
 process.on("unhandledRejection", fatal);
 
-async function load({gguf, threads, context: contextSize, sequences, lora, lora_scale}) {
+async function load({gguf, threads, context: contextSize, sequences, lora, lora_scale, kv_cache = "F16",
+                     flash_attention = null}) {
     lib = await import(pathToFileURL(moduleFile).href);
     llama = await lib.getLlama({
         gpu: false, build: "never", maxThreads: threads, logLevel: "error",
@@ -38,6 +40,9 @@ async function load({gguf, threads, context: contextSize, sequences, lora, lora_
     context = await model.createContext({
         contextSize, sequences, threads: {ideal: threads, min: threads},
         lora: lora ? {adapters: [{filePath: lora, scale: lora_scale}]} : undefined,
+        experimentalKvCacheKeyType: kv_cache, experimentalKvCacheValueType: kv_cache,
+        // null: node-llama-cpp's default ("auto")
+        ...(flash_attention == null ? {} : {flashAttention: flash_attention}),
     });
     // every sequence taken once and reused (cleared before each use): a disposed sequence's id comes
     // back to the context asynchronously, so taking a fresh one right after can fail
@@ -51,7 +56,8 @@ async function load({gguf, threads, context: contextSize, sequences, lora, lora_
         if (model.isEogToken(t)) eogBias.set(t, "never");
     return {
         n_vocab: vocab, bos: model.tokens.bos, eos: model.tokens.eos, context: context.contextSize,
-        sequences: context.totalSequences, threads: context.idealThreads, lora: Boolean(lora),
+        sequences: context.totalSequences, threads: context.idealThreads, lora: Boolean(lora), kv_cache,
+        flash_attention: context.flashAttention,
     };
 }
 

@@ -10,6 +10,10 @@ from ..errors import BitswitchError
 from ..jobs import RunConfig
 
 
+#: ``--flash-attention`` -> the bridge's ``flash_attention``
+FLASH_ATTENTION = {"auto": None, "on": True, "off": False}
+
+
 @dataclass(kw_only=True)
 class VerifyConfig(RunConfig):
     """``export``: a directory written by ``bitswitch export --format gguf``; ``model``, ``adapters``,
@@ -18,7 +22,12 @@ class VerifyConfig(RunConfig):
     ``order``, stratified across articles by default); ``windows`` non-overlapping windows of
     ``window`` WikiText tokens. ``threads`` serve both engines. ``speed_repeats`` timed generations
     of ``speed_tokens`` tokens per file (0 skips the speed rows); ``reference_gguf``: the file the
-    export's decode speed is set beside (default: SmolLM2's own Q4_1 GGUF for ``smollm2-135m``)."""
+    export's decode speed is set beside (default: SmolLM2's own Q4_1 GGUF for ``smollm2-135m``).
+    ``noise_floor``: when > 0, bitswitch answers the questions once more with its input embeddings
+    perturbed by that relative amount (:mod:`.noise`), and the report gives its agreement with itself:
+    the ceiling of any two engines' agreement. ``kv_cache`` / ``flash_attention``: llama.cpp's
+    context (``"f16"`` / ``"auto"``: its defaults; ``"f32"`` / ``"off"`` compute attention as
+    bitswitch does)."""
 
     export: str
     profile: str
@@ -34,6 +43,9 @@ class VerifyConfig(RunConfig):
     speed_repeats: int = 3
     reference_gguf: str | None = None
     calib_data: str | None = None
+    noise_floor: float = 0.0
+    kv_cache: str = "f16"
+    flash_attention: str = "auto"
     progress: bool = True
 
     UNHASHED: ClassVar[tuple[str, ...]] = ("out", "device", "progress")
@@ -52,6 +64,14 @@ class VerifyConfig(RunConfig):
         if self.speed_repeats < 0 or self.speed_tokens < 2:
             raise BitswitchError(f"--speed-repeats must be >= 0 and --speed-tokens >= 2, got {self.speed_repeats} "
                                  f"and {self.speed_tokens}")
+        if not self.noise_floor >= 0:
+            raise BitswitchError(f"--noise-floor must be >= 0 (a relative perturbation such as 1e-6), got "
+                                 f"{self.noise_floor}")
+        if self.kv_cache not in ("f16", "f32"):
+            raise BitswitchError(f"--kv-cache must be f16 or f32, got {self.kv_cache!r}")
+        if self.flash_attention not in FLASH_ATTENTION:
+            raise BitswitchError(f"--flash-attention must be one of {', '.join(FLASH_ATTENTION)}, got "
+                                 f"{self.flash_attention!r}")
         for flag, path in (("--squad", self.squad), ("--wikitext", self.wikitext),
                            ("--reference-gguf", self.reference_gguf)):
             if path is not None and not Path(path).expanduser().is_file():

@@ -29,9 +29,10 @@ from ..io import atomic_write_json, atomic_write_text
 from ..results import markdown_table, run_metadata
 from ..switching import state, unit_modules
 from . import stats
-from .config import VerifyConfig
+from .config import FLASH_ATTENTION, VerifyConfig
 from .export_check import check_adapter, check_export, read_manifest, unit_types
 from .llama_side import decode_speed, llama_answer
+from .noise import perturbed_inputs
 
 ROUND = 256   # llama.cpp context sizes are rounded up to this many tokens
 
@@ -72,9 +73,11 @@ def compare(model, tok, cfg: VerifyConfig, log=print) -> dict:
         check_adapter(model, cfg.export)
     install = require_llama_cpp()
     record = {"profile": profile, "export": os.path.relpath(export), "tensor_types": manifest["tensor_types"],
-              "adapter": active, "threads": cfg.threads, "sizes": _sizes(cfg, export)}
+              "adapter": active, "threads": cfg.threads, "sizes": _sizes(cfg, export),
+              "llama_context": {"kv_cache": cfg.kv_cache, "flash_attention": cfg.flash_attention}}
     inputs = _inputs(model, tok, cfg)
     with LlamaCpp(export / MODEL_FILE, threads=cfg.threads, context=inputs["context"], lora=lora,
+                  kv_cache=cfg.kv_cache, flash_attention=FLASH_ATTENTION[cfg.flash_attention],
                   install=install) as llm:
         if cfg.squad:
             record["squad"], record["answers"] = _squad(model, tok, llm, inputs, cfg)
@@ -135,6 +138,15 @@ def _squad(model, tok, llm, inputs: dict, cfg: VerifyConfig) -> tuple[dict, list
     for p in tqdm(prompts, desc=f"squad llama.cpp {cfg.profile}", unit="q", disable=not cfg.progress):
         theirs.append(llama_answer(llm, p, cfg.max_new_tokens, stop_ids, decode))
     t2 = time.perf_counter()
+    floor = None
+    if cfg.noise_floor:
+        with perturbed_inputs(model, cfg.noise_floor, cfg.seed), \
+                tqdm(total=n, desc=f"squad bitswitch {cfg.profile} perturbed", unit="q", disable=not cfg.progress) as bar:
+            again = score_squad(model, tok, prompts, examples, cfg.max_new_tokens, cfg.batch_size, progress=bar)
+        mine, perturbed = [r["prediction"] for r in ours["rows"]], [r["prediction"] for r in again["rows"]]
+        floor = {"rel": cfg.noise_floor, "seconds": time.perf_counter() - t2,
+                 "self_agreement": stats.agreement(mine, perturbed),
+                 "llama_vs_perturbed": stats.agreement([t["text"] for t in theirs], perturbed)}
     answers = []
     for ex, mine, other in zip(examples, ours["rows"], theirs):
         answers.append({"id": ex.id, "bitswitch": mine["prediction"], "llama.cpp": other["text"],
@@ -154,7 +166,7 @@ def _squad(model, tok, llm, inputs: dict, cfg: VerifyConfig) -> tuple[dict, list
               "bitswitch": {"em": sum(em_bs) / n, "f1": sum(f1_bs) / n, "seconds": t1 - t0},
               "llama.cpp": {"em": sum(em_ll) / n, "f1": sum(f1_ll) / n, "seconds": t2 - t1},
               "d_f1": stats.paired_difference(f1_ll, f1_bs), "d_em": stats.paired_difference(em_ll, em_bs),
-              "llama_stops": stops,
+              "llama_stops": stops, "noise_floor": floor,
               "differing": [{k: a[k] for k in ("id", "bitswitch", "llama.cpp")} for a in answers if not a["same"]]}
     return result, answers
 
@@ -233,6 +245,7 @@ def flat_metrics(record: dict) -> dict:
     return {"profile": record["profile"], "adapter": record["adapter"],
             "types": "+".join(sorted(t for t in record["tensor_types"] if t.startswith("Q"))),
             "n": sq.get("n"), "agreement": sq.get("agreement"),
+            "self_agreement": (sq.get("noise_floor") or {}).get("self_agreement"),
             "em_bitswitch": sq.get("bitswitch", {}).get("em"), "em_llama": sq.get("llama.cpp", {}).get("em"),
             "f1_bitswitch": sq.get("bitswitch", {}).get("f1"), "f1_llama": sq.get("llama.cpp", {}).get("f1"),
             "d_f1": sq.get("d_f1", {}).get("mean"), "se_d_f1": sq.get("d_f1", {}).get("se"),
@@ -245,7 +258,7 @@ def flat_metrics(record: dict) -> dict:
             "adapter_bytes": sz.get(ADAPTER_FILE, {}).get("file_bytes")}
 
 
-SUMMARY = ["profile", "types", "adapter", "n", "agreement", "em_bitswitch", "em_llama", "f1_bitswitch", "f1_llama",
+SUMMARY = ["profile", "types", "adapter", "n", "agreement", "self_agreement", "em_bitswitch", "em_llama", "f1_bitswitch", "f1_llama",
            "d_f1", "se_d_f1", "ppl_bitswitch", "ppl_llama", "ppl_rel_diff"]
 SPEED_SIZE = ["profile", "decode_tok_s", "decode_tok_s_no_adapter", "ref_decode_tok_s", "model_bytes",
               "theoretical_bytes", "adapter_bytes"]
