@@ -145,13 +145,16 @@ def combine(files: list[str], out: str) -> None:
     """One results file from the files of rows run apart (their settings must agree but for the rows)."""
     docs = [json.loads(Path(f).read_text()) for f in files]
     settings = [{k: d["meta"].get(k) for k in SETTINGS} for d in docs]
-    differ = sorted(k for k in SETTINGS if k != "adapters" and len({json.dumps(s[k]) for s in settings}) > 1)
+    differ = sorted(k for k in SETTINGS if k not in ("adapters", "asym_adapters")
+                    and len({json.dumps(s[k]) for s in settings}) > 1)
     if differ:
         raise SystemExit(f"the files differ in {', '.join(differ)}: combine runs of one setting")
     records = [r for d in docs for r in d["records"]]
     meta = {**docs[0]["meta"], "command": [d["meta"]["command"] for d in docs], "combined": [rel(f) for f in files],
-            "adapters": sorted({str(s["adapters"]) for s in settings})}
-    write(out, meta, records, {**settings[0], "rows": [r["row"] for r in records], "adapters": meta["adapters"]})
+            "adapters": sorted({str(s["adapters"]) for s in settings}),
+            "asym_adapters": sorted({str(s["asym_adapters"]) for s in settings})}
+    write(out, meta, records, {**settings[0], "rows": [r["row"] for r in records], "adapters": meta["adapters"],
+                               "asym_adapters": meta["asym_adapters"]})
     print(f"written: {out}")
 
 
