@@ -8,6 +8,7 @@ tokenizer built in memory, so tests need no network).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import os
@@ -199,6 +200,30 @@ def load_model(spec: str, device: str | torch.device = "auto", dtype: str | torc
     check_supported(model)
     return model.to(dev).eval(), tok
 
+
+
+@contextlib.contextmanager
+def float_weights_for_saving(model):
+    """A model transformers loaded from a GGUF file (SmolLM2) holds its weights dequantized to float but
+    keeps a GGUF quantizer, which makes ``save_pretrained`` refuse; the weights written are plain floats,
+    so the quantizer (and its config entry) are set aside while saving."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
+    if quantizer is None or getattr(method, "value", method) != "gguf":
+        yield
+        return
+    config = model.config
+    had = hasattr(config, "quantization_config")
+    qc = getattr(config, "quantization_config", None)
+    model.hf_quantizer = None
+    if had:
+        del config.quantization_config
+    try:
+        yield
+    finally:
+        model.hf_quantizer = quantizer
+        if had:
+            config.quantization_config = qc
 
 
 def context_length(model, default: int | None = None) -> int | None:

@@ -66,3 +66,22 @@ def test_cli_errors_exit_2_with_one_line(capsys, tmp_path):
     last = capsys.readouterr().err.strip().splitlines()[-1]   # after transformers' loading bar
     assert last.startswith("bitswitch: error: cannot rotate model type 'qwen3'")
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.integration
+def test_smollm2_from_its_gguf_file_is_written(tmp_path):
+    """SmolLM2 arrives as a GGUF file, whose quantizer makes transformers' save_pretrained refuse; the
+    prepared directory holds its float weights and reloads as a plain model."""
+    from bitswitch.errors import BitswitchError
+    from tests.conftest import require_smollm2
+
+    require_smollm2()
+    pytest.importorskip("gguf")
+    try:
+        source, _ = bs.load_model("smollm2-135m", device="cpu")
+    except BitswitchError as exc:
+        pytest.skip(str(exc))
+    prepare_model("smollm2-135m", [], tmp_path / "p", device="cpu")
+    model, _ = load(str(tmp_path / "p"), device="cpu")
+    assert "quantization_config" not in json.loads((tmp_path / "p" / "config.json").read_text())
+    assert torch.equal(model.model.layers[3].mlp.down_proj.weight, source.model.layers[3].mlp.down_proj.weight)

@@ -18,6 +18,7 @@ from torch import nn
 from ..errors import BitswitchError
 from ..export.writer import _install, _publish_modes, _versions
 from ..io import atomic_write_json
+from ..models import float_weights_for_saving
 
 MARKER = "bitswitch_prepare.json"
 FORMAT = "bitswitch-prepare"
@@ -39,7 +40,8 @@ def save_prepared(model: nn.Module, tokenizer, out: str | os.PathLike, record: d
     out.parent.mkdir(parents=True, exist_ok=True)   # the temporary sibling must be on the same file system
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
-        model.save_pretrained(tmp)
+        with float_weights_for_saving(model):     # SmolLM2 comes from a GGUF file
+            model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         roundings = getattr(model, "bitswitch_roundings", None)   # left by the gptq step
         if roundings is not None:

@@ -10,7 +10,6 @@ embedding too), and AdamW on the embedding alone would add about three times its
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from torch import nn
 
+from ..models import float_weights_for_saving
 from ..switching import unit_modules
 
 MODEL_DIR = "model"
@@ -53,30 +53,6 @@ def plain_state_dict(model: nn.Module) -> dict:
     return out
 
 
-@contextlib.contextmanager
-def _float_weights(model: nn.Module):
-    """A model transformers loaded from a GGUF file (SmolLM2) holds its weights dequantized to float but
-    keeps a GGUF quantizer, which makes ``save_pretrained`` refuse; the weights written are plain floats,
-    so the quantizer (and its config entry) are set aside while saving."""
-    quantizer = getattr(model, "hf_quantizer", None)
-    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
-    if quantizer is None or getattr(method, "value", method) != "gguf":
-        yield
-        return
-    config = model.config
-    had = hasattr(config, "quantization_config")
-    qc = getattr(config, "quantization_config", None)
-    model.hf_quantizer = None
-    if had:
-        del config.quantization_config
-    try:
-        yield
-    finally:
-        model.hf_quantizer = quantizer
-        if had:
-            config.quantization_config = qc
-
-
 def save_model(model: nn.Module, tokenizer, directory: str | Path) -> Path:
     """Write the (switchable) model's weights as a plain Hugging Face directory (config, safetensors,
     tokenizer) atomically: into a temporary sibling, renamed into place (a previous one replaced
@@ -85,7 +61,7 @@ def save_model(model: nn.Module, tokenizer, directory: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-tmp-"))
     try:
-        with _float_weights(model):
+        with float_weights_for_saving(model):
             model.save_pretrained(str(tmp), state_dict=plain_state_dict(model), safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
