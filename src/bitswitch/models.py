@@ -201,7 +201,6 @@ def load_model(spec: str, device: str | torch.device = "auto", dtype: str | torc
     return model.to(dev).eval(), tok
 
 
-
 @contextlib.contextmanager
 def float_weights_for_saving(model):
     """A model transformers loaded from a GGUF file (SmolLM2) holds its weights dequantized to float but

@@ -8,6 +8,7 @@ from typing import ClassVar
 
 from ..errors import BitswitchError
 from ..jobs import RunConfig
+from ..llamacpp.bridge import KV_CACHE_TYPES
 
 
 #: ``--flash-attention`` -> the bridge's ``flash_attention``
@@ -67,8 +68,8 @@ class VerifyConfig(RunConfig):
         if not self.noise_floor >= 0:
             raise BitswitchError(f"--noise-floor must be >= 0 (a relative perturbation such as 1e-6), got "
                                  f"{self.noise_floor}")
-        if self.kv_cache not in ("f16", "f32"):
-            raise BitswitchError(f"--kv-cache must be f16 or f32, got {self.kv_cache!r}")
+        if self.kv_cache not in KV_CACHE_TYPES:
+            raise BitswitchError(f"--kv-cache must be one of {', '.join(KV_CACHE_TYPES)}, got {self.kv_cache!r}")
         if self.flash_attention not in FLASH_ATTENTION:
             raise BitswitchError(f"--flash-attention must be one of {', '.join(FLASH_ATTENTION)}, got "
                                  f"{self.flash_attention!r}")
