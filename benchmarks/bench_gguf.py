@@ -17,6 +17,13 @@ adapters are tied to the quantizer options they were trained with, so ``w4-asym`
     python benchmarks/bench_gguf.py --adapters runs/gguf-train/adapters --out benchmarks/results/gguf.json
     python benchmarks/bench_gguf.py --quick --rows w4 --out runs/bench-gguf-quick.json      # smoke test
 
+Decode speeds alone, with nothing else running (``--speed-only`` skips SQuAD, WikiText and the noise
+floor; the exports are timed beside the original Q4_1 file in the same process):
+
+    python benchmarks/bench_gguf.py --speed-only --adapters runs/gguf-train/adapters \
+        --asym-adapters runs/gguf-train-asym/adapters --threads 1 --speed-tokens 128 --speed-repeats 5 \
+        --out benchmarks/results/gguf_speed_t1.json
+
 Rows may run as separate processes (``--rows w8 --out runs/w8.json`` ...) and be combined:
 
     python benchmarks/bench_gguf.py --combine runs/w8.json runs/w4.json --out benchmarks/results/gguf.json
@@ -63,12 +70,17 @@ def parse(argv=None):
                     help="bitswitch against itself with its input embeddings perturbed by this much (0: skip)")
     ap.add_argument("--kv-cache", choices=["f16", "f32"], default="f16", help="llama.cpp's KV cache type")
     ap.add_argument("--flash-attention", choices=["auto", "on", "off"], default="auto")
+    ap.add_argument("--speed-only", action="store_true",
+                    help="decode speeds and sizes only (no SQuAD, WikiText or noise floor): run it alone")
     ap.add_argument("--quick", action="store_true", help=f"smoke test sizes: {QUICK}")
     ap.add_argument("--work", default="runs/bench-gguf", help="where the exports go (never committed)")
     ap.add_argument("--out", default="benchmarks/results/gguf.json")
     ap.add_argument("--combine", nargs="+", default=None, metavar="JSON",
                     help="only write --out (+ .md) from these results files of separately run rows")
     a = ap.parse_args(argv)
+    if a.speed_only:
+        a.squad = a.wikitext = None
+        a.noise_floor = 0.0
     if a.quick:
         for k, v in QUICK.items():
             setattr(a, k, v)
@@ -163,8 +175,9 @@ def main(argv=None) -> None:
     if a.combine:
         return combine(a.combine, a.out)
     settings = {"model": a.model, "rows": a.rows, "adapters": rel(a.adapters) if a.adapters else None,
-                "asym_adapters": rel(a.asym_adapters) if a.asym_adapters else None, "squad": rel(a.squad),
-                "limit": a.limit, "order": "stratified", "wikitext": rel(a.wikitext), "windows": a.windows,
+                "asym_adapters": rel(a.asym_adapters) if a.asym_adapters else None,
+                "squad": rel(a.squad) if a.squad else None,
+                "limit": a.limit, "order": "stratified", "wikitext": rel(a.wikitext) if a.wikitext else None, "windows": a.windows,
                 "window": a.window, "threads": a.threads, "speed_tokens": a.speed_tokens,
                 "speed_repeats": a.speed_repeats, "unquantized_dtype": a.unquantized_dtype,
                 "noise_floor": a.noise_floor, "kv_cache": a.kv_cache, "flash_attention": a.flash_attention,

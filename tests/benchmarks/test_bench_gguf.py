@@ -17,6 +17,8 @@ def test_rows_and_quick_sizes(bench):
     full = bench.parse([])
     assert (full.limit, full.windows, full.window, full.threads, full.unquantized_dtype) == (200, 8, 256, 1, "fp16")
     assert (full.noise_floor, full.kv_cache, full.flash_attention) == (1e-6, "f16", "auto")
+    speed = bench.parse(["--speed-only"])
+    assert (speed.squad, speed.wikitext, speed.noise_floor, speed.speed_repeats) == (None, None, 0.0, 3)
 
 
 def test_markdown_of_a_record(bench):

@@ -131,3 +131,14 @@ def test_gptq_without_calibration_data_is_a_one_line_cli_error(capsys, tmp_path)
     assert main(["prepare", "--model", "tiny-llama", "--gptq", "w4", "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err.strip()
     assert "--calib-data" in err and "\n" not in err
+
+
+def test_max_blocks_rounds_only_the_first_blocks():
+    from bitswitch.profiles import QuantOptions
+
+    model, tok = tiny_model("tiny-llama")
+    model.eval()
+    make_switchable(model, QuantOptions())
+    gptq_round(model, SPECS, _calib(tok, 2), sequential=False, progress=False, max_blocks=1)
+    rounded = {unit.split(".")[0] for unit, _, mod in unit_modules(model) if mod.roundings}
+    assert rounded == {"L0"}

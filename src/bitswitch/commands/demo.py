@@ -15,6 +15,10 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--eval-limit", type=int, default=50, help="dev questions to evaluate (sampled across articles)")
+    p.add_argument("--recipe", default="auto", help="auto (the best recipe whose estimate, timed here, fits "
+                   "--time-budget), lora, gptq, learn-clip or full")
+    p.add_argument("--time-budget", type=float, default=20.0, metavar="MINUTES",
+                   help="what --recipe auto must fit, timing included (default 20)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="runs/demo")
 
@@ -24,7 +28,8 @@ def run(a, argv) -> int:
 
     res = run_demo(model=a.model, train_data=a.train_data, dev_data=a.dev_data, profiles=a.profiles,
                    steps=a.steps, batch_size=a.batch_size, lr=a.lr, eval_limit=a.eval_limit, device=a.device,
-                   out=a.out, argv=argv, log=lambda m: print(m, file=sys.stderr))
+                   out=a.out, recipe=a.recipe, time_budget=a.time_budget, argv=argv,
+                   log=lambda m: print(m, file=sys.stderr))
     print(res["table"])
-    print(f"\nresults: {res['results']}\nplot: {res['plot']}")
+    print(f"\nrecipe: {res['recipe']} ({res['plan']})\nresults: {res['results']}\nplot: {res['plot']}")
     return 0

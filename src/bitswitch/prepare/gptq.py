@@ -127,10 +127,11 @@ def _round_unit(model, unit: str, hessian: torch.Tensor, cfg: WeightQuant, block
 
 
 def gptq_round(model: nn.Module, profiles, batches, sequential: bool = True, block: int = 128, damp: float = 0.01,
-               act_order: bool = False, progress: bool = True) -> dict:
+               act_order: bool = False, progress: bool = True, max_blocks: int | None = None) -> dict:
     """Set GPTQ roundings on ``model`` (switchable, adapters ignored) for every block-unit weight
     quantizer ``profiles`` use; ``batches``: calibration token ids, each (1, T) (text the evaluation
-    never sees). Returns a JSON-ready record: quantizers, units, tokens, mode."""
+    never sees). ``max_blocks``: round only the first blocks (what ``demo`` times to estimate the
+    whole). Returns a JSON-ready record: quantizers, units, tokens, mode."""
     from tqdm.auto import tqdm
 
     found = quantizers_of(model, profiles)
@@ -140,6 +141,7 @@ def gptq_round(model: nn.Module, profiles, batches, sequential: bool = True, blo
     if not batches:
         raise BitswitchError("GPTQ needs calibration text: no calibration batches were given")
     _, blocks, _ = block_list(model)
+    blocks = blocks[:max_blocks] if max_blocks else blocks
     saved = snapshot(model)
     units = list(state(model).units)
     try:

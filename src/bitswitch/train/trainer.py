@@ -311,6 +311,13 @@ class Trainer:
                 signal.signal(s, h)
         return self._finish(last)
 
+    def step_seconds(self) -> float:
+        """Set up, take one warm-up step and one timed step (in ``cfg.out``, which is not a run
+        directory after this): what planning needs to estimate a run of ``cfg.steps``."""
+        self.setup()
+        self._train_step(0, 1, 0)   # first-call allocations and kernel choices
+        return float(self._train_step(1, 1, 0)["seconds"])
+
     def _train_step(self, step: int, world: int, rank: int) -> dict:
         cfg = self.cfg
         t0 = time.perf_counter()

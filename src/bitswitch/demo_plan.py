@@ -1,0 +1,131 @@
+"""The demo's recipe, chosen to fit a time budget: time what each stage costs on this machine, then
+take the best recipe whose estimate fits.
+
+Recipes, best first where ``auto`` chooses (SmolLM2-135M, 400 dev questions, docs/results.md
+"Low-bit quality"): ``gptq`` (the frozen base rounded by GPTQ at every width before the same LoRA
+training: +3.5 F1 at w4a8 over ``lora``, 1.99x fp WikiText PPL against 2.16x), then ``lora``
+(round-to-nearest base). ``learn-clip`` and ``full`` cost 2-2.3x a ``lora`` step and did not beat it
+after 60 steps, so they run only when named.
+
+The estimate of a recipe, in seconds (each term measured here by :func:`probe`)::
+
+    prepare (GPTQ: one block timed, times the blocks, plus a model load)
+    + steps * train_step_s          (one lora step timed after a warm-up step)
+    + questions * profiles * eval_s (one batch of questions timed at the lowest profile)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import BitswitchError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """``train``: TrainConfig overrides; ``gptq``: the base is rounded by GPTQ first."""
+
+    name: str
+    train: dict = field(default_factory=dict)
+    gptq: bool = False
+
+
+RECIPES = {"gptq": Recipe("gptq", gptq=True), "lora": Recipe("lora"),
+           "learn-clip": Recipe("learn-clip", {"learn_clip": True}), "full": Recipe("full", {"train_base": "full"})}
+AUTO = ("gptq", "lora")   # best first; the last is run even when nothing fits
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Seconds measured on this machine: a training step, GPTQ of the whole base (None: not timed),
+    one question at one profile, and what probing itself cost."""
+
+    train_step_s: float
+    gptq_s: float | None
+    eval_s: float
+    probe_s: float
+
+
+def estimate(recipe: Recipe, probe: Probe, steps: int, questions: int, profiles: int) -> float:
+    """Seconds ``recipe`` is expected to take after probing (module docstring); a recipe whose
+    preparation was not timed gets ``inf``."""
+    if recipe.gptq and probe.gptq_s is None:
+        return float("inf")
+    prepare = probe.gptq_s if recipe.gptq else 0.0
+    return prepare + steps * probe.train_step_s + questions * profiles * probe.eval_s
+
+
+def choose(probe: Probe, budget_s: float, steps: int, questions: int, profiles: int,
+           candidates=AUTO) -> tuple[str, dict[str, float], bool]:
+    """``(recipe, estimates, fits)``: the first of ``candidates`` whose estimate fits what is left of
+    ``budget_s`` after probing; when none fits, the last (the cheapest) with ``fits`` False."""
+    left = budget_s - probe.probe_s
+    est = {name: estimate(RECIPES[name], probe, steps, questions, profiles) for name in candidates}
+    for name in candidates:
+        if est[name] <= left:
+            return name, est, True
+    return candidates[-1], est, False
+
+
+def check_budget(minutes: float) -> float:
+    if not minutes > 0 or minutes == float("inf"):
+        raise BitswitchError(f"--time-budget must be a positive number of minutes, got {minutes}")
+    return minutes * 60.0
+
+
+def probe(train_cfg, eval_cfg, gptq_options: dict | None, budget_s: float = float("inf"), log=print) -> Probe:
+    """Time one lora training step (after one warm-up step) and one batch of dev questions at the
+    lowest profile; then, when ``gptq_options`` are given and lora alone still fits ``budget_s``,
+    GPTQ of the first block (times the blocks, plus the model load). Writes only to a temporary
+    directory."""
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bitswitch-probe-") as tmp:
+        step_s = _time_train_step(dataclasses.replace(train_cfg, out=str(Path(tmp) / "train"), steps=2))
+        log(f"timing: a training step takes {step_s:.1f} s")
+        eval_s = _time_eval(eval_cfg, Path(tmp) / "eval")
+        log(f"timing: a dev question at {eval_cfg.profiles[-1]} takes {eval_s:.2f} s")
+    gptq_s = None
+    lora = Probe(step_s, None, eval_s, time.perf_counter() - t_start)
+    left = budget_s - lora.probe_s
+    if gptq_options is not None and estimate(RECIPES["lora"], lora, train_cfg.steps, eval_cfg.limit,
+                                             len(eval_cfg.profiles)) < left:
+        gptq_s = _time_gptq(train_cfg, gptq_options)
+        log(f"timing: GPTQ of the base would take {gptq_s:.0f} s")
+    return Probe(step_s, gptq_s, eval_s, time.perf_counter() - t_start)
+
+
+def _time_train_step(cfg) -> float:
+    from .train.trainer import Trainer
+
+    return Trainer(cfg, log=lambda m: None).step_seconds()
+
+
+def _time_eval(cfg, out: Path) -> float:
+    from .evaluate.runner import run_eval
+
+    n = min(cfg.limit or 8, cfg.batch_size)   # one full batch: the per-question cost the real run sees
+    res = run_eval(dataclasses.replace(cfg, profiles=[cfg.profiles[-1]], limit=n, out=str(out)), log=lambda m: None)
+    return float(res["records"][0]["seconds"]) / n
+
+
+def _time_gptq(cfg, options: dict) -> float:
+    from .loading import load
+    from .prepare.gptq import calibration_ids, gptq_round
+    from .profiles import QuantOptions
+    from .switching import make_switchable
+    from .units import block_list
+
+    t0 = time.perf_counter()
+    model, tok = load(cfg.model, device=cfg.device, dtype=cfg.dtype, seed=cfg.seed)
+    batches = calibration_ids(tok, options["calib_data"], options["calib_questions"])
+    make_switchable(model, QuantOptions())
+    load_s = time.perf_counter() - t0
+    n_blocks = len(block_list(model)[1])
+    t0 = time.perf_counter()
+    gptq_round(model, options["profiles"], batches, sequential=options["hessians"] == "sequential",
+               progress=False, max_blocks=1)
+    return load_s + n_blocks * (time.perf_counter() - t0)
