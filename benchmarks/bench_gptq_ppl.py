@@ -19,6 +19,7 @@ from bitswitch.io import atomic_write_json
 from bitswitch.evaluate.scorers import load_text_ids, score_text
 from bitswitch.loading import load
 from bitswitch.prepare.gptq import calibration_ids, gptq_round
+from bitswitch.profiles import QuantOptions
 from bitswitch.switching import make_switchable, set_profile
 
 SPECS = ["w8", "w4", "w3", "w2", "w4g32", "w3g32", "w2g32"]
@@ -35,6 +36,7 @@ def main() -> None:
     p.add_argument("--specs", nargs="+", default=SPECS)
     p.add_argument("--recipes", nargs="+", default=["rtn", "gptq-fp", "gptq-seq"])
     p.add_argument("--rotate", action="store_true", help="Hadamard-rotate the model first (every recipe)")
+    p.add_argument("--weight-asym", action="store_true", help="asymmetric weight grids (a zero point per group)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None)
     a = p.parse_args()
@@ -45,10 +47,10 @@ def main() -> None:
         from bitswitch.prepare.rotate import rotate_model
 
         rotate_model(model, seed=0)
-    make_switchable(model)
+    make_switchable(model, QuantOptions(weight_symmetric=not a.weight_asym))
     ids, window = load_text_ids(model, tok, a.wikitext, a.max_tokens, 0, a.window)
     calib = calibration_ids(tok, a.calib, a.calib_questions)
-    pre = "rotate+" if a.rotate else ""
+    pre = ("rotate+" if a.rotate else "") + ("asym+" if a.weight_asym else "")
     rows = []
 
     def measure(recipe: str, spec: str, extra: dict) -> None:
@@ -76,7 +78,7 @@ def main() -> None:
     common.write(a.out, rows, ["recipe", "profile", "ppl", "x_fp", "tokens", "seconds"],
                  model=a.model, wikitext=common.rel(a.wikitext), calib=common.rel(a.calib),
                  calib_questions=a.calib_questions, max_tokens=a.max_tokens, window=window, threads=a.threads,
-                 rotate=a.rotate, total_seconds=round(time.time() - t_all, 1))
+                 rotate=a.rotate, weight_asym=a.weight_asym, total_seconds=round(time.time() - t_all, 1))
 
 
 if __name__ == "__main__":

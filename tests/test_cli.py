@@ -149,3 +149,16 @@ def test_export_then_eval_the_export(tmp_path, capsys):
     assert main(["eval", "--model", str(out), "--profiles", "w8a8", *common, "--out", str(tmp_path / "c")]) == 2
     assert main(["export", "--model", "tiny-gpt2", "--profile", "w8a8", "--act-mode", "tensor",
                  "--out", str(tmp_path / "d")]) == 2
+
+
+def test_the_heap_bound_is_left_off_for_commands_that_train(monkeypatch, tmp_path, capsys):
+    calls = []
+    monkeypatch.setattr("bitswitch.results.bound_heap_retention", lambda *a: calls.append(a) or True)
+    assert main(["profiles", "--model", "tiny-llama", "--profile", "w8a8"]) == 0
+    assert len(calls) == 1
+    missing = str(tmp_path / "missing.json")
+    for argv in (["train", "--model", "tiny-llama", "--data", missing, "--steps", "1", "--out", str(tmp_path / "t")],
+                 ["demo", "--model", "tiny-llama", "--train-data", missing, "--dev-data", missing, "--recipe", "lora",
+                  "--out", str(tmp_path / "d")]):
+        assert main(argv) == 2    # the missing data file: a one-line error, after the heap policy was applied
+        assert len(calls) == 1

@@ -92,9 +92,9 @@ def _plan(out_dir: Path, recipe: str, budget_s: float, cfg, ev, gptq: dict, log)
         p = probe(cfg, ev, gptq if len(candidates) > 1 else None, budget_s, log=log)
         name, est, fits = choose(p, budget_s, cfg.steps, ev.limit, len(ev.profiles), candidates)
         plan = {"recipe": name, "chosen_by": "auto", "budget_s": budget_s, "fits": fits,
-                "probe": {"train_step_s": round(p.train_step_s, 3), "gptq_s": None if p.gptq_s is None else round(p.gptq_s, 1),
+                "probe": {"train_step_s": round(p.train_step_s, 3), "gptq_s": None if p.gptq_s is None else round(p.gptq_s, 3),
                           "eval_question_s": round(p.eval_s, 3), "probe_s": round(p.probe_s, 1)},
-                "estimates_s": {k: round(v, 1) for k, v in est.items()}}
+                "estimates_s": {k: round(v, 3) for k, v in est.items()}}
         said = ", ".join(f"{k} {v / 60:.1f} min" for k, v in est.items())
         log(f"recipe {name}: estimates {said}; budget {budget_s / 60:.1f} min, {p.probe_s / 60:.1f} of it spent "
             "timing" + ("" if fits else f" (nothing fits: {name} runs anyway; lower --steps or --eval-limit)"))

@@ -10,8 +10,9 @@ after 60 steps, so they run only when named.
 The estimate of a recipe, in seconds (each term measured here by :func:`probe`)::
 
     prepare (GPTQ: one block timed, times the blocks, plus a model load)
-    + steps * train_step_s          (one lora step timed after a warm-up step)
-    + questions * profiles * eval_s (one batch of questions timed at the lowest profile)
+    + steps * train_step_s          (one lora step timed after a warm-up step, scaled by the
+                                     padded tokens of every step's batch)
+    + questions * profiles * eval_s (one batch of questions timed at the first and the last profile)
 """
 
 from __future__ import annotations
@@ -78,16 +79,17 @@ def check_budget(minutes: float) -> float:
 
 
 def probe(train_cfg, eval_cfg, gptq_options: dict | None, budget_s: float = float("inf"), log=print) -> Probe:
-    """Time one lora training step (after one warm-up step) and one batch of dev questions at the
-    lowest profile; then, when ``gptq_options`` are given and lora alone still fits ``budget_s``,
-    GPTQ of the first block (times the blocks, plus the model load). Writes only to a temporary
-    directory."""
+    """Time one lora training step (after a warm-up step; scaled to every step by its padded
+    tokens) and one batch of dev questions at the first and the last profile; then, when
+    ``gptq_options`` are given and lora alone still fits ``budget_s``, GPTQ of the first block
+    (times the blocks, plus the model load). Writes only to a temporary directory."""
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bitswitch-probe-") as tmp:
-        step_s = _time_train_step(dataclasses.replace(train_cfg, out=str(Path(tmp) / "train"), steps=2))
-        log(f"timing: a training step takes {step_s:.1f} s")
+        train_s = _time_train(dataclasses.replace(train_cfg, out=str(Path(tmp) / "train")))
+        step_s = train_s / train_cfg.steps
+        log(f"timing: training should take {train_s:.0f} s ({step_s:.1f} s a step)")
         eval_s = _time_eval(eval_cfg, Path(tmp) / "eval")
-        log(f"timing: a dev question at {eval_cfg.profiles[-1]} takes {eval_s:.2f} s")
+        log(f"timing: a dev question takes {eval_s:.2f} s")
     gptq_s = None
     lora = Probe(step_s, None, eval_s, time.perf_counter() - t_start)
     left = budget_s - lora.probe_s
@@ -98,18 +100,21 @@ def probe(train_cfg, eval_cfg, gptq_options: dict | None, budget_s: float = floa
     return Probe(step_s, gptq_s, eval_s, time.perf_counter() - t_start)
 
 
-def _time_train_step(cfg) -> float:
+def _time_train(cfg) -> float:
     from .train.trainer import Trainer
 
-    return Trainer(cfg, log=lambda m: None).step_seconds()
+    return Trainer(cfg, log=lambda m: None).estimate_seconds()
 
 
 def _time_eval(cfg, out: Path) -> float:
+    """Seconds a question takes, the mean of the first and the last profile (answers at the lowest
+    profile run longer) over one full batch each: the per-question cost the real run sees."""
     from .evaluate.runner import run_eval
 
-    n = min(cfg.limit or 8, cfg.batch_size)   # one full batch: the per-question cost the real run sees
-    res = run_eval(dataclasses.replace(cfg, profiles=[cfg.profiles[-1]], limit=n, out=str(out)), log=lambda m: None)
-    return float(res["records"][0]["seconds"]) / n
+    n = min(cfg.limit or cfg.batch_size, cfg.batch_size)
+    ends = list(dict.fromkeys([cfg.profiles[0], cfg.profiles[-1]]))
+    res = run_eval(dataclasses.replace(cfg, profiles=ends, limit=n, out=str(out)), log=lambda m: None)
+    return sum(float(r["seconds"]) for r in res["records"]) / (n * len(ends))
 
 
 def _time_gptq(cfg, options: dict) -> float:

@@ -221,3 +221,17 @@ def test_an_unusable_out_is_a_one_line_error_before_any_work(tmp_path, squad_fil
     assert main(["train", "--model", "no-such-model", "--data", squad_file, "--out", str(tmp_path / out)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "--out" in err and "no-such-model" not in err
+
+
+def test_the_time_estimate_scales_timed_steps_by_the_padded_tokens_of_every_step(tmp_path, squad_file, monkeypatch):
+    t = Trainer(_cfg(tmp_path, squad_file, steps=5, batch_size=3))
+    calls = []
+
+    def fake_step(self, step, world, rank):   # a step costs 1 ms per padded token (warm-up included)
+        calls.append(step)
+        return {"seconds": 1e-3 * self._padded_tokens(step)}
+
+    monkeypatch.setattr(Trainer, "_train_step", fake_step)
+    est = t.estimate_seconds(timed_steps=2)
+    assert calls == [0, 1, 2]
+    assert est == pytest.approx(1e-3 * sum(t._padded_tokens(s) for s in range(5)), rel=1e-12)

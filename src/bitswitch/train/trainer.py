@@ -311,12 +311,24 @@ class Trainer:
                 signal.signal(s, h)
         return self._finish(last)
 
-    def step_seconds(self) -> float:
-        """Set up, take one warm-up step and one timed step (in ``cfg.out``, which is not a run
-        directory after this): what planning needs to estimate a run of ``cfg.steps``."""
+    def estimate_seconds(self, timed_steps: int = 3) -> float:
+        """Seconds a run of ``cfg.steps`` should take here: set up, take a warm-up step and
+        ``timed_steps`` timed ones (in ``cfg.out``, which is not a run directory after this), and
+        scale them by the padded tokens (batch x longest example) of every step's batches, known in
+        advance, since batch lengths vary by a third around their mean."""
         self.setup()
         self._train_step(0, 1, 0)   # first-call allocations and kernel choices
-        return float(self._train_step(1, 1, 0)["seconds"])
+        timed = range(1, timed_steps + 1)   # one step alone was off by up to 40% on a 2-core VM
+        seconds = sum(float(self._train_step(s, 1, 0)["seconds"]) for s in timed)
+        per_token = seconds / sum(self._padded_tokens(s) for s in timed)
+        return per_token * sum(self._padded_tokens(s) for s in range(self.cfg.steps))
+
+    def _padded_tokens(self, step: int) -> int:
+        n = 0
+        for micro in range(self.cfg.grad_accum):
+            idx = self.batches.batch(step * self.cfg.grad_accum + micro)
+            n += len(idx) * max(len(self.examples[i]) for i in idx)
+        return n
 
     def _train_step(self, step: int, world: int, rank: int) -> dict:
         cfg = self.cfg
