@@ -8,7 +8,7 @@ import pytest
 from bitswitch.cli import main
 from bitswitch.demo import run_demo
 from bitswitch.errors import BitswitchError
-from tests.test_demo_plan import squad_file
+from tests.test_demo_plan import on_grid, squad_file
 
 
 @pytest.fixture
@@ -18,9 +18,9 @@ def data(tmp_path):
     return squad_file(d / "train.json"), squad_file(d / "questions.json")
 
 
-def _demo(data, out, **kw):
+def _demo(data, out, model="tiny-llama", profiles=("fp", "w4a8"), **kw):
     train, dev = data
-    return run_demo(model="tiny-llama", train_data=train, dev_data=dev, profiles=("fp", "w4a8"), steps=2,
+    return run_demo(model=model, train_data=train, dev_data=dev, profiles=profiles, steps=2,
                     batch_size=2, eval_limit=2, device="cpu", out=str(out), log=lambda m: None, **kw)
 
 
@@ -64,3 +64,21 @@ def test_bad_recipe_or_budget_is_a_one_line_error(data, tmp_path, capsys, args, 
                  "--out", str(tmp_path / "demo"), *args])
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1
+
+
+def test_auto_takes_the_gguf_recipe_on_a_base_shipped_on_the_q4_1_grid(data, tmp_path):
+    from bitswitch.models import load_model
+
+    model, tok = load_model("tiny-llama", device="cpu")
+    base = tmp_path / "q4_1-base"
+    on_grid(model, 4, False).save_pretrained(base)
+    tok.save_pretrained(base)
+    out = tmp_path / "demo"
+    res = _demo(data, out, model=str(base), profiles=("fp", "w6a8", "w4a8"), time_budget=60)
+    plan = json.loads((out / "plan.json").read_text())
+    assert res["recipe"] == plan["recipe"] == "gguf" and plan["native_grid"] == "Q4_1"
+    assert set(plan["estimates_s"]) == {"gguf", "gptq", "lora"} and plan["profiles"] == ["fp", "w5a8", "w4a8"]
+    saved = json.loads((out / "train" / "adapters" / "adapter_config.json").read_text())["options"]
+    assert (saved["weight_grid"], saved["weight_symmetric"]) == ("gguf", False)
+    records = json.loads((out / "eval" / "results.json").read_text())["records"]
+    assert [r["profile"] for r in records] == ["fp", "w5a8", "w4a8"]

@@ -6,7 +6,9 @@ import math
 
 import pytest
 
-from bitswitch.demo_plan import AUTO, RECIPES, Probe, check_budget, choose, estimate, probe
+import torch
+
+from bitswitch.demo_plan import AUTO, RECIPES, Probe, check_budget, choose, estimate, gguf_profiles, native_grid, probe
 from bitswitch.errors import BitswitchError
 from bitswitch.evaluate.config import EvalConfig
 from bitswitch.train.config import TrainConfig
@@ -25,10 +27,11 @@ def test_estimate_adds_preparation_training_and_evaluation():
                                                      (760.0, "lora", True), (759.0, "lora", False)])
 def test_choose_takes_the_best_recipe_that_fits_what_timing_left(budget_s, chosen, fits):
     # gptq 900 s, lora 700 s, after 60 s of timing
-    name, est, ok = choose(P, budget_s, steps=60, questions=50, profiles=4)
+    name, est, ok = choose(P, budget_s, steps=60, questions=50, profiles=4, candidates=("gptq", "lora"))
     assert (name, ok) == (chosen, fits)
     assert est == {"gptq": 900.0, "lora": 700.0}
-    assert AUTO[-1] == "lora"
+    assert AUTO == ("gguf", "gptq", "lora")
+    assert choose(P, budget_s, 60, 50, 4)[0] == ("gguf" if fits else "lora")   # gguf costs what lora does
 
 
 @pytest.mark.parametrize("minutes", [0, -1, float("nan"), float("inf")])
@@ -63,3 +66,51 @@ def test_probe_times_every_stage_on_a_tiny_model(tmp_path):
     assert p.probe_s >= p.train_step_s
     assert not any(tmp_path.iterdir())   # timing writes nothing where the run will go
     assert probe(cfg, ev, gptq, budget_s=1e-3).gptq_s is None   # lora alone does not fit: GPTQ is not timed
+
+
+def on_grid(model, bits, symmetric):
+    """``model`` with every block weight replaced by its llama.cpp ``(bits, symmetric)`` rounding."""
+    from bitswitch.quant.gguf_grid import dequantize_blocks, quantize_blocks
+
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            if isinstance(mod, torch.nn.Linear) and ".layers." in f".{name}":
+                mod.weight.copy_(dequantize_blocks(*quantize_blocks(mod.weight, bits, symmetric)))
+    return model
+
+
+def test_native_grid_finds_the_format_a_base_was_shipped_on():
+    from bitswitch.models import load_model
+
+    model, _ = load_model("tiny-llama", device="cpu")
+    assert native_grid(model) is None
+    assert native_grid(on_grid(model, 8, True)) == "Q8_0"
+    assert native_grid(on_grid(model, 4, False)) == "Q4_1"
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[0, 0] += 1e-3   # one weight off the grid
+    assert native_grid(model) is None
+
+
+def test_on_its_native_grid_a_w4_profile_is_the_base_itself():
+    from bitswitch.models import load_model
+    from bitswitch.profiles import QuantOptions
+    from bitswitch.switching import make_switchable, set_profile
+
+    model, _ = load_model("tiny-llama", device="cpu")
+    model = on_grid(model, 4, False)
+    make_switchable(model, QuantOptions(**RECIPES["gguf"].train))
+    ids = torch.arange(3, 40)[None]
+    with torch.no_grad():
+        set_profile(model, "fp")
+        fp = model(ids).logits
+        set_profile(model, "w4")
+        assert torch.equal(model(ids).logits, fp)
+        set_profile(model, "w5")
+        assert not torch.equal(model(ids).logits, fp)
+
+
+def test_gguf_profiles_move_widths_without_a_format_down():
+    assert gguf_profiles(["fp", "w8a8", "w6a8", "w4a8"]) == ["fp", "w8a8", "w5a8", "w4a8"]
+    assert gguf_profiles(["w7", "w6", "w5", "w16"]) == ["w5", "w16"]
+    with pytest.raises(BitswitchError, match="no format below 4 bits: drop w3a8"):
+        gguf_profiles(["fp", "w3a8"])

@@ -1,7 +1,7 @@
 """``bitswitch demo``, the main job: train switchable LoRA adapters on SQuAD with the ``random``
 schedule over the profiles, then evaluate every profile on dev questions from the same model.
 
-The recipe (``lora``, ``gptq``, ``learn-clip``, ``full``; :mod:`bitswitch.demo_plan`) is named, or
+The recipe (``gguf``, ``gptq``, ``lora``, ``learn-clip``, ``full``; :mod:`bitswitch.demo_plan`) is named, or
 ``auto``: the best one whose estimate, timed on this machine, fits ``time_budget`` minutes. The
 choice is written to ``OUT/plan.json`` first, so an interrupted demo resumes with the same recipe.
 Sized by default for about 20 minutes on 2 CPU cores with SmolLM2-135M; raise ``steps`` and
@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from .demo_plan import AUTO, RECIPES, check_budget, choose, probe
+from .demo_plan import AUTO, NATIVE, RECIPES, check_budget, choose, gguf_profiles, native_grid, probe
 from .errors import BitswitchError
 from .evaluate.config import EvalConfig
 from .evaluate.runner import run_eval
@@ -50,6 +50,8 @@ def run_demo(model: str = "smollm2-135m", train_data: str = "squad", dev_data: s
             "calib_questions": GPTQ_QUESTIONS, "hessians": "fp"}
     plan = _plan(out_dir, recipe, budget_s, cfg, ev, gptq, log)
     chosen = RECIPES[plan["recipe"]]
+    if chosen.name == "gguf":
+        cfg, ev = _on_gguf(cfg, ev)
     stages = {}
     if chosen.gptq:
         t = time.perf_counter()
@@ -68,6 +70,7 @@ def run_demo(model: str = "smollm2-135m", train_data: str = "squad", dev_data: s
     t = time.perf_counter()
     res = run_eval(dataclasses.replace(ev, model=model, adapters=str(out_dir / "train" / "adapters")), argv, log=log)
     stages["eval_s"] = round(time.perf_counter() - t, 1)
+    plan["profiles"] = list(ev.profiles)
     plan["this_run_s"] = {**stages, "total_s": round(time.perf_counter() - t0, 1)}
     atomic_write_json(out_dir / "plan.json", plan)
     return {"table": res["table"], "results": str(out_dir / "eval" / "results.json"), "recipe": plan["recipe"],
@@ -88,10 +91,15 @@ def _plan(out_dir: Path, recipe: str, budget_s: float, cfg, ev, gptq: dict, log)
     if recipe != "auto":
         plan = {"recipe": recipe, "chosen_by": "named"}
     else:
-        candidates = AUTO if gptq["profiles"] else tuple(r for r in AUTO if not RECIPES[r].gptq)
-        p = probe(cfg, ev, gptq if len(candidates) > 1 else None, budget_s, log=log)
+        native = _native_grid(cfg)
+        candidates = tuple(r for r in AUTO if (r != "gguf" or (native == NATIVE and _gguf_fits(cfg.profiles)))
+                           and (gptq["profiles"] or not RECIPES[r].gptq))
+        log(f"the base's block weights lie on {native or 'no llama.cpp'} grid: auto considers {', '.join(candidates)}")
+        if candidates[0] == "gguf":   # timed on the settings of the recipe that runs if it fits
+            cfg, ev = _on_gguf(cfg, ev)
+        p = probe(cfg, ev, gptq if "gptq" in candidates else None, budget_s, log=log)
         name, est, fits = choose(p, budget_s, cfg.steps, ev.limit, len(ev.profiles), candidates)
-        plan = {"recipe": name, "chosen_by": "auto", "budget_s": budget_s, "fits": fits,
+        plan = {"recipe": name, "chosen_by": "auto", "native_grid": native, "budget_s": budget_s, "fits": fits,
                 "probe": {"train_step_s": round(p.train_step_s, 3), "gptq_s": None if p.gptq_s is None else round(p.gptq_s, 3),
                           "eval_question_s": round(p.eval_s, 3), "probe_s": round(p.probe_s, 1)},
                 "estimates_s": {k: round(v, 3) for k, v in est.items()}}
@@ -101,6 +109,28 @@ def _plan(out_dir: Path, recipe: str, budget_s: float, cfg, ev, gptq: dict, log)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, plan)
     return plan
+
+
+def _native_grid(cfg) -> str | None:
+    from .loading import load
+
+    model, _ = load(cfg.model, device=cfg.device, dtype=cfg.dtype, seed=cfg.seed)
+    return native_grid(model)
+
+
+def _gguf_fits(profiles) -> bool:
+    try:
+        gguf_profiles(profiles)
+    except BitswitchError:   # a width below 4 bits: the recipe cannot run these profiles
+        return False
+    return True
+
+
+def _on_gguf(cfg, ev):
+    """The configs of the ``gguf`` recipe: its grid and profiles (eval takes the grid from the adapters)."""
+    profiles = gguf_profiles(cfg.profiles)
+    return (dataclasses.replace(cfg, profiles=profiles, **RECIPES["gguf"].train),
+            dataclasses.replace(ev, profiles=profiles))
 
 
 def _gptq_base(model: str, gptq: dict, out: Path, device: str, log) -> str:

@@ -2,10 +2,17 @@
 take the best recipe whose estimate fits.
 
 Recipes, best first where ``auto`` chooses (SmolLM2-135M, 400 dev questions, docs/results.md
-"Low-bit quality"): ``gptq`` (the frozen base rounded by GPTQ at every width before the same LoRA
-training: +3.5 F1 at w4a8 over ``lora``, 1.99x fp WikiText PPL against 2.16x), then ``lora``
-(round-to-nearest base). ``learn-clip`` and ``full`` cost 2-2.3x a ``lora`` step and did not beat it
-after 60 steps, so they run only when named.
+"Low-bit quality"): ``gguf`` where the base's block weights already lie on llama.cpp's Q4_1 grid
+(as SmolLM2's do, bit for bit: :func:`native_grid`), ``gptq`` (the frozen base rounded by GPTQ at
+every width before the same LoRA training: +3.5 F1 at w4a8 over ``lora``, 1.99x fp WikiText PPL
+against 2.16x), then ``lora`` (round-to-nearest base). ``learn-clip`` and ``full`` cost 2-2.3x a
+``lora`` step and did not beat it after 60 steps, so they run only when named.
+
+``gguf`` trains and evaluates on llama.cpp's block formats (weight_grid gguf, asymmetric: w8 is
+Q8_0, w5 Q5_1, w4 Q4_1; a8 is llama.cpp's q8_0 activation blocks), so every profile exports to
+llama.cpp as it was measured. On a base shipped as Q4_1 its w4 weights *are* the base's weights; the
+profiles lose only what a8 and the wider formats' own rounding lose. Widths without a format move to
+the next lower one that has one (w6a8 -> w5a8, :func:`gguf_profiles`).
 
 The estimate of a recipe, in seconds (each term measured here by :func:`probe`)::
 
@@ -35,9 +42,51 @@ class Recipe:
     gptq: bool = False
 
 
-RECIPES = {"gptq": Recipe("gptq", gptq=True), "lora": Recipe("lora"),
+RECIPES = {"gguf": Recipe("gguf", {"weight_grid": "gguf", "weight_symmetric": False}),
+           "gptq": Recipe("gptq", gptq=True), "lora": Recipe("lora"),
            "learn-clip": Recipe("learn-clip", {"learn_clip": True}), "full": Recipe("full", {"train_base": "full"})}
-AUTO = ("gptq", "lora")   # best first; the last is run even when nothing fits
+AUTO = ("gguf", "gptq", "lora")   # best first; the last is run even when nothing fits
+NATIVE = "Q4_1"   # the grid a base must lie on for auto to consider ``gguf`` (the recipe's 4-bit format)
+
+
+def native_grid(model) -> str | None:
+    """The llama.cpp format every block weight of ``model`` lies on exactly (re-quantizing it gives
+    back the same floats, bit for bit), or None. Checks the 4-, then 5-, then 8-bit formats."""
+    import torch
+
+    from .quant.gguf_grid import BLOCK, TYPES, dequantize_blocks, quantize_blocks
+    from .units import block_list
+
+    weights = []
+    for block in block_list(model)[1]:
+        for mod in block.modules():
+            w = getattr(mod, "weight", None)
+            if isinstance(mod, torch.nn.Linear) or type(mod).__name__ == "Conv1D":
+                weights.append(w.detach().t() if type(mod).__name__ == "Conv1D" else w.detach())
+    if not weights or any(w.shape[1] % BLOCK for w in weights):
+        return None
+    for (bits, symmetric), name in sorted(TYPES.items()):
+        if all(torch.equal(dequantize_blocks(*quantize_blocks(w, bits, symmetric)), w.float()) for w in weights):
+            return name
+    return None
+
+
+def gguf_profiles(profiles) -> list[str]:
+    """``profiles`` on the gguf recipe's formats (w8, w5, w4): a uniform ``wN...`` spec with no format
+    of its own takes the next lower width that has one (w6a8 -> w5a8); duplicates are dropped."""
+    import re
+
+    out = []
+    for spec in profiles:
+        m = re.fullmatch(r"w(\d+)(.*)", spec)
+        if m and int(m.group(1)) < 4:
+            raise BitswitchError(f"the gguf recipe has no format below 4 bits: drop {spec} or name another --recipe")
+        if m and int(m.group(1)) <= 8:
+            bits = max(b for b in (4, 5, 8) if b <= int(m.group(1)))
+            spec = f"w{bits}{m.group(2)}"
+        if spec not in out:
+            out.append(spec)
+    return out
 
 
 @dataclass(frozen=True)

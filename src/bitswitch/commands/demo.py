@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--eval-limit", type=int, default=50, help="dev questions to evaluate (sampled across articles)")
     p.add_argument("--recipe", default="auto", help="auto (the best recipe whose estimate, timed here, fits "
-                   "--time-budget), lora, gptq, learn-clip or full")
+                   "--time-budget), gguf (llama.cpp's block grids; w6 runs as w5), gptq, lora, learn-clip or full")
     p.add_argument("--time-budget", type=float, default=20.0, metavar="MINUTES",
                    help="what --recipe auto must fit, timing included (default 20)")
     p.add_argument("--device", default="auto")
