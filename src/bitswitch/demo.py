@@ -94,7 +94,8 @@ def _plan(out_dir: Path, recipe: str, budget_s: float, cfg, ev, gptq: dict, log)
         native = _native_grid(cfg)
         candidates = tuple(r for r in AUTO if (r != "gguf" or (native == NATIVE and _gguf_fits(cfg.profiles)))
                            and (gptq["profiles"] or not RECIPES[r].gptq))
-        log(f"the base's block weights lie on {native or 'no llama.cpp'} grid: auto considers {', '.join(candidates)}")
+        grid = f"lie on llama.cpp's {native} grid" if native else "lie on no llama.cpp grid"
+        log(f"the base's block weights {grid}: auto considers {', '.join(candidates)}")
         if candidates[0] == "gguf":   # timed on the settings of the recipe that runs if it fits
             cfg, ev = _on_gguf(cfg, ev)
         p = probe(cfg, ev, gptq if "gptq" in candidates else None, budget_s, log=log)
