@@ -23,6 +23,9 @@ def main(argv=None):
     ap.add_argument("files", nargs="+", help="predictions-<profile>.jsonl files; the first is the reference")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
+    missing = [f for f in a.files if not Path(f).is_file()]
+    if missing:   # e.g. an evaluation still running: a one-line error, not a traceback
+        ap.error(f"no such predictions file: {', '.join(missing)}")
     ref_name = Path(a.files[0]).stem.removeprefix("predictions-")
     ref = per_question(a.files[0])
     rows = []
