@@ -37,6 +37,7 @@ def main() -> None:
     p.add_argument("--recipes", nargs="+", default=["rtn", "gptq-fp", "gptq-seq"])
     p.add_argument("--rotate", action="store_true", help="Hadamard-rotate the model first (every recipe)")
     p.add_argument("--weight-asym", action="store_true", help="asymmetric weight grids (a zero point per group)")
+    p.add_argument("--refit-groups", action="store_true", help="GPTQ fits each group's grid when it reaches it")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None)
     a = p.parse_args()
@@ -50,7 +51,7 @@ def main() -> None:
     make_switchable(model, QuantOptions(weight_symmetric=not a.weight_asym))
     ids, window = load_text_ids(model, tok, a.wikitext, a.max_tokens, 0, a.window)
     calib = calibration_ids(tok, a.calib, a.calib_questions)
-    pre = ("rotate+" if a.rotate else "") + ("asym+" if a.weight_asym else "")
+    pre = ("rotate+" if a.rotate else "") + ("asym+" if a.weight_asym else "") + ("refit+" if a.refit_groups else "")
     rows = []
 
     def measure(recipe: str, spec: str, extra: dict) -> None:
@@ -68,7 +69,7 @@ def main() -> None:
             extra = {}
             if recipe != "rtn":
                 t0 = time.time()
-                rec = gptq_round(model, [spec], calib, sequential=recipe == "gptq-seq")
+                rec = gptq_round(model, [spec], calib, sequential=recipe == "gptq-seq", refit_groups=a.refit_groups)
                 extra = {"gptq_seconds": round(time.time() - t0, 1), "calib_tokens": rec["tokens"]}
             measure(recipe, spec, extra)
             if a.out:
@@ -78,7 +79,7 @@ def main() -> None:
     common.write(a.out, rows, ["recipe", "profile", "ppl", "x_fp", "tokens", "seconds"],
                  model=a.model, wikitext=common.rel(a.wikitext), calib=common.rel(a.calib),
                  calib_questions=a.calib_questions, max_tokens=a.max_tokens, window=window, threads=a.threads,
-                 rotate=a.rotate, weight_asym=a.weight_asym, total_seconds=round(time.time() - t_all, 1))
+                 rotate=a.rotate, weight_asym=a.weight_asym, refit_groups=a.refit_groups, total_seconds=round(time.time() - t_all, 1))
 
 
 if __name__ == "__main__":

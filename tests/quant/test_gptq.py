@@ -109,3 +109,33 @@ def test_hessian_accumulator_is_two_over_n_x_xt():
     flat = x.reshape(-1, 5).double()
     assert torch.allclose(acc.hessian(), 2 / 70 * flat.T @ flat)
     assert acc.n == 70
+
+
+@pytest.mark.parametrize("cfg", [c for c in CFGS if c.group_size], ids=lambda c: f"w{c.bits}g32{'s' if c.symmetric else 'a'}")
+def test_refit_groups_fits_each_group_to_the_moved_weights(cfg):
+    w, h, held_out = _layer()
+    codes, scale, zero = gptq_codes(w, h, cfg, refit_groups=True)
+    rtn = quantize_weight(w, cfg)
+    # the first group is fitted before anything moved: round-to-nearest's grid; later ones are not
+    assert torch.equal(scale[:, 0], rtn[1][:, 0]) and not torch.equal(scale[:, 1:], rtn[1][:, 1:])
+    lo, hi = qrange(cfg.bits, cfg.symmetric)
+    assert int(codes.min()) >= lo and int(codes.max()) <= hi
+    assert layer_error(w, dequantize_weight(codes, scale, zero, cfg), held_out) < \
+        layer_error(w, dequantize_weight(*rtn, cfg), held_out)
+
+
+def test_refit_groups_with_a_diagonal_hessian_is_round_to_nearest():
+    gen = torch.Generator().manual_seed(2)
+    w = torch.randn(24, 64, generator=gen)
+    h = torch.diag(torch.rand(64, generator=gen, dtype=torch.float64) + 0.1)
+    cfg = WeightQuant(3, 16, False)
+    got, want = gptq_codes(w, h, cfg, block=16, refit_groups=True), quantize_weight(w, cfg)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+@pytest.mark.parametrize("cfg, kw", [(WeightQuant(4), {}), (WeightQuant(4, 32), {"act_order": True}),
+                                     (WeightQuant(4, 32), {"block": 48})])
+def test_refit_groups_needs_groups_in_order(cfg, kw):
+    w, h, _ = _layer()
+    with pytest.raises(ValueError, match="refit_groups needs a grouped grid"):
+        gptq_codes(w, h, cfg, refit_groups=True, **kw)

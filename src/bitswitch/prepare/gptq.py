@@ -113,12 +113,13 @@ def _hessians(model, block, units, inputs) -> dict[str, torch.Tensor]:
 
 
 def _round_unit(model, unit: str, hessian: torch.Tensor, cfg: WeightQuant, block: int, damp: float,
-                act_order: bool) -> None:
+                act_order: bool, refit_groups: bool = False) -> None:
     """GPTQ on a unit's modules stacked by rows (q/k/v, gate/up share an input, so a Hessian;
     rows are rounded independently given it), split back and set on each module."""
     mods = [model.get_submodule(n) for n in state(model).units[unit]]
     w = torch.cat([m.weight_out_in().detach().float() for m in mods], 0)
-    codes, scale, zero = gptq_codes(w, hessian.to(w.device), cfg, block=block, damp=damp, act_order=act_order)
+    codes, scale, zero = gptq_codes(w, hessian.to(w.device), cfg, block=block, damp=damp, act_order=act_order,
+                                    refit_groups=refit_groups and cfg.group_size is not None)
     start = 0
     for m in mods:
         end = start + m.out_features
@@ -127,11 +128,13 @@ def _round_unit(model, unit: str, hessian: torch.Tensor, cfg: WeightQuant, block
 
 
 def gptq_round(model: nn.Module, profiles, batches, sequential: bool = True, block: int = 128, damp: float = 0.01,
-               act_order: bool = False, progress: bool = True, max_blocks: int | None = None) -> dict:
+               act_order: bool = False, progress: bool = True, max_blocks: int | None = None,
+               refit_groups: bool = False) -> dict:
     """Set GPTQ roundings on ``model`` (switchable, adapters ignored) for every block-unit weight
     quantizer ``profiles`` use; ``batches``: calibration token ids, each (1, T) (text the evaluation
     never sees). ``max_blocks``: round only the first blocks (what ``demo`` times to estimate the
-    whole). Returns a JSON-ready record: quantizers, units, tokens, mode."""
+    whole). ``refit_groups``: grouped grids are fitted as rounding reaches each group (see
+    :func:`~bitswitch.quant.gptq.gptq_codes`). Returns a JSON-ready record: quantizers, units, tokens, mode."""
     from tqdm.auto import tqdm
 
     found = quantizers_of(model, profiles)
@@ -158,7 +161,7 @@ def gptq_round(model: nn.Module, profiles, batches, sequential: bool = True, blo
                 for cfg, cfg_units in todo:
                     for unit in lunits:
                         if unit in cfg_units:
-                            _round_unit(model, unit, hess[unit], cfg, block, damp, act_order)
+                            _round_unit(model, unit, hess[unit], cfg, block, damp, act_order, refit_groups)
                 if layer + 1 < len(blocks):
                     if sequential:   # the next block sees this block's output with its units quantized
                         spec = {u: _weight_spec(cfg_of_pass) if u in found[cfg_of_pass] else "fp" for u in lunits}
@@ -171,7 +174,8 @@ def gptq_round(model: nn.Module, profiles, batches, sequential: bool = True, blo
     finally:
         restore(model, saved)
     return {"method": "gptq", "hessians": "sequential" if sequential else "fp",
-            "block": block, "damp": damp, "act_order": act_order, "batches": len(batches),
+            "block": block, "damp": damp, "act_order": act_order, "refit_groups": refit_groups,
+            "batches": len(batches),
             "tokens": int(sum(b.numel() for b in batches)),
             "quantizers": [{"spec": _weight_spec(c), "symmetric": c.symmetric, "units": len(u)}
                            for c, u in found.items()]}

@@ -74,7 +74,7 @@ def _inverse_cholesky(h: Tensor, damp: float) -> Tensor:
 
 
 def gptq_codes(w: Tensor, hessian: Tensor, cfg: WeightQuant, block: int = 128, damp: float = 0.01,
-               act_order: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+               act_order: bool = False, refit_groups: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
     """GPTQ codes of ``w`` (out, in) on ``cfg``'s grid, given the layer's input Hessian (in, in).
 
     Returns ``(codes int32 (out, in), scale, zero)`` with ``scale`` / ``zero`` (out, groups) bitwise
@@ -88,8 +88,13 @@ def gptq_codes(w: Tensor, hessian: Tensor, cfg: WeightQuant, block: int = 128, d
     Dead inputs (``H[i, i] == 0``: never non-zero in calibration) are rounded to nearest and pass
     no error on; with a diagonal Hessian every column is independent and the result is exactly
     round-to-nearest.
+    ``refit_groups`` (grouped grids, not with ``act_order``): fit each group's scale / zero when
+    rounding reaches the group, from the weights as earlier columns' errors have moved them (as
+    reference GPTQ does), instead of from the original weights; the grid then covers what is rounded.
     """
     check_gptq_config(cfg)
+    if refit_groups and (cfg.group_size is None or act_order or block % cfg.group_size):
+        raise ValueError("refit_groups needs a grouped grid, no act_order and a block that is a multiple of the group")
     if w.dim() != 2 or tuple(hessian.shape) != (w.shape[1], w.shape[1]):
         raise ValueError(f"weight (out, in) and Hessian (in, in) expected, got {tuple(w.shape)} and "
                          f"{tuple(hessian.shape)}")
@@ -125,6 +130,9 @@ def gptq_codes(w: Tensor, hessian: Tensor, cfg: WeightQuant, block: int = 128, d
         err1 = torch.zeros_like(w1)
         u1 = u[i1:i2, i1:i2]
         for j in range(i2 - i1):
+            if refit_groups and (i1 + j) % cfg.group_size == 0:
+                _refit(w1[j:j + cfg.group_size], cfg, (i1 + j) // cfg.group_size, scale, zero,
+                       st[i1 + j:i1 + j + cfg.group_size], None if zt is None else zt[i1 + j:i1 + j + cfg.group_size])
             col = w1[j]
             s = st[i1 + j]
             # quantize() of functional.py, column-wise: same ops in float32, so bitwise RTN when
@@ -146,6 +154,18 @@ def gptq_codes(w: Tensor, hessian: Tensor, cfg: WeightQuant, block: int = 128, d
     if perm is not None:
         codes = codes[:, torch.argsort(perm)]
     return codes.to(torch.int32), scale, zero
+
+
+def _refit(cols: Tensor, cfg: WeightQuant, g: int, scale: Tensor, zero: Tensor | None, st: Tensor,
+           zt: Tensor | None) -> None:
+    """Group ``g``'s grid from its current columns ``cols`` (group, out), written in place into
+    ``scale`` / ``zero`` (out, groups) and the per-column copies ``st`` / ``zt`` (group, out)."""
+    sc, zr = weight_qparams(cols.T, WeightQuant(cfg.bits, None, cfg.symmetric, cfg.method))
+    scale[:, g] = sc[:, 0]
+    st.copy_(sc[:, 0].expand_as(st))
+    if zero is not None:
+        zero[:, g] = zr[:, 0]
+        zt.copy_(zr[:, 0].expand_as(zt))
 
 
 def layer_error(w: Tensor, w_hat: Tensor, x: Tensor) -> float:
