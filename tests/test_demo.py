@@ -57,13 +57,16 @@ def test_a_named_recipe_is_not_timed_and_a_different_one_cannot_resume(data, tmp
 
 
 @pytest.mark.parametrize("args, message", [(["--time-budget", "0"], "--time-budget must be a positive number"),
-                                           (["--recipe", "qat"], "--recipe must be auto or one of")])
+                                           (["--recipe", "qat"], "--recipe must be auto or one of"),
+                                           (["--recipe", "gguf", "--profiles", "fp", "w3a8"],
+                                            "the gguf recipe has no format below 4 bits")])
 def test_bad_recipe_or_budget_is_a_one_line_error(data, tmp_path, capsys, args, message):
     train, dev = data
     code = main(["demo", "--model", "tiny-llama", "--train-data", train, "--dev-data", dev, "--device", "cpu",
                  "--out", str(tmp_path / "demo"), *args])
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "demo").exists()
 
 
 def test_auto_takes_the_gguf_recipe_on_a_base_shipped_on_the_q4_1_grid(data, tmp_path):

@@ -89,6 +89,8 @@ def _plan(out_dir: Path, recipe: str, budget_s: float, cfg, ev, gptq: dict, log)
         log(f"recipe {plan['recipe']} (from {path})")
         return plan
     if recipe != "auto":
+        if recipe == "gguf":
+            gguf_profiles(cfg.profiles)   # a width it has no format for fails before anything is written
         plan = {"recipe": recipe, "chosen_by": "named"}
     else:
         native = _native_grid(cfg)
