@@ -50,14 +50,13 @@ def run_demo(model: str = "smollm2-135m", train_data: str = "squad", dev_data: s
             "calib_questions": GPTQ_QUESTIONS, "hessians": "fp"}
     plan = _plan(out_dir, recipe, budget_s, cfg, ev, gptq, log)
     chosen = RECIPES[plan["recipe"]]
-    if chosen.name == "gguf":
-        cfg, ev = _on_gguf(cfg, ev)
+    cfg, ev = _for_recipe(chosen, cfg, ev)
     stages = {}
     if chosen.gptq:
         t = time.perf_counter()
         model = _gptq_base(model, gptq, out_dir / "gptq-base", device, log)
         stages["prepare_s"] = round(time.perf_counter() - t, 1)
-    cfg = dataclasses.replace(cfg, model=model, **chosen.train)
+    cfg = dataclasses.replace(cfg, model=model)
     t = time.perf_counter()
     if (out_dir / "train" / "summary.json").is_file():
         log(f"training already finished in {out_dir / 'train'}: reusing its adapters")
@@ -98,8 +97,8 @@ def _plan(out_dir: Path, recipe: str, budget_s: float, cfg, ev, gptq: dict, log)
                            and (gptq["profiles"] or not RECIPES[r].gptq))
         grid = f"lie on llama.cpp's {native} grid" if native else "lie on no llama.cpp grid"
         log(f"the base's block weights {grid}: auto considers {', '.join(candidates)}")
-        if candidates[0] == "gguf":   # timed on the settings of the recipe that runs if it fits
-            cfg, ev = _on_gguf(cfg, ev)
+        # timed on the settings of the recipe that runs if it fits
+        cfg, ev = _for_recipe(RECIPES[candidates[0]], cfg, ev)
         p = probe(cfg, ev, gptq if "gptq" in candidates else None, budget_s, log=log)
         name, est, fits = choose(p, budget_s, cfg.steps, ev.limit, len(ev.profiles), candidates)
         plan = {"recipe": name, "chosen_by": "auto", "native_grid": native, "budget_s": budget_s, "fits": fits,
@@ -129,11 +128,11 @@ def _gguf_fits(profiles) -> bool:
     return True
 
 
-def _on_gguf(cfg, ev):
-    """The configs of the ``gguf`` recipe: its grid and profiles (eval takes the grid from the adapters)."""
-    profiles = gguf_profiles(cfg.profiles)
-    return (dataclasses.replace(cfg, profiles=profiles, **RECIPES["gguf"].train),
-            dataclasses.replace(ev, profiles=profiles))
+def _for_recipe(recipe, cfg, ev):
+    """The train and eval configs of ``recipe``: its training overrides, and for ``gguf`` its profiles
+    (eval takes the grid from the adapters' saved options)."""
+    profiles = gguf_profiles(cfg.profiles) if recipe.name == "gguf" else cfg.profiles
+    return (dataclasses.replace(cfg, profiles=profiles, **recipe.train), dataclasses.replace(ev, profiles=profiles))
 
 
 def _gptq_base(model: str, gptq: dict, out: Path, device: str, log) -> str:

@@ -17,8 +17,8 @@ the next lower one that has one (w6a8 -> w5a8, :func:`gguf_profiles`).
 The estimate of a recipe, in seconds (each term measured here by :func:`probe`)::
 
     prepare (GPTQ: one block timed, times the blocks, plus a model load)
-    + steps * train_step_s          (one lora step timed after a warm-up step, scaled by the
-                                     padded tokens of every step's batch)
+    + steps * train_step_s          (three steps of the first candidate timed after a warm-up
+                                     step, scaled by the padded tokens of every step's batch)
     + questions * profiles * eval_s (one batch of questions timed at the first and the last profile)
 """
 
@@ -57,12 +57,13 @@ def native_grid(model) -> str | None:
     from .quant.gguf_grid import BLOCK, TYPES, dequantize_blocks, quantize_blocks
     from .units import block_list
 
-    weights = []
+    weights = []   # (out, in); GPT-2's Conv1D stores (in, out)
     for block in block_list(model)[1]:
         for mod in block.modules():
-            w = getattr(mod, "weight", None)
-            if isinstance(mod, torch.nn.Linear) or type(mod).__name__ == "Conv1D":
-                weights.append(w.detach().t() if type(mod).__name__ == "Conv1D" else w.detach())
+            if isinstance(mod, torch.nn.Linear):
+                weights.append(mod.weight.detach())
+            elif type(mod).__name__ == "Conv1D":
+                weights.append(mod.weight.detach().t())
     if not weights or any(w.shape[1] % BLOCK for w in weights):
         return None
     for (bits, symmetric), name in sorted(TYPES.items()):
@@ -128,8 +129,8 @@ def check_budget(minutes: float) -> float:
 
 
 def probe(train_cfg, eval_cfg, gptq_options: dict | None, budget_s: float = float("inf"), log=print) -> Probe:
-    """Time one lora training step (after a warm-up step; scaled to every step by its padded
-    tokens) and one batch of dev questions at the first and the last profile; then, when
+    """Time three training steps of ``train_cfg`` (after a warm-up step; scaled to every step by its
+    padded tokens) and one batch of dev questions at the first and the last profile; then, when
     ``gptq_options`` are given and lora alone still fits ``budget_s``, GPTQ of the first block
     (times the blocks, plus the model load). Writes only to a temporary directory."""
     t_start = time.perf_counter()
