@@ -96,3 +96,32 @@ def test_stored_tensor_equals_safetensors(tmp_path):
     got = stored_tensors(tmp_path / "t.safetensors", tensors)
     for name, t in tensors.items():
         assert got[name].load().dtype == t.dtype and torch.equal(got[name].load(), t)
+
+
+def test_loading_a_nested_checkpoint_imports_no_modeling_stack(tmp_path):
+    """The runtime packs a nested checkpoint from a skeleton: transformers' model classes (and the
+    torch._dynamo they import, about 70-130 MiB resident) stay out of an eager runtime's process."""
+    import subprocess
+    import sys
+
+    path = _checkpoint("tiny-llama", tmp_path)
+    code = ("import sys\nfrom bitswitch.runtime import Runtime\n"
+            f"rt = Runtime.load({str(path)!r}, profiles=['w4g32'], compile='off')\n"
+            "rt.generate(['ab'], max_new_tokens=2)\n"
+            "print(sorted(m for m in ('torch._dynamo', 'transformers.modeling_utils') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_plain_tokenizer_path_is_autotokenizer(tmp_path):
+    from transformers import AutoTokenizer
+
+    from bitswitch.export.nested_reader import _tokenizer
+
+    path = _checkpoint("tiny-llama", tmp_path)
+    ours, auto = _tokenizer(read_nested(path, lazy_masters=True)), AutoTokenizer.from_pretrained(path)
+    assert type(ours).__name__ == type(auto).__name__
+    for text in ["The capital of France is", "  spaces\tand\nlines <|endoftext|> é ü 日本"]:
+        assert ours(text).input_ids == auto(text).input_ids
+    assert (ours.eos_token_id, ours.pad_token_id, ours.bos_token_id) == (auto.eos_token_id, auto.pad_token_id,
+                                                                        auto.bos_token_id)

@@ -27,6 +27,7 @@ from ..quant.linear import is_conv1d
 from ..switching import make_switchable, refresh, state, unit_modules
 from .nested_format import (FIX, INFO_FILE, SEP, WEIGHTS_FILE, adapter_name, master_quant, merge_options,
                             StoredTensor, read_info, read_tensors, stored_options)
+from .nested_skeleton import skeleton
 
 
 @dataclass
@@ -128,44 +129,30 @@ def is_nested(model: nn.Module) -> bool:
 
 
 def load_nested_base(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "fp32",
-                     checkpoint: NestedCheckpoint | None = None, hollow: bool = False):
+                     checkpoint: NestedCheckpoint | None = None):
     """``(model, tokenizer)``: the plain Hugging Face model of a nested checkpoint in eval mode on
     ``device``, each master module's weight ``codes * scales`` (float32, then ``dtype``), no adapters.
 
     What :func:`bitswitch.load_model` returns for a nested directory; :func:`load_nested_model` adds
-    the switching and the adapters.
-
-    hollow: a skeleton for a builder that reads the masters itself (:func:`master_weight`): every
-    master module's weight is a zero-stride placeholder of its shape (no memory; never run it) and
-    the other tensors keep their stored dtype, so the float model is never materialized."""
+    the switching and the adapters."""
     from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     ckpt = checkpoint or read_nested(path)
     dev, dt = resolve_device(device), resolve_dtype(dtype)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(ckpt.tokenizer_dir)
-    except (OSError, ValueError, TypeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise BitswitchError(f"tokenizer of nested checkpoint {str(ckpt.path)!r} cannot be read ({first[:160]}): "
-                             f"{FIX}") from None
+    tokenizer = _tokenizer(ckpt)
     with init_empty_weights(include_buffers=False):   # no random init of weights about to be replaced
         model = AutoModelForCausalLM.from_config(ckpt.config)
-    cast = (lambda t: t) if hollow else (lambda t: t.to(dt))
-    state_dict = {n: cast(t) for n, t in ckpt.params.items()}
-    state_dict.update({f"{m}.bias": cast(b) for m, b in ckpt.biases.items()})
+    state_dict = {n: t.to(dt) for n, t in ckpt.params.items()}
+    state_dict.update({f"{m}.bias": b.to(dt) for m, b in ckpt.biases.items()})
     for m, (codes, scales, g) in ckpt.masters.items():
-        if hollow:   # (out, in) of zero stride: the shape without the memory
-            w = torch.zeros((), dtype=torch.float32).expand(codes.shape)
-        else:
-            w = dequantize_weight(codes, scales.float(), None, master_quant(g))   # (out, in) float32, exact
+        w = dequantize_weight(codes, scales.float(), None, master_quant(g))   # (out, in) float32, exact
         try:
             conv1d = is_conv1d(model.get_submodule(m))
         except AttributeError:
             raise BitswitchError(f"{INFO_FILE} of {ckpt.path} names master {m!r}, a module the model of its "
                                  f"config.json does not have: {FIX}") from None
-        w = w.t() if conv1d else w
-        state_dict[f"{m}.weight"] = w if hollow else w.contiguous().to(dt)
+        state_dict[f"{m}.weight"] = (w.t() if conv1d else w).contiguous().to(dt)
     try:
         _, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
         for target, source in ckpt.ties.items():
@@ -182,13 +169,48 @@ def load_nested_base(path: str | Path, device: str | torch.device = "cpu", dtype
     if empty:
         raise BitswitchError(f"nested checkpoint {str(ckpt.path)!r} lacks tensor {empty[0]!r} of the model in its "
                              f"config.json: {FIX}")
-    if tokenizer.pad_token is None:   # as load_model: batching needs one (masked out anyway)
-        tokenizer.pad_token = tokenizer.eos_token
-    model.bitswitch_nested = {"path": str(ckpt.path), "group_size": ckpt.group_size,
-                              "exact": dt == torch.float32, "masters": len(ckpt.masters),
+    _describe(model, ckpt, exact=dt == torch.float32)
+    return model.to(dev).eval(), tokenizer
+
+
+def _describe(model: nn.Module, ckpt: NestedCheckpoint, exact: bool) -> None:
+    model.bitswitch_nested = {"path": str(ckpt.path), "group_size": ckpt.group_size, "exact": exact,
+                              "masters": len(ckpt.masters),
                               "adapter_keys": sorted((ckpt.adapter_meta or {}).get("keys", {})),
                               "restabilized_groups": ckpt.info.get("restabilized_groups", 0)}
-    return model.to(dev).eval(), tokenizer
+
+
+# tokenizer classes that are exactly their tokenizer.json (transformers 5's TokenizersBackend, and its
+# older name): opened directly, without AutoTokenizer, whose lookup imports processor and image modules
+# (about 50 MiB resident) that a runtime never uses
+_PLAIN_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def _tokenizer(ckpt: NestedCheckpoint):
+    """The checkpoint's tokenizer, with a pad token (as load_model: batching needs one, masked out)."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    folder = Path(ckpt.tokenizer_dir)
+    try:
+        cls = json.loads((folder / "tokenizer_config.json").read_text()).get("tokenizer_class")
+    except (OSError, ValueError, AttributeError):
+        cls = None
+    try:
+        if cls in _PLAIN_TOKENIZERS and (folder / "tokenizer.json").is_file():
+            from transformers import PreTrainedTokenizerFast
+
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError, TypeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BitswitchError(f"tokenizer of nested checkpoint {str(ckpt.path)!r} cannot be read ({first[:160]}): "
+                             f"{FIX}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def master_weight(ckpt: NestedCheckpoint, module: str, release: bool = False) -> Tensor:
@@ -207,12 +229,18 @@ def load_nested_model(path: str | Path, device: str | torch.device = "cpu", dtyp
     options: activation options to run at (act mode, symmetry); the weight options are the stored
     ones, and another group size, symmetry, method or grid is refused (:func:`merge_options`).
     keying: for a checkpoint without adapters (one with adapters takes their keying).
-    hollow: see :func:`load_nested_base`; ``model.bitswitch_nested["checkpoint"]`` then holds the
+    hollow: not the transformers model but its :func:`~.nested_skeleton.skeleton` (every master
+    module's weight a zero-stride placeholder: never run it), for a builder that reads the masters
+    itself; ``model.bitswitch_nested["checkpoint"]`` then holds the
     masters, read with :func:`master_weight` (what the runtime packs from).
     """
     ckpt = read_nested(path, lazy_masters=hollow)
     opts = merge_options(ckpt.options, options, ckpt.path)
-    model, tok = load_nested_base(path, device, dtype, checkpoint=ckpt, hollow=hollow)
+    if hollow:
+        model, tok = skeleton(ckpt).to(resolve_device(device)), _tokenizer(ckpt)
+        _describe(model, ckpt, exact=False)
+    else:
+        model, tok = load_nested_base(path, device, dtype, checkpoint=ckpt)
     meta = ckpt.adapter_meta
     make_switchable(model, opts, meta["keying"] if meta else keying)
     if meta is not None:
