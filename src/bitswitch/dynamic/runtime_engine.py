@@ -39,8 +39,14 @@ class RuntimeEngine(Engine):
                                  "prefill with a larger capacity")
         x = torch.tensor([list(ids)], dtype=torch.long, device=self.model.embed.device)   # (1, n)
         self._cache.valid[:, self._pos:self._pos + n] = True
-        with torch.inference_mode():
-            logits = self.model(x, self._cache, self._pos)[0]                            # (n, V)
+        # a forward that extends the sequence (a speculative verification) attends row by row, so it
+        # equals the one-token steps it stands for bit for bit; the prompt's attends in one call
+        self.model.row_exact = self._pos > 0
+        try:
+            with torch.inference_mode():
+                logits = self.model(x, self._cache, self._pos)[0]                        # (n, V)
+        finally:
+            self.model.row_exact = False
         self._pos += n
         return logits
 

@@ -1,7 +1,10 @@
 """Self-speculative greedy decoding across precisions: draft ``k`` tokens at a low profile, verify
 them at a high one in a single forward, keep the longest prefix the high profile agrees with plus
 the high profile's own next token. Lossless: the tokens are exactly greedy decoding's at the high
-profile (up to float ties between a k+1-token forward and one-token forwards), one sequence at a time.
+profile, one sequence at a time. On the runtime that holds bit for bit: its engine's verification forward
+(up to 16 columns) attends row by row as one-column steps do (``RuntimeModel.row_exact``), and the
+units' kernels give a row the same bits whatever the row count. On fake quantization a k+1-token float32 forward may round
+otherwise than one-token forwards, so an exact float tie could in principle break the other way.
 
     out = speculative_generate(engine, prompt_ids, "w4g32", "w8", k=4, max_new_tokens=32)
     out.tokens, out.acceptance          # accepted drafts / drafted tokens

@@ -2,7 +2,7 @@
 
 float32 by default (fake quantization keeps keys and values in float32, so the runtime's logits match
 it); bfloat16 halves the cache, which dominates memory at long contexts and large batches (llama.cpp
-keeps an F16 cache by default). Attention runs in the cache's dtype.
+keeps an F16 cache by default). Attention reads it back as float32.
 
 Rows are left-padded prompts; column ``t`` of every row is decoding position ``t`` (the rotary or
 learned position of a row is its count of real tokens before it, see :func:`positions`). Rolling

@@ -7,8 +7,8 @@ Each profile unit is one RuntimeLinear: Llama's q/k/v (and gate/up) are fused in
 stacked rows, which quantizes exactly as the separate modules do (every bitswitch grid is row-local:
 scales per output channel or per group of input columns), so one kernel call replaces three. The
 residual stream, norms, rotary positions and attention run in float32, the KV cache is float32 (or
-bf16, ``kv_dtype``, to halve it: attention then runs in bf16 on it), and only the units' matmuls are
-bf16 (the kernels are fast only there): with the float32 cache the logits differ from float32 fake quantization by bf16 rounding of
+bf16, ``kv_dtype``, to halve it), and only the units' matmuls are bf16 (the kernels are fast only
+there): with the float32 cache the logits differ from float32 fake quantization by bf16 rounding of
 each unit's input and output, no more.
 """
 
@@ -25,17 +25,31 @@ from .linear import RuntimeLinear
 ROLES = ("attn_in", "attn_out", "mlp_in", "mlp_out")
 
 
-def _attend_bf16(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor, group: int) -> Tensor:
-    """Attention on a bf16 cache: q (B, h, T, hd) float32, keys / values (B, h/group, S, hd) bf16, mask
-    (B, 1, T, S) bool -> (B, h, T, hd) float32. bf16 products, softmax in float32. Written out because
-    torch 2.13's CPU ``scaled_dot_product_attention`` runs 5-6x slower in bf16 than in float32 at decode
-    shapes, and casting the cache to float32 copies every layer's keys and values at every step."""
-    b, h, t, hd = q.shape
-    qg = (q * hd ** -0.5).to(keys.dtype).reshape(b, h // group, group * t, hd)   # heads of a kv head together
-    # keys @ q^T: each cache slice (S, hd) is read as it lies (q @ keys^T would copy it transposed)
-    scores = (keys @ qg.transpose(-1, -2)).transpose(-1, -2).float()              # (B, kv, group*T, S)
-    scores = scores.masked_fill(~(mask.repeat(1, 1, group, 1) if group > 1 else mask), float("-inf"))
-    return (scores.softmax(-1).to(keys.dtype) @ values).float().reshape(b, h, t, hd)
+# with ``row_exact`` set, forwards of at most this many columns attend row by row
+ROW_EXACT = 16
+
+
+def _attend(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor, group: int, pos: int,
+            row_exact: bool = False) -> Tensor:
+    """Attention of q (B, h, T, hd) float32 at columns pos..pos+T-1 over keys / values (B, h/group,
+    pos+T, hd) with mask (B, 1, T, pos+T) -> (B, h, T, hd) float32.
+
+    ``row_exact`` (up to :data:`ROW_EXACT` columns): each query row is computed as a one-column step
+    computes it (its own call over keys 0..pos+i). Attention over a block of queries accumulates in
+    another order than over one, so otherwise a k+1-column speculative verification differs in the
+    last bits from the k+1 steps it stands for, and greedy near-ties can break the other way. The
+    units' int4 / int8 / bf16 matmuls give each row the same bits whatever the row count (below the
+    32 rows where int8 switches kernels), so with this a verification equals the steps bit for bit.
+    Off by default: a prompt's forward then attends as fake quantization's does (in one call), which
+    a8 profiles need for logit parity (a last-bit difference can move an activation across an 8-bit
+    rounding boundary)."""
+    t = q.shape[2]
+    if row_exact and 1 < t <= ROW_EXACT:
+        return torch.cat([_attend(q[:, :, i:i + 1], keys[:, :, :pos + i + 1], values[:, :, :pos + i + 1],
+                                  mask[:, :, i:i + 1, :pos + i + 1], group, pos + i) for i in range(t)], 2)
+    if keys.dtype != q.dtype:   # a bf16 cache: attention still in float32, on the rounded keys
+        keys, values = keys.to(q.dtype), values.to(q.dtype)
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=group > 1)
 
 
 class Layer(nn.Module):
@@ -58,6 +72,7 @@ class RuntimeModel(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.head = head
         self.kv_dtype = torch.float32   # the KV cache's dtype (see set_kv_dtype): module state, as precision is
+        self.row_exact = False          # short forwards attend row by row (see _attend): speculative verification
         if arch.kind == "llama":
             dim = arch.head_dim
             self.inv_freq = 1.0 / (arch.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
@@ -122,10 +137,7 @@ class RuntimeModel(nn.Module):
             cache.k[i][:, :, pos:pos + t] = k
             cache.v[i][:, :, pos:pos + t] = v
             keys, values = cache.k[i][:, :, :pos + t], cache.v[i][:, :, :pos + t]
-            if keys.dtype == torch.float32:
-                o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=a.group > 1)
-            else:
-                o = _attend_bf16(q, keys, values, mask, a.group)
+            o = _attend(q, keys, values, mask, a.group, pos, self.row_exact)
             x = x + u["attn_out"](o.transpose(1, 2).reshape(b, t, nq)).float()
             h = u["mlp_in"](self._norm(x, n["post_w"], n.get("post_b"))).float()
             if a.kind == "gpt2":
