@@ -140,6 +140,28 @@ def test_switching_never_repacks(built):
     assert set(before["by_width"]) == {"fp", "w8", "w4g32", "w3g32"}
 
 
+def test_one_unit_switch_and_the_derived_profile_name(built):
+    _, tok, _, rt = built
+    rt.set_profile("w8")
+    assert rt.profile == "w8"
+    rt.set_unit_profile("L0.attn_in", "w4g32")
+    assert rt.profile == "mixed" and rt._units["L0.attn_in"].active == "w4g32"
+    # the same logits as set_unit_profiles gives, and a uniform profile again once every unit agrees
+    ids, mask = padded(tok, PROMPTS)
+    one = rt.logits(ids, mask)
+    rt.set_profile("w8")
+    rt.set_unit_profiles({"L0.attn_in": "w4g32"})
+    assert torch.equal(one, rt.logits(ids, mask))
+    for unit in rt.units:
+        rt.set_unit_profile(unit, "w4g32")
+    assert rt.profile == "w4g32"
+    for unit, prof in [("L9.attn_in", "w8"), ("L0.attn_in", "w2"), ("L0.attn_in", " w8")]:
+        with pytest.raises(BitswitchError, match="cannot switch unit") as e:
+            rt.set_unit_profile(unit, prof)
+        assert "\n" not in str(e.value)
+    rt.set_profile("w8")
+
+
 def test_switching_back_gives_identical_logits(built):
     _, tok, _, rt = built
     ids, mask = padded(tok, PROMPTS)

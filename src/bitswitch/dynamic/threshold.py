@@ -60,6 +60,7 @@ class ThresholdController:
 
     def __init__(self, widths: WidthSet, sketches: dict[str, torch.Tensor], threshold: float = 0.0):
         self.widths, self.sketches, self.threshold = widths, sketches, threshold
+        self._flat: dict = {}   # (unit, device) -> the sketch as one (in, W * r) matrix
         self.calib_errors: dict[str, torch.Tensor] | None = None   # per unit (N, W): estimates seen by fit()
 
     @classmethod
@@ -68,8 +69,13 @@ class ThresholdController:
 
     def errors(self, unit: str, x: torch.Tensor) -> torch.Tensor:
         """x (N, in) -> (N, W) estimated output error of each width (0 for the top)."""
-        p = self.sketches[unit].to(x.device)                                              # (W, r, in)
-        return torch.einsum("ni,wri->nwr", x.detach().float(), p).norm(dim=-1)
+        key = (unit, x.device)
+        flat = self._flat.get(key)
+        if flat is None:   # (in, W * r), laid out once: one matmul per unit and token
+            w, r, _ = self.sketches[unit].shape
+            flat = self._flat[key] = self.sketches[unit].to(x.device).reshape(w * r, -1).t().contiguous()
+        n, (w, r) = x.shape[0], self.sketches[unit].shape[:2]
+        return (x.detach().float() @ flat).view(n, w, r).norm(dim=-1)
 
     def __call__(self, unit: str, x: torch.Tensor) -> torch.Tensor:
         """x (N, in) -> (N,) the lowest width index whose estimated error is <= the threshold."""

@@ -38,6 +38,9 @@ class Usage:
 
     def record(self, unit: str, idx: torch.Tensor) -> None:
         """``idx`` (N,): the width index each of N tokens ran ``unit`` at."""
+        if idx.numel() == 1:   # one decoding step: one count (a bincount costs several ops per unit and token)
+            self.counts[unit][int(idx)] += 1
+            return
         self.counts[unit] += torch.bincount(idx.reshape(-1).cpu(), minlength=len(self.widths.widths))
 
     def record_all(self, index: int, tokens: int) -> None:

@@ -37,7 +37,7 @@ class Runtime:
     def __init__(self, model, tokenizer, config, profiles: list[str], compiled: bool = False):
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.profiles = list(profiles)
-        self.profile = self.profiles[0]
+        self._profile: str | None = self.profiles[0]   # None: units switched one by one, name not derived yet
         self._units = dict(model.units())
         self._compiled = compile_step(model.forward) if compiled else None
 
@@ -112,7 +112,7 @@ class Runtime:
         p = self.check_profile(profile)
         for unit in self._units.values():
             unit.active = p
-        self.profile = p
+        self._profile = p
 
     def set_unit_profiles(self, profiles: dict[str, str]) -> None:
         """Some units each to its own profile (``{unit: profile}``); the others stay as they are."""
@@ -122,8 +122,26 @@ class Runtime:
             self.check_profile(p)
         for unit, p in profiles.items():
             self._units[unit].active = p.strip()
-        actives = {u.active for u in self._units.values()}
-        self.profile = actives.pop() if len(actives) == 1 else "mixed"
+        self._profile = None
+
+    def set_unit_profile(self, unit: str, profile: str) -> None:
+        """One unit to ``profile``, in constant time: what per-token routing calls for every unit at every
+        step (:func:`bitswitch.dynamic.runtime_routed`). ``profile`` must be one of ``profiles`` as
+        given (no whitespace); a one-line error otherwise."""
+        mod = self._units.get(unit)
+        if mod is None or profile not in mod.precisions:
+            raise BitswitchError(f"cannot switch unit {unit!r} to {profile!r}: units are L0.attn_in ... head and "
+                                 f"profiles {', '.join(self.profiles)}")
+        mod.active = profile
+        self._profile = None
+
+    @property
+    def profile(self) -> str:
+        """The profile every unit runs at, or ``mixed`` (derived once after units were switched one by one)."""
+        if self._profile is None:
+            actives = {u.active for u in self._units.values()}
+            self._profile = actives.pop() if len(actives) == 1 else "mixed"
+        return self._profile
 
     def set_kv_dtype(self, dtype: str) -> None:
         """The KV cache of the next request: ``float32`` (the default: keys and values as fake quantization
