@@ -190,8 +190,6 @@ def _tokenizer(ckpt: NestedCheckpoint):
     """The checkpoint's tokenizer, with a pad token (as load_model: batching needs one, masked out)."""
     import json
 
-    from transformers import AutoTokenizer
-
     folder = Path(ckpt.tokenizer_dir)
     try:
         cls = json.loads((folder / "tokenizer_config.json").read_text()).get("tokenizer_class")
@@ -203,6 +201,8 @@ def _tokenizer(ckpt: NestedCheckpoint):
 
             tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
         else:
+            from transformers import AutoTokenizer
+
             tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError, TypeError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
