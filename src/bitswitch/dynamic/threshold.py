@@ -69,13 +69,11 @@ class ThresholdController:
 
     def errors(self, unit: str, x: torch.Tensor) -> torch.Tensor:
         """x (N, in) -> (N, W) estimated output error of each width (0 for the top)."""
-        key = (unit, x.device)
-        flat = self._flat.get(key)
+        w, r, _ = self.sketches[unit].shape
+        flat = self._flat.get((unit, x.device))
         if flat is None:   # (in, W * r), laid out once: one matmul per unit and token
-            w, r, _ = self.sketches[unit].shape
-            flat = self._flat[key] = self.sketches[unit].to(x.device).reshape(w * r, -1).t().contiguous()
-        n, (w, r) = x.shape[0], self.sketches[unit].shape[:2]
-        return (x.detach().float() @ flat).view(n, w, r).norm(dim=-1)
+            flat = self._flat[(unit, x.device)] = self.sketches[unit].to(x.device).reshape(w * r, -1).t().contiguous()
+        return (x.detach().float() @ flat).view(x.shape[0], w, r).norm(dim=-1)
 
     def __call__(self, unit: str, x: torch.Tensor) -> torch.Tensor:
         """x (N, in) -> (N,) the lowest width index whose estimated error is <= the threshold."""
