@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from tokenizers import processors
 
-from bitswitch.data.squad import (DEFAULT_TEMPLATE, ORDERS, PromptConfig, SquadExample, draw_shots, encode_prompts,
-                                  load_squad, render_prompt, stratified_order)
+from bitswitch.data.squad import (DEFAULT_TEMPLATE, ORDERS, PromptConfig, SquadExample, answer_batches, draw_shots,
+                                  encode_prompts, load_squad, render_prompt, stratified_order)
 from bitswitch.errors import BitswitchError
 from bitswitch.models import byte_tokenizer
 
@@ -322,6 +322,21 @@ def test_long_context_loses_trailing_words_only():
         encode_prompts(tok, [ex], PromptConfig(), max_length=len(head) + len(tail) - 1, reserve=0)
     with pytest.raises(BitswitchError, match="leaves no room"):
         encode_prompts(tok, [ex], PromptConfig(), max_length=32)
+
+
+def test_answer_batches_mark_the_positions_that_predict_the_answer():
+    """ids = prompt + " " + answer + EOS; the mask marks the positions whose next token is the answer's."""
+    tok = byte_tokenizer()
+    exs = [example(qid="a", answers=("five",)), example(qid="b", question="which?", answers=("one two", "x"))]
+    prompts, _ = encode_prompts(tok, exs, PromptConfig(), max_length=1024, reserve=0)
+    got = answer_batches(tok, exs, 5)
+    assert len(got) == 2
+    for (ids, mask), prompt, ex in zip(got, prompts, exs):
+        answer = tok(" " + ex.answers[0], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        assert ids.shape == mask.shape == (1, len(prompt) + len(answer))
+        assert ids[0].tolist() == prompt + answer
+        assert ids[0, 1:][mask[0, :-1]].tolist() == answer and not mask[0, -1]
+        assert int(mask.sum()) == len(answer)
 
 
 def test_special_tokens_follow_the_tokenizer_and_chat_templates_carry_their_own():

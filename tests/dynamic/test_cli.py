@@ -59,6 +59,24 @@ def test_eval_dynamic_squad_reports_bits_beside_f1(tmp_path, kind):
     assert "bytes_per_token" in (out / "results.md").read_text()
 
 
+def test_eval_dynamic_gate_trained_on_answers_is_its_own_record(tmp_path):
+    """--gate-target answer trains another gate (another record id, the target in the record) on the
+    same calibration examples, with the same price fit on their bare prompts."""
+    data = _squad_file(tmp_path / "dev.json", n=3)
+    train = _squad_file(tmp_path / "train.json", n=4, prefix="t")
+    common = ["eval", "--model", "tiny-llama", "--task", "squad", "--data", str(data), "--train-data", str(train),
+              "--dynamic", "gate", "--budget", "6", "--max-new-tokens", "4", "--gate-steps", "4", "--device", "cpu"]
+    recs = {}
+    for target in ("prompt", "answer"):
+        assert main([*common, "--gate-target", target, "--out", str(tmp_path / target)]) == 0
+        (recs[target],) = json.loads((tmp_path / target / "results.json").read_text())["records"]
+    assert recs["answer"]["gate_target"] == "answer" and recs["prompt"]["gate_target"] == "prompt"
+    assert recs["answer"]["profile_id"] != recs["prompt"]["profile_id"]
+    assert recs["answer"]["gate_history"]["kl"] != recs["prompt"]["gate_history"]["kl"]
+    assert abs(recs["answer"]["calib_avg_w_bits"] - 6) <= 0.05
+    assert main([*common, "--gate-target", "tokens", "--out", str(tmp_path / "bad")]) == 2
+
+
 def test_eval_dynamic_gate_reuses_a_saved_gate(tmp_path):
     data = _squad_file(tmp_path / "dev.json", n=3)
     train = _squad_file(tmp_path / "train.json", n=4, prefix="t")

@@ -50,6 +50,33 @@ def test_only_the_gate_learns(model):
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_a_mask_of_every_position_is_the_bare_batch_bitwise(model):
+    """(ids, all-True mask) trains exactly as the bare ids; a partial mask trains on its positions only."""
+    ws = WidthSet.from_model(model, "w4g32,w8")
+    runs = {}
+    for kind in ("bare", "full", "last"):
+        data = [b if kind == "bare" else (b, torch.ones_like(b, dtype=torch.bool)) for b in batches(2)]
+        if kind == "last":
+            data = [(b, torch.arange(b.shape[1]).unsqueeze(0) >= b.shape[1] - 3) for b in batches(2)]
+        gate = GateController.from_model(model, ws)
+        hist = train_gate(model, gate, data, penalty=0.1, steps=3, seed=2)
+        runs[kind] = (hist, {k: v.clone() for k, v in gate.state_dict().items()})
+    assert runs["bare"][0] == runs["full"][0]
+    assert all(torch.equal(v, runs["full"][1][k]) for k, v in runs["bare"][1].items())
+    assert runs["last"][0][0]["kl"] != runs["full"][0][0]["kl"]
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in runs["last"][0])
+
+
+@pytest.mark.parametrize("mask", ["empty", "shape"])
+def test_a_bad_mask_is_a_one_line_error(model, mask):
+    ws = WidthSet.from_model(model, "w4g32,w8")
+    ids = batches(1)[0]
+    bad = torch.zeros_like(ids, dtype=torch.bool) if mask == "empty" else torch.ones(1, 3, dtype=torch.bool)
+    with pytest.raises(BitswitchError, match="mask") as err:
+        train_gate(model, GateController.from_model(model, ws), [(ids, bad)], penalty=0.1, steps=1)
+    assert "\n" not in str(err.value)
+
+
 def test_penalty_lowers_realized_bits_monotonically(model):
     ws = WidthSet.from_model(model, "w3g32,w4g32,w8")
     realized = []

@@ -40,6 +40,9 @@ def add_parser(sub) -> None:
                    help="--dynamic gate: weight of the expected average weight bits in the gate's loss")
     p.add_argument("--gate-steps", type=int, default=64,
                    help="--dynamic gate: training steps, one calibration prompt each (see --calib-batches)")
+    p.add_argument("--gate-target", choices=["prompt", "answer"], default="prompt",
+                   help="--dynamic gate: train on the KL of every calibration prompt token (prompt) or of the "
+                        "tokens of each prompt's gold answer, appended (answer: what a SQuAD answer depends on)")
     p.add_argument("--gate", default=None, metavar="FILE",
                    help="--dynamic gate: reuse a gate saved by an earlier run (its gate-*.safetensors) instead of "
                         "training one; only its price is fitted to --budget again")

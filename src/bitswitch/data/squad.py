@@ -390,3 +390,25 @@ def calibration_batches(tokenizer, examples: list[SquadExample], n: int, templat
     ids, _ = encode_prompts(tokenizer, examples[:n], PromptConfig(template=template, chat=chat), max_length,
                             reserve=0)
     return [torch.tensor([seq]) for seq in ids]
+
+
+def answer_batches(tokenizer, examples: list[SquadExample], n: int, template: str = DEFAULT_TEMPLATE,
+                   chat: bool = False, max_length: int = 1024) -> list:
+    """The first ``n`` examples as prompt + ``" " + first answer`` + EOS: ``(ids, mask)`` pairs of (1, T)
+    tensors, ``mask`` True at the positions whose next token is an answer token (the last prompt
+    token up to the answer's second-to-last token). For objectives that should weigh what a model
+    says, not how it reads the prompt; draw them from training data, never the evaluated questions."""
+    import torch
+
+    end = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    rows = examples[:n]
+    answers = [tokenizer(" " + ex.answers[0], add_special_tokens=False)["input_ids"] + end for ex in rows]
+    reserve = max((len(a) for a in answers), default=0)
+    prompts, _ = encode_prompts(tokenizer, rows, PromptConfig(template=template, chat=chat), max_length,
+                                reserve=reserve)
+    out = []
+    for p, a in zip(prompts, answers):
+        mask = torch.zeros(1, len(p) + len(a), dtype=torch.bool)
+        mask[0, len(p) - 1:len(p) + len(a) - 1] = True
+        out.append((torch.tensor([p + a]), mask))
+    return out

@@ -6,7 +6,9 @@ metrics under a dynamic controller (fake quantization, one sequence at a time wh
 never the evaluated questions; wikitext: the first ``--calib-batches`` windows of the evaluated
 text, so only the threshold's one scalar sees it). ``gate`` is trained (``--gate-steps``,
 ``--gate-penalty``) and its price fitted on ``--calib-batches`` prompts of ``--train-data`` for
-either task (its weights must never see the evaluated text), then saved beside the results;
+either task (its weights must never see the evaluated text), then saved beside the results; with
+``--gate-target answer`` it trains on those examples with their gold answers appended, the KL taken
+at the answer's positions only;
 ``--gate FILE`` reuses a saved gate instead (only its price is fitted again, on the calibration
 inputs the threshold uses). One record per run, keyed by the controller (a reused gate by the
 sha256 of its tensors).
@@ -54,7 +56,9 @@ def run_dynamic_eval(cfg, argv: list[str] | None = None, log=print) -> dict:
     name = f"dynamic-{cfg.dynamic}-{cfg.budget:g}{'' if cfg.budget_by == 'bits' else 'B'}"
     gate = ""
     if cfg.dynamic == "gate":
-        gate = f"|{cfg.gate_penalty}|{cfg.gate_steps}" if cfg.gate is None else f"|{_saved_gate_digest(cfg.gate)}"
+        target = "" if cfg.gate_target == "prompt" else f"|{cfg.gate_target}"   # the only target once
+        gate = (f"|{cfg.gate_penalty}|{cfg.gate_steps}{target}" if cfg.gate is None
+                else f"|{_saved_gate_digest(cfg.gate)}")
     pid = "dyn-" + hashlib.sha1(f"{cfg.dynamic}|{cfg.budget}|{cfg.budget_by}|{widths.widths}{gate}".encode()).hexdigest()[:12]
     task.setup(model, tok)
     job.describe(model, task=cfg.task, model=cfg.model, data=cfg.data, adapters=cfg.adapters, engine="fake",
@@ -104,22 +108,29 @@ def _calib_key(cfg) -> str:
 def _trained_gate(cfg, task, model, tok, widths, name, pid, out, log) -> tuple[GateController, dict]:
     """Train a gate on calibration prompts (SQuAD training examples, for wikitext too), fit its price
     to the budget on them, and save it (gate-<id>.safetensors) beside the results."""
-    from ..data.squad import calibration_batches, load_squad
+    from ..data.squad import DEFAULT_TEMPLATE, answer_batches, calibration_batches, load_squad
 
     if cfg.task == "squad":
         batches = task.calibration_batches()
+        train = task.train
     else:
-        batches = calibration_batches(tok, load_squad(cfg.train_data, split="train"), cfg.calib_batches)
+        train = load_squad(cfg.train_data, split="train")
+        batches = calibration_batches(tok, train, cfg.calib_batches)
+    # the target "answer" trains on the same examples with their gold answers appended, the KL on the
+    # answer's positions; the price is fitted on the bare prompts either way, as the threshold's is
+    examples = batches if cfg.gate_target == "prompt" else answer_batches(
+        tok, train, len(batches), cfg.template or DEFAULT_TEMPLATE, cfg.chat)
     gate = GateController.from_model(model, widths)
     t0 = time.perf_counter()
     with tqdm(total=cfg.gate_steps, desc=f"gate penalty {cfg.gate_penalty:g}", unit="step", leave=False) as bar:
-        history = train_gate(model, gate, batches, cfg.gate_penalty, cfg.gate_steps, seed=cfg.seed, progress=bar)
+        history = train_gate(model, gate, examples, cfg.gate_penalty, cfg.gate_steps, seed=cfg.seed, progress=bar)
     got = gate.fit(model, batches, cfg.budget, cfg.budget_by)
     path = gate.save(Path(out) / f"gate-{pid}.safetensors")
     log(f"[{name}] gate trained {cfg.gate_steps} steps (last KL {history[-1]['kl']:.4f}, expected bits "
         f"{history[-1]['bits']:.3f}); price {gate.price:.4g}: {got:.4f} {cfg.budget_by} per token on calibration data")
     return gate, {"price": gate.price, _calib_key(cfg): round(got, 4), "calib_prompts": len(batches),
-                  "gate_penalty": cfg.gate_penalty, "gate_steps": cfg.gate_steps, "gate_file": path.name,
+                  "gate_penalty": cfg.gate_penalty, "gate_steps": cfg.gate_steps, "gate_target": cfg.gate_target,
+                  "gate_file": path.name,
                   "gate_history": {"kl": [round(h["kl"], 5) for h in history],
                                    "bits": [round(h["bits"], 4) for h in history]},
                   "calib_seconds": round(time.perf_counter() - t0, 2)}

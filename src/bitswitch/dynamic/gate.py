@@ -211,8 +211,14 @@ def gated(model, gate: GateController, tau: float = 1.0, generator: torch.Genera
 
 def train_gate(model, gate: GateController, batches, penalty: float, steps: int = 64, lr: float = 0.01,
                tau: float = 1.0, seed: int = 0, progress=None) -> list[dict]:
-    """Train ``gate`` on ``batches`` ((1, T) id tensors, cycled) for ``steps`` steps, the switchable
-    model frozen; returns per step ``{"kl", "bits", "loss"}`` (expected bits per token)."""
+    """Train ``gate`` on ``batches`` (cycled) for ``steps`` steps, the switchable model frozen; returns
+    per step ``{"kl", "bits", "loss"}`` (expected bits per token).
+
+    A batch is a (1, T) id tensor (the KL is averaged over every position) or an ``(ids, mask)`` pair
+    with ``mask`` (1, T) bool: the KL is averaged over the masked positions only (e.g. those that
+    predict an answer, :func:`bitswitch.data.squad.answer_batches`), while every token's gate still
+    learns through them (attention carries a prompt token's error to the answer). The bits penalty
+    is always over every token."""
     device = next(model.parameters()).device
     top = gate.widths.widths[-1]
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -225,11 +231,11 @@ def train_gate(model, gate: GateController, batches, penalty: float, steps: int 
         for p, _ in frozen:
             p.requires_grad_(False)
         for step in range(steps):
-            ids = batches[step % len(batches)].to(device)
+            ids, mask = _batch(batches[step % len(batches)], device)
             with torch.no_grad(), use_profile(model, top, state(model).adapters_on):
-                teacher = F.log_softmax(model(ids).logits.float(), -1).flatten(0, -2)
+                teacher = F.log_softmax(model(ids).logits.float(), -1).flatten(0, -2)[mask]
             with gated(model, gate, tau, gen) as expected:
-                student = F.log_softmax(model(ids).logits.float(), -1).flatten(0, -2)
+                student = F.log_softmax(model(ids).logits.float(), -1).flatten(0, -2)[mask]
             kl = F.kl_div(student, teacher, log_target=True, reduction="batchmean")
             bits = torch.stack(expected).sum(0).mean() if expected else torch.zeros((), device=device)
             loss = kl + penalty * bits
@@ -245,3 +251,14 @@ def train_gate(model, gate: GateController, batches, penalty: float, steps: int 
             p.requires_grad_(flag)
         model.train(was_training)
     return history
+
+
+def _batch(batch, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids (1, T), flat mask (T,))`` of a training batch: a bare id tensor weighs every position."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device), torch.ones(batch.numel(), dtype=torch.bool, device=device)
+    ids, mask = batch
+    if mask.shape != ids.shape or not mask.any():
+        raise BitswitchError(f"a gate training batch's mask must have its ids' shape {tuple(ids.shape)} and mark "
+                             f"at least one position, got {tuple(mask.shape)} with {int(mask.sum())} marked")
+    return ids.to(device), mask.reshape(-1).to(device)

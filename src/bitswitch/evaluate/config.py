@@ -10,6 +10,7 @@ from ..jobs import RunConfig
 
 
 DYNAMIC = ("threshold", "gate", "request")
+GATE_TARGETS = ("prompt", "answer")
 ENGINES = ("auto", "fake", "runtime")   # auto: the runtime for a nested checkpoint, else fake quantization
 
 
@@ -39,6 +40,7 @@ class EvalConfig(RunConfig):
     gate_penalty: float = 0.05            # gate: weight of the expected average bits in its loss
     gate_steps: int = 64                  # gate: training steps (one calibration prompt each)
     gate: str | None = None               # gate: a saved gate file to reuse instead of training one
+    gate_target: str = "prompt"           # gate: KL on every prompt token, or on the answer's (prompt + gold answer)
     # random precision inference (bitswitch.robust.rpi_eval): one setting "rpi" instead of --profiles
     rpi: list[str] | None = None          # the RPI profile set
     rpi_p: float = 0.5
@@ -56,13 +58,15 @@ class EvalConfig(RunConfig):
             for k in ("dynamic", "budget", "widths", "budget_by"):
                 d.pop(k, None)
         if d.get("dynamic") != "gate":   # nor the gate
-            for k in ("gate_penalty", "gate_steps", "gate"):
+            for k in ("gate_penalty", "gate_steps", "gate", "gate_target"):
                 d.pop(k, None)
         elif d.get("gate") is None:     # a trained gate: its training settings; a reused one: its file
             d.pop("gate", None)
+            if d.get("gate_target") == "prompt":   # the only target once
+                d.pop("gate_target")
         else:
-            d.pop("gate_penalty", None)
-            d.pop("gate_steps", None)
+            for k in ("gate_penalty", "gate_steps", "gate_target"):
+                d.pop(k, None)
         if d.get("rpi") is None:       # nor RPI
             for k in ("rpi", "rpi_p", "rpi_granularity", "rpi_calib"):
                 d.pop(k, None)
@@ -103,6 +107,8 @@ class EvalConfig(RunConfig):
             if self.dynamic == "gate" and (self.gate_steps < 1 or self.gate_penalty < 0):
                 raise BitswitchError(f"--gate-steps must be at least 1 and --gate-penalty at least 0, got "
                                      f"{self.gate_steps} and {self.gate_penalty:g}")
+            if self.gate_target not in GATE_TARGETS:
+                raise BitswitchError(f"--gate-target {self.gate_target!r}: use {' or '.join(GATE_TARGETS)}")
             if self.gate is not None and self.dynamic != "gate":
                 raise BitswitchError("--gate is a saved gate for --dynamic gate: drop it or pass --dynamic gate")
             if self.dynamic == "gate" and self.task == "wikitext" and not self.train_data and self.gate is None:
