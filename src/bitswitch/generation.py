@@ -37,6 +37,7 @@ class GenerateConfig(RunConfig):
     threads: int | None = None
     speculative: str | None = None         # LOW:HIGH: greedy at HIGH, drafted at LOW (bitswitch.dynamic)
     draft_k: int = 4
+    draft_min_prob: float | None = None    # cut a draft before a token LOW gives less than this probability
 
     UNHASHED: ClassVar[tuple[str, ...]] = ("out", "device", "threads")
 
@@ -68,12 +69,18 @@ class GenerateConfig(RunConfig):
                 raise BitswitchError("--speculative decodes greedily at one profile: drop --schedule / --temperature")
             if self.draft_k < 1:
                 raise BitswitchError(f"--draft-k must be at least 1, got {self.draft_k}")
+            if self.draft_min_prob is not None and not 0 <= self.draft_min_prob <= 1:
+                raise BitswitchError(f"--draft-min-prob must be in 0..1, got {self.draft_min_prob:g}")
+        elif self.draft_min_prob is not None:
+            raise BitswitchError("--draft-min-prob cuts speculative drafts: add --speculative LOW:HIGH")
 
     def settings(self) -> dict:
         d = super().settings()
         if d.get("speculative") is None:   # plain generation's settings stay as they were
             d.pop("speculative", None)
             d.pop("draft_k", None)
+        if d.get("draft_min_prob") is None:
+            d.pop("draft_min_prob", None)
         return d
 
     def profiles(self) -> list[str]:

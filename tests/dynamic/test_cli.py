@@ -23,6 +23,13 @@ def test_generate_speculative_equals_greedy_at_high(tmp_path, capsys):
         assert text == want
     spec = res["speculative"]
     assert spec["low"] == "w4g32" and spec["high"] == "w8" and spec["draft_k"] == 3 and spec["drafted"] > 0
+    assert spec["draft_min_prob"] is None
+    # an adaptive draft length: the same texts
+    assert main(["generate", "--model", "tiny-llama", "--speculative", "w4g32:w8", "--draft-k", "6",
+                 "--draft-min-prob", "0.5", "--prompt", "hello", "--prompt", "a b c", "--max-new-tokens", "8",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    again = json.loads(out.read_text())
+    assert again["texts"] == res["texts"] and again["speculative"]["draft_min_prob"] == 0.5
     assert "of drafts accepted (k=3)" in capsys.readouterr().err
 
 
@@ -31,6 +38,8 @@ def test_generate_speculative_equals_greedy_at_high(tmp_path, capsys):
     (["--speculative", "w8:w8"], "LOW:HIGH"),
     (["--speculative", "w4g32:w8", "--draft-k", "0"], "--draft-k"),
     (["--speculative", "w4g32:w8", "--temperature", "0.7"], "greedily"),
+    (["--speculative", "w4g32:w8", "--draft-min-prob", "1.5"], "--draft-min-prob"),
+    (["--draft-min-prob", "0.5"], "--speculative"),
 ])
 def test_generate_speculative_bad_input_is_one_line(argv, needle, capsys):
     assert main(["generate", "--model", "tiny-llama", "--device", "cpu", "--prompt", "x", *argv]) == 2

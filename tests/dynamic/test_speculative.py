@@ -44,6 +44,28 @@ def test_speculative_equals_greedy_runtime(runtime):
     assert 0 < accepted < drafted
 
 
+def test_adaptive_drafts_equal_greedy_and_shorten_with_the_floor(runtime):
+    """A draft cut before its first unsure token: the output stays greedy at w8 for every floor; a
+    floor of 0 is the fixed-length draft exactly, and a floor never drafts more than it."""
+    for text in PROMPTS:
+        prompt = ids(runtime, text)
+        want = greedy_generate(runtime, prompt, "w8", NEW, eos=False).tokens
+        fixed = speculative_generate(runtime, prompt, "w4g32", "w8", 8, NEW, eos=False)
+        zero = speculative_generate(runtime, prompt, "w4g32", "w8", 8, NEW, eos=False, min_prob=0.0)
+        assert (zero.tokens, zero.drafted, zero.accepted, zero.rounds) == \
+               (fixed.tokens, fixed.drafted, fixed.accepted, fixed.rounds)
+        for floor in (0.3, 0.6, 0.9, 1.0):
+            got = speculative_generate(runtime, prompt, "w4g32", "w8", 8, NEW, eos=False, min_prob=floor)
+            assert got.tokens == want, (text, floor)
+            assert got.drafted <= fixed.drafted
+
+
+@pytest.mark.parametrize("floor", [-0.1, 1.5])
+def test_a_floor_outside_0_1_is_an_error(runtime, floor):
+    with pytest.raises(BitswitchError, match="0..1"):
+        speculative_generate(runtime, ids(runtime, "x"), "w4g32", "w8", 2, 4, min_prob=floor)
+
+
 def test_a_verification_equals_the_steps_it_replaces_bitwise(runtime):
     """k+1 columns in one forward give the logits of k+1 one-column steps bit for bit (the property
     that makes speculative decoding on the bf16 kernels lossless). Also under ATEN_CPU_CAPABILITY=avx2

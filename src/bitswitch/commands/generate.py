@@ -36,6 +36,9 @@ def add_parser(sub) -> None:
     p.add_argument("--speculative", default=None, metavar="LOW:HIGH",
                    help="lossless self-speculative greedy decoding: draft at LOW, verify at HIGH, e.g. w4g32:w8")
     p.add_argument("--draft-k", type=int, default=4, help="--speculative: tokens drafted per verify forward")
+    p.add_argument("--draft-min-prob", type=float, default=None, metavar="P",
+                   help="--speculative: end a draft early, before a token LOW gives less than probability P "
+                        "(adaptive draft length, up to --draft-k; the output is the same)")
     p.add_argument("--out", default="", help="also write texts and timings to this JSON file")
     add_quant_args(p)
 

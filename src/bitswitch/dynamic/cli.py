@@ -1,4 +1,4 @@
-"""``bitswitch generate --speculative LOW:HIGH --draft-k K``: greedy text at HIGH, drafted at LOW, on
+"""``bitswitch generate --speculative LOW:HIGH --draft-k K [--draft-min-prob P]``: greedy text at HIGH, drafted at LOW, on
 the packed runtime, one prompt at a time; the same result keys as plain ``bitswitch generate`` plus
 the acceptance of the drafts."""
 
@@ -28,14 +28,16 @@ def run_speculative(cfg, log=print) -> dict:
     texts, runs = [], []
     for p in prompts:
         ids = rt.tokenizer(p).input_ids
-        out = speculative_generate(engine, ids, low, high, cfg.draft_k, cfg.max_new_tokens)
+        out = speculative_generate(engine, ids, low, high, cfg.draft_k, cfg.max_new_tokens,
+                                   min_prob=cfg.draft_min_prob)
         texts.append(cut_text(rt.tokenizer.decode(out.tokens, skip_special_tokens=True), cfg.stop))
         runs.append(out)
     decode_s = sum(r.decode_s for r in runs)
     decoded = sum(max(len(r.tokens) - 1, 0) for r in runs)
     drafted, accepted = sum(r.drafted for r in runs), sum(r.accepted for r in runs)
     result = {"model": cfg.model, "adapters": cfg.adapters, "profile": f"{low}:{high}", "schedule": None,
-              "speculative": {"low": low, "high": high, "draft_k": cfg.draft_k, "drafted": drafted,
+              "speculative": {"low": low, "high": high, "draft_k": cfg.draft_k,
+                              "draft_min_prob": cfg.draft_min_prob, "drafted": drafted,
                               "accepted": accepted, "acceptance": round(accepted / drafted, 4) if drafted else None,
                               "rounds": sum(r.rounds for r in runs)},
               "prompts": prompts, "texts": texts, "prompt_tokens": sum(len(rt.tokenizer(p).input_ids) for p in prompts),

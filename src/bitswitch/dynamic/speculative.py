@@ -8,6 +8,12 @@ otherwise than one-token forwards, so an exact float tie could in principle brea
 
     out = speculative_generate(engine, prompt_ids, "w4g32", "w8", k=4, max_new_tokens=32)
     out.tokens, out.acceptance          # accepted drafts / drafted tokens
+    speculative_generate(engine, prompt_ids, "w4g32", "w8", k=8, max_new_tokens=32, min_prob=0.6)
+
+``min_prob`` makes the draft length adaptive: drafting stops early at a token the low profile gives
+less than that probability (the token is dropped: it would likely be rejected, and the verification
+gives the high profile's own token there), so confident stretches are drafted long and uncertain
+ones short. The output is the same greedy output whatever ``min_prob``.
 
 Both generators stop after ``max_new_tokens`` tokens or at EOS (not included): ``eos`` True is the
 tokenizer's, an int that id, False none.
@@ -15,6 +21,7 @@ tokenizer's, an int that id, False none.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -69,11 +76,15 @@ def greedy_generate(engine: Engine, prompt: Sequence[int], profile: str, max_new
 
 
 def speculative_generate(engine: Engine, prompt: Sequence[int], low: str, high: str, k: int,
-                         max_new_tokens: int, eos: bool | int = True) -> Generated:
-    """Greedy decoding at ``high``, drafted ``k`` tokens at a time at ``low`` (see the module)."""
+                         max_new_tokens: int, eos: bool | int = True, min_prob: float | None = None) -> Generated:
+    """Greedy decoding at ``high``, drafted up to ``k`` tokens at a time at ``low``, each draft cut
+    before the first token ``low`` gives less than ``min_prob`` (see the module)."""
     _check(prompt, max_new_tokens)
     if k < 1:
         raise BitswitchError(f"the draft length k must be at least 1, got {k}")
+    if min_prob is not None and not 0 <= min_prob <= 1:
+        raise BitswitchError(f"the draft's minimum probability must be in 0..1, got {min_prob:g}")
+    floor = None if not min_prob else math.log(min_prob)   # compared with log-probabilities
     eos_id = _eos_id(engine, eos)
     engine.set_profile(high)
     t0 = time.perf_counter()
@@ -89,7 +100,10 @@ def speculative_generate(engine: Engine, prompt: Sequence[int], low: str, high: 
             engine.set_profile(low)
             t = nxt
             for _ in range(kk):
-                t = int(engine.step([t])[-1].argmax())
+                row = engine.step([t])[-1]
+                t = int(row.argmax())
+                if floor is not None and float(row[t].float() - row.float().logsumexp(-1)) < floor:
+                    break                             # an unsure draft: verify what there is
                 draft.append(t)
                 if t == eos_id:
                     break
