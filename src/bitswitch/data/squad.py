@@ -392,6 +392,17 @@ def calibration_batches(tokenizer, examples: list[SquadExample], n: int, templat
     return [torch.tensor([seq]) for seq in ids]
 
 
+def encode_answered(tokenizer, examples: list[SquadExample], cfg: PromptConfig, max_length: int
+                    ) -> tuple[list[list[int]], list[list[int]], int]:
+    """Each example's prompt ids, its ``" " + first answer`` + EOS ids, and how many prompts were cut:
+    a prompt too long for ``max_length`` loses context words, the answer is always kept whole."""
+    end = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]   # the generator stops on EOS
+    answers = [tokenizer(" " + ex.answers[0], add_special_tokens=False)["input_ids"] + end for ex in examples]
+    reserve = max((len(a) for a in answers), default=0)
+    prompts, cut = encode_prompts(tokenizer, examples, cfg, max_length, reserve=reserve)
+    return prompts, answers, cut
+
+
 def answer_batches(tokenizer, examples: list[SquadExample], n: int, template: str = DEFAULT_TEMPLATE,
                    chat: bool = False, max_length: int = 1024) -> list:
     """The first ``n`` examples as prompt + ``" " + first answer`` + EOS: ``(ids, mask)`` pairs of (1, T)
@@ -400,12 +411,8 @@ def answer_batches(tokenizer, examples: list[SquadExample], n: int, template: st
     says, not how it reads the prompt; draw them from training data, never the evaluated questions."""
     import torch
 
-    end = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
-    rows = examples[:n]
-    answers = [tokenizer(" " + ex.answers[0], add_special_tokens=False)["input_ids"] + end for ex in rows]
-    reserve = max((len(a) for a in answers), default=0)
-    prompts, _ = encode_prompts(tokenizer, rows, PromptConfig(template=template, chat=chat), max_length,
-                                reserve=reserve)
+    prompts, answers, _ = encode_answered(tokenizer, examples[:n], PromptConfig(template=template, chat=chat),
+                                          max_length)
     out = []
     for p, a in zip(prompts, answers):
         mask = torch.zeros(1, len(p) + len(a), dtype=torch.bool)

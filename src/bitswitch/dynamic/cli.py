@@ -1,6 +1,6 @@
-"""``bitswitch generate --speculative LOW:HIGH --draft-k K [--draft-min-prob P]``: greedy text at HIGH, drafted at LOW, on
-the packed runtime, one prompt at a time; the same result keys as plain ``bitswitch generate`` plus
-the acceptance of the drafts."""
+"""``bitswitch generate --speculative LOW:HIGH --draft-k K [--draft-min-prob P]``: greedy text at
+HIGH, drafted at LOW, on the packed runtime, one prompt at a time; the same result keys as plain
+``bitswitch generate`` plus the acceptance of the drafts."""
 
 from __future__ import annotations
 

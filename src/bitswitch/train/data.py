@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data.squad import DEFAULT_TEMPLATE, PromptConfig, encode_prompts, load_squad
+from ..data.squad import DEFAULT_TEMPLATE, PromptConfig, encode_answered, load_squad
 from ..data.text import load_text
 from ..errors import BitswitchError
 
@@ -38,10 +38,7 @@ def squad_examples(tokenizer, source: str, limit: int | None, max_length: int,
     eval; the answer is always kept whole.
     """
     rows = load_squad(source, split="train", limit=limit, offset=offset, order=order, sample_seed=sample_seed)
-    end = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]  # the generator stops on EOS
-    answers = [tokenizer(" " + ex.answers[0], add_special_tokens=False)["input_ids"] + end for ex in rows]
-    reserve = max(len(a) for a in answers)
-    prompts, cut = encode_prompts(tokenizer, rows, PromptConfig(template=template), max_length, reserve=reserve)
+    prompts, answers, cut = encode_answered(tokenizer, rows, PromptConfig(template=template), max_length)
     return [Example(tuple(p + a), tuple([IGNORE] * len(p) + a)) for p, a in zip(prompts, answers)], cut
 
 
