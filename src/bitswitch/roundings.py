@@ -8,7 +8,9 @@ them whenever it makes a model from such a directory switchable, so train / eval
 with ``--model DIR`` use them with no extra flag; a quantizer with no rounding rounds to nearest.
 
 A file that is corrupt, truncated, or computed for other weights is refused with one line: the
-scales recorded must equal the round-to-nearest scales of the weights loaded, bit for bit.
+scales recorded must equal the round-to-nearest scales of the weights loaded, bit for bit, or --
+for a learned grid, whose scales are its own (``prepare --recon``) -- the sha256 of the weights
+loaded must equal the one recorded beside the entry (:func:`weight_fingerprint`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from .quant.pack import code_offset, pack, unpack
 INDEX = "bitswitch_roundings.json"
 TENSORS = "bitswitch_roundings.safetensors"
 FORMAT = "bitswitch-roundings"
-FIX = "re-run bitswitch prepare --gptq, or delete the two bitswitch_roundings files to round to nearest"
+FIX = "re-run bitswitch prepare (--gptq / --recon), or delete the two bitswitch_roundings files to round to nearest"
 
 
 def _key(module: str, cfg: WeightQuant) -> str:
@@ -46,11 +48,20 @@ def collect_roundings(model: nn.Module) -> dict:
     return out
 
 
+def weight_fingerprint(w: torch.Tensor) -> str:
+    """sha256 of a unit module's weight as (out, in) float32 bytes: identifies the weights a rounding
+    was computed for when its scales cannot (a learned grid)."""
+    import hashlib
+
+    return hashlib.sha256(w.detach().float().contiguous().cpu().numpy().tobytes()).hexdigest()
+
+
 def save_roundings(roundings: dict, directory: str | os.PathLike, units: dict[str, str] | None = None,
-                   record: dict | None = None) -> Path:
+                   record: dict | None = None, fingerprints: dict[str, str] | None = None) -> Path:
     """Write ``roundings`` (as :func:`collect_roundings` gives) into ``directory``: the tensor file
     first, then the index naming its sha256 (each written atomically). ``units``: module -> unit name
-    (recorded for reading); ``record``: how they were made (JSON-ready)."""
+    (recorded for reading); ``record``: how they were made (JSON-ready); ``fingerprints``: module ->
+    :func:`weight_fingerprint` of the weights the roundings were computed for (recorded per entry)."""
     from safetensors.torch import save
 
     directory = Path(directory)
@@ -66,6 +77,8 @@ def save_roundings(roundings: dict, directory: str | os.PathLike, units: dict[st
                             "shape": list(codes.shape),
                             "weight": {"bits": cfg.bits, "group_size": cfg.group_size, "symmetric": cfg.symmetric,
                                        "method": cfg.method, "grid": cfg.grid}})
+            if fingerprints and module in fingerprints:
+                entries[-1]["weight_sha256"] = fingerprints[module]
     path = atomic_write_bytes(directory / TENSORS, save(tensors))
     from .io import sha256_file
 
@@ -83,7 +96,8 @@ def has_roundings(directory) -> bool:
 
 def read_roundings(directory: str | os.PathLike) -> dict:
     """The inverse of :func:`save_roundings`: ``{module: {WeightQuant: (codes int32, scale float32,
-    zero float32 | None)}}``, checked against the index and its sha256 (one-line BitswitchError)."""
+    zero float32 | None, weight sha256 | None)}}``, checked against the index and its sha256
+    (one-line BitswitchError)."""
     import json
 
     from safetensors import SafetensorError
@@ -108,7 +122,8 @@ def read_roundings(directory: str | os.PathLike) -> dict:
             zero = tensors.get(f"{key}.zero")
             out.setdefault(e["module"], {})[cfg] = (codes.to(torch.int32).reshape(shape),
                                                      tensors[f"{key}.scale"].float(),
-                                                     None if zero is None else zero.float())
+                                                     None if zero is None else zero.float(),
+                                                     e.get("weight_sha256"))
     except BitswitchError:
         raise
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError, json.JSONDecodeError) as exc:
@@ -120,7 +135,8 @@ def read_roundings(directory: str | os.PathLike) -> dict:
 def attach_roundings(model: nn.Module, directory: str | os.PathLike) -> int:
     """Read ``directory``'s roundings and set them on the switchable ``model``'s unit modules;
     return how many were set. Every entry must name a unit module of the model's shape whose
-    weights give the recorded scales (else a one-line BitswitchError: the file is for other weights)."""
+    weights give the recorded scales, or the recorded weight sha256 (a learned grid), else a one-line
+    BitswitchError: the file is for other weights."""
     from .quant.linear import QuantLinear
 
     n = 0
@@ -131,12 +147,17 @@ def attach_roundings(model: nn.Module, directory: str | os.PathLike) -> int:
             mod = None
         if not isinstance(mod, QuantLinear):
             raise BitswitchError(f"{Path(directory) / INDEX} names {module!r}, which is no unit of this model: {FIX}")
-        for cfg, (codes, scale, zero) in per_cfg.items():
+        fingerprint = None
+        for cfg, (codes, scale, zero, sha) in per_cfg.items():
             with torch.no_grad():
                 want_scale, want_zero = weight_qparams(mod.weight_out_in().detach(), cfg) \
                     if tuple(codes.shape) == (mod.out_features, mod.in_features) else (None, None)
-            if want_scale is None or not torch.equal(want_scale.cpu(), scale) or \
-                    (want_zero is not None and not torch.equal(want_zero.cpu(), zero)):
+            same = want_scale is not None and torch.equal(want_scale.cpu(), scale) and \
+                (want_zero is None or torch.equal(want_zero.cpu(), zero))
+            if not same and want_scale is not None and sha is not None:
+                fingerprint = fingerprint or weight_fingerprint(mod.weight_out_in())
+                same = fingerprint == sha
+            if not same:
                 raise BitswitchError(f"{Path(directory) / INDEX}: the rounding of {module!r} was computed for "
                                      f"other weights (shape or scales differ: another model, or loaded at another --dtype): {FIX}")
             try:

@@ -60,7 +60,8 @@ def test_roundings_survive_save_and_load_bit_for_bit(tmp_path):
     for module, per_cfg in saved.items():
         assert back[module].keys() == per_cfg.keys()
         for cfg, (codes, scale, zero) in per_cfg.items():
-            c, s, z = back[module][cfg]
+            c, s, z, sha = back[module][cfg]
+            assert sha is None   # no fingerprints given
             assert torch.equal(c, codes) and torch.equal(s, scale) and torch.equal(z, zero)
     fresh, _ = tiny_model("tiny-llama")
     from bitswitch.profiles import QuantOptions

@@ -8,8 +8,9 @@ from .args import add_model_args
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("prepare", help="rotate a model (Hadamard, fused into the weights; same function in fp) "
-                                       "and save it as a Hugging Face directory")
+    p = sub.add_parser("prepare", help="rotate a model (Hadamard, fused into the weights; same function in fp), round its "
+                                       "frozen base per width (GPTQ, block-wise reconstruction), and save it as a "
+                                       "Hugging Face directory")
     add_model_args(p)   # its --seed also seeds the rotation
     p.add_argument("--rotate", choices=["hadamard", "orthogonal", "none"], default="none",
                    help="hadamard: random Hadamard rotation of the residual stream and per-head values; "
@@ -19,7 +20,8 @@ def add_parser(sub) -> None:
     g.add_argument("--gptq", nargs="+", default=None, metavar="PROFILE",
                    help="round the frozen base with GPTQ for every weight quantizer these profiles use (w4 w3g32 ...)")
     g.add_argument("--calib-data", default=None,
-                   help="SQuAD training JSON (or the hub name squad) whose prompts calibrate GPTQ; never evaluation text")
+                   help="SQuAD training JSON (or the hub name squad) whose prompts calibrate GPTQ and whose paragraphs "
+                        "calibrate --recon; never evaluation text")
     g.add_argument("--calib-questions", type=int, default=128, help="calibration prompts (default 128)")
     g.add_argument("--gptq-hessians", choices=["sequential", "fp"], default="sequential",
                    help="sequential: each width's Hessians from the blocks already rounded at it (default); "
@@ -28,6 +30,17 @@ def add_parser(sub) -> None:
     g.add_argument("--act-order", action="store_true", help="round columns in order of decreasing Hessian diagonal")
     g.add_argument("--gptq-damp", type=float, default=0.01, help="damping, a fraction of the mean Hessian diagonal")
     g.add_argument("--calib-max-length", type=int, default=512, help="tokens per calibration prompt at most")
+    r = p.add_argument_group("block-wise reconstruction (after GPTQ; a learned grid per width, saved like GPTQ's roundings)")
+    r.add_argument("--recon", nargs="+", default=None, metavar="PROFILE",
+                   help="learn weights, scales and zero points per block for every weight quantizer these profiles "
+                        "use (w4 w3g32 w2g32 ...), so each quantized block reproduces the fp block; fp stays unchanged")
+    r.add_argument("--recon-seqs", type=int, default=128, help="calibration sequences (default 128)")
+    r.add_argument("--recon-seq-len", type=int, default=512, help="tokens per calibration sequence (default 512)")
+    r.add_argument("--recon-batch-size", type=int, default=4, help="sequences per step (default 4)")
+    r.add_argument("--recon-epochs", type=int, default=2, help="passes over the calibration sequences per block (default 2)")
+    r.add_argument("--recon-lr", type=float, default=1e-5, help="Adam learning rate of the weights (default 1e-5)")
+    r.add_argument("--recon-scale-lr", type=float, default=1e-4,
+                   help="Adam learning rate of the scales and zero points (default 1e-4)")
     p.add_argument("--out", required=True, help="new or empty directory, or an earlier prepared model (replaced)")
 
 
@@ -45,8 +58,15 @@ def steps_from_args(a) -> list:
                                    "calib_questions": a.calib_questions, "hessians": a.gptq_hessians,
                                    "weight_asym": a.weight_asym, "act_order": a.act_order, "damp": a.gptq_damp,
                                    "max_length": a.calib_max_length, "seed": a.seed}))
-    elif a.calib_data:
-        raise BitswitchError("--calib-data calibrates GPTQ: pass --gptq PROFILES too")
+    if a.recon:
+        if not a.calib_data:
+            raise BitswitchError("--recon needs --calib-data: SQuAD training JSON (or squad), never evaluation text")
+        steps.append(Step("recon", {"profiles": list(a.recon), "calib_data": a.calib_data, "seqs": a.recon_seqs,
+                                    "seq_len": a.recon_seq_len, "batch_size": a.recon_batch_size,
+                                    "epochs": a.recon_epochs, "lr": a.recon_lr, "scale_lr": a.recon_scale_lr,
+                                    "weight_asym": a.weight_asym, "seed": a.seed}))
+    if a.calib_data and not (a.gptq or a.recon):
+        raise BitswitchError("--calib-data calibrates GPTQ or reconstruction: pass --gptq or --recon PROFILES too")
     return steps
 
 

@@ -21,8 +21,6 @@ The LM head (unit ``head``) keeps round-to-nearest; a profile that quantizes it 
 
 from __future__ import annotations
 
-import re
-
 import torch
 from torch import nn
 
@@ -31,13 +29,7 @@ from ..quant.config import WeightQuant
 from ..quant.gptq import HessianAccumulator, check_gptq_config, gptq_codes
 from ..switching import resolve_profile, restore, set_unit_profiles, snapshot, state
 from ..units import block_list
-
-_UNIT = re.compile(r"L(\d+)\.")
-
-
-class _Caught(Exception):
-    """Raised by the hook that catches block 0's inputs: nothing after it needs to run."""
-
+from .blocks import catch_block_inputs, layer_units, run_block
 
 def quantizers_of(model: nn.Module, profiles) -> dict[WeightQuant, list[str]]:
     """``{WeightQuant: [block unit, ...]}``: which units each weight quantizer of ``profiles`` covers
@@ -60,40 +52,6 @@ def quantizers_of(model: nn.Module, profiles) -> dict[WeightQuant, list[str]]:
     return found
 
 
-def _catch_block_inputs(model: nn.Module, blocks, batches) -> list[tuple[torch.Tensor, dict]]:
-    """Block 0's (hidden states, keyword arguments) for each calibration batch: what the model hands
-    its blocks (attention mask, positions, rotary embeddings), so a block can be re-run alone."""
-    caught = []
-
-    def hook(module, args, kwargs):
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value", "layer_past")}
-        caught.append((hidden.detach(), kwargs))
-        raise _Caught
-
-    handle = blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
-    device = next(model.parameters()).device
-    try:
-        with torch.no_grad():
-            for ids in batches:
-                try:
-                    model(ids.to(device), use_cache=False)
-                except _Caught:
-                    pass
-    finally:
-        handle.remove()
-    return caught
-
-
-def _run_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
-    out = block(hidden, **kwargs)
-    return out[0] if isinstance(out, tuple) else out
-
-
-def _layer_units(model: nn.Module, layer: int) -> list[str]:
-    return [u for u in state(model).units if (m := _UNIT.match(u)) and int(m.group(1)) == layer]
-
-
 def _hessians(model, block, units, inputs) -> dict[str, torch.Tensor]:
     """Each unit's input Hessian over the block run on ``inputs`` (a unit's modules share one input)."""
     st = state(model)
@@ -105,7 +63,7 @@ def _hessians(model, block, units, inputs) -> dict[str, torch.Tensor]:
     try:
         with torch.no_grad():
             for hidden, kwargs in inputs:
-                _run_block(block, hidden, kwargs)
+                run_block(block, hidden, kwargs)
     finally:
         for h in handles:
             h.remove()
@@ -149,13 +107,13 @@ def gptq_round(model: nn.Module, profiles, batches, sequential: bool = True, blo
     units = list(state(model).units)
     try:
         set_unit_profiles(model, {u: "fp" for u in units}, adapters=False)
-        first = _catch_block_inputs(model, blocks, batches)
+        first = catch_block_inputs(model, blocks, batches)
         passes = list(found.items()) if sequential else [(None, None)]
         bar = tqdm(total=len(passes) * len(blocks), desc="gptq", disable=not progress)
         for cfg_of_pass, _ in passes:
             inputs = first
             for layer, blk in enumerate(blocks):
-                lunits = _layer_units(model, layer)
+                lunits = layer_units(model, layer)
                 hess = _hessians(model, blk, lunits, inputs)
                 todo = [(cfg_of_pass, found[cfg_of_pass])] if sequential else list(found.items())
                 for cfg, cfg_units in todo:
@@ -167,7 +125,7 @@ def gptq_round(model: nn.Module, profiles, batches, sequential: bool = True, blo
                         spec = {u: _weight_spec(cfg_of_pass) if u in found[cfg_of_pass] else "fp" for u in lunits}
                         set_unit_profiles(model, {u: spec.get(u, "fp") for u in units}, adapters=False)
                     with torch.no_grad():
-                        inputs = [(_run_block(blk, h, kw), kw) for h, kw in inputs]
+                        inputs = [(run_block(blk, h, kw), kw) for h, kw in inputs]
                     set_unit_profiles(model, {u: "fp" for u in units}, adapters=False)
                 bar.update(1)
         bar.close()
@@ -186,6 +144,17 @@ def _weight_spec(cfg: WeightQuant) -> str:
     return f"w{cfg.bits}" + (f"g{cfg.group_size}" if cfg.group_size else "")
 
 
+def check_training_source(source: str) -> None:
+    """Refuse calibration text named like an evaluation split (``dev``, ``test``, ``valid``): what is
+    fitted to it (roundings, grids) would be fitted to the evaluation."""
+    from pathlib import Path
+
+    name = Path(str(source)).name.lower()
+    if any(word in name for word in ("dev", "test", "valid")):
+        raise BitswitchError(f"--calib-data {source!r} looks like an evaluation split: calibrate on "
+                             "training text (e.g. squad-v1.1/train-subset-v1.1.json or the hub name squad)")
+
+
 def calibration_ids(tokenizer, source: str, questions: int, max_length: int = 512, seed: int = 0) -> list:
     """(1, T) id tensors of the prompts (context + question) of ``questions`` SQuAD questions of
     ``source``, stratified over its articles. Training text only: a file named like an evaluation
@@ -194,10 +163,7 @@ def calibration_ids(tokenizer, source: str, questions: int, max_length: int = 51
 
     from ..data.squad import calibration_batches, load_squad
 
-    name = Path(str(source)).name.lower()
-    if any(word in name for word in ("dev", "test", "valid")):
-        raise BitswitchError(f"--calib-data {source!r} looks like an evaluation split: calibrate GPTQ on "
-                             "training text (e.g. squad-v1.1/train-subset-v1.1.json or the hub name squad)")
+    check_training_source(source)
     if questions < 1:
         raise BitswitchError(f"--calib-questions must be at least 1, got {questions}")
     examples = load_squad(source, split="train", limit=questions, sample_seed=seed)
@@ -229,14 +195,22 @@ def gptq_step(model: nn.Module, tokenizer, profiles, calib_data: str, calib_ques
         _unwrap(model)
     record.update(profiles=list(profiles), calib_data=_source_name(calib_data), calib_questions=calib_questions,
                   weight_asym=weight_asym)
-    previous = getattr(model, "bitswitch_roundings", None)   # a second gptq step adds to the first
+    keep_roundings(model, roundings, units, record)
+    return record
+
+
+def keep_roundings(model: nn.Module, roundings: dict, units: dict, record: dict) -> None:
+    """Leave ``roundings`` on the plain ``model`` for :func:`~.writer.save_prepared`. A later step
+    adds to an earlier one's (gptq then recon ...); where both round the same module and quantizer,
+    the later one's is kept."""
+    previous = getattr(model, "bitswitch_roundings", None)
     if previous is not None:
         for module, per_cfg in previous[0].items():
             for cfg, r in per_cfg.items():
-                roundings.setdefault(module, {}).setdefault(cfg, r)
+                roundings.setdefault(module, {}).setdefault(cfg, r)   # this step's own stay
+        units = {**previous[1], **units}
         record = {"steps": previous[2].get("steps", [previous[2]]) + [record]}
     model.bitswitch_roundings = (roundings, units, record)
-    return record
 
 
 def _source_name(source: str) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from ..errors import BitswitchError
 from .gptq import gptq_step
+from .recon import recon_step
 from .rotate import rotate_model
 from .writer import check_target, save_prepared
 
@@ -20,7 +21,7 @@ def _rotate(model, tokenizer, kind: str = "hadamard", seed: int = 0, heads: bool
     return rotate_model(model, seed=seed, kind=kind, heads=heads)
 
 
-STEPS = {"rotate": _rotate, "gptq": gptq_step}
+STEPS = {"rotate": _rotate, "gptq": gptq_step, "recon": recon_step}
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,18 @@ def check_target(out: str | os.PathLike) -> Path:
     return out
 
 
+def fingerprints(model: nn.Module, roundings: dict) -> dict[str, str]:
+    """:func:`~bitswitch.roundings.weight_fingerprint` of each plain module ``roundings`` names."""
+    from ..quant.linear import is_conv1d
+    from ..roundings import weight_fingerprint
+
+    out = {}
+    for name in roundings:
+        mod = model.get_submodule(name)
+        out[name] = weight_fingerprint(mod.weight.t() if is_conv1d(mod) else mod.weight)
+    return out
+
+
 def save_prepared(model: nn.Module, tokenizer, out: str | os.PathLike, record: dict) -> Path:
     """Write ``model`` + ``tokenizer`` + ``record`` (JSON-ready: source, steps) to ``out``; return it."""
     out = check_target(out)
@@ -43,11 +55,12 @@ def save_prepared(model: nn.Module, tokenizer, out: str | os.PathLike, record: d
         with float_weights_for_saving(model):     # SmolLM2 comes from a GGUF file
             model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        roundings = getattr(model, "bitswitch_roundings", None)   # left by the gptq step
+        roundings = getattr(model, "bitswitch_roundings", None)   # left by the gptq / recon steps
         if roundings is not None:
             from ..roundings import save_roundings
 
-            save_roundings(roundings[0], tmp, units=roundings[1], record=roundings[2])
+            save_roundings(roundings[0], tmp, units=roundings[1], record=roundings[2],
+                           fingerprints=fingerprints(model, roundings[0]))
         atomic_write_json(tmp / MARKER, {"format": FORMAT, "format_version": 1, **record, "versions": _versions()})
         _publish_modes(tmp)
         _install(tmp, out, MARKER)

@@ -1,0 +1,238 @@
+"""Block-wise reconstruction of the frozen base at each width (EfficientQAT's Block-AP): a learned
+grid per unit and quantizer, trained so that each quantized block reproduces the floating-point one.
+
+For each weight quantizer the profiles use (``w3g32``, ``w2g32``, ``w4`` ...), one pass over the
+blocks, in order. Block ``l`` sees the output of blocks ``0..l-1`` already rounded at that quantizer
+(so it learns to correct the error they pass on), and its target is the floating-point block's output
+on the floating-point stream (OmniQuant's and EfficientQAT's objective). A copy of each unit weight,
+its scales and its zero points are trained by Adam on the mean squared error, through the
+straight-through estimator (:mod:`bitswitch.quant.recon`); then the learned codes, scales and zeros
+are set as the unit's rounding for that quantizer (``QuantLinear.set_rounding``), like GPTQ's.
+
+The floating-point weights are never changed, so fp and every other width are untouched, and one
+prepared directory holds a rounding per width. Fake quantization, training (LoRA on the frozen base),
+export and the runtime then use the learned grids with ``--model DIR`` and no other flag.
+
+Cost: ``epochs * len(batches)`` forward and backward passes of one block, per block and quantizer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import BitswitchError
+from ..quant.config import WeightQuant
+from ..quant.recon import init_grid, learned_codes, learned_fake_quantize, supports_learned_grid
+from ..switching import resolve_profile, restore, set_unit_profiles, snapshot, state
+from ..units import block_list
+from .blocks import catch_block_inputs, layer_units, run_block
+
+
+def recon_quantizers(model: nn.Module, profiles) -> dict[WeightQuant, list[str]]:
+    """``{WeightQuant: [block unit, ...]}`` that ``profiles`` use at 2-8 bits (the LM head keeps round to
+    nearest); a quantizer that cannot take a learned grid is a one-line BitswitchError."""
+    found: dict[WeightQuant, list[str]] = {}
+    for profile in profiles:
+        _, table = resolve_profile(model, profile)
+        for unit, prec in table.items():
+            cfg = prec.weight
+            if cfg is None or cfg.bits > 8 or unit == "head":
+                continue
+            if not supports_learned_grid(cfg):
+                raise BitswitchError(f"profile {profile!r}: reconstruction learns uniform grids on the independent "
+                                     f"grid only, not w{cfg.bits} on the {cfg.grid} grid ({cfg.method})")
+            units = found.setdefault(cfg, [])
+            if unit not in units:
+                units.append(unit)
+    if not found:
+        raise BitswitchError("the profiles quantize no block-unit weight at 2-8 bits: nothing to reconstruct")
+    return found
+
+
+def _weight_spec(cfg: WeightQuant) -> str:
+    return f"w{cfg.bits}" + (f"g{cfg.group_size}" if cfg.group_size else "")
+
+
+class _Learned:
+    """One unit module's trainable copy: weight (out, in), scale and zero (out, groups)."""
+
+    def __init__(self, name: str, mod: nn.Module, cfg: WeightQuant):
+        self.name, self.mod, self.cfg = name, mod, cfg
+        w = mod.weight_out_in().detach().float()
+        self.weight = w.clone().requires_grad_(True)
+        scale, zero = init_grid(w, cfg)
+        self.scale = scale.requires_grad_(True)
+        self.zero = None if zero is None else zero.requires_grad_(True)
+
+    def quantized(self) -> torch.Tensor:
+        """The fake-quantized weight in the base layer's own layout and dtype."""
+        wq = learned_fake_quantize(self.weight, self.scale, self.zero, self.cfg).to(self.mod.base.weight.dtype)
+        return wq.t() if self.mod.conv1d else wq
+
+    def set_rounding(self) -> None:
+        self.mod.set_rounding(self.cfg, *learned_codes(self.weight, self.scale, self.zero, self.cfg))
+
+
+def _block_loss(block, learned, rel, hidden, kwargs, target) -> torch.Tensor:
+    weights = {f"{rel[l.name]}.base.weight": l.quantized() for l in learned}
+    out = torch.func.functional_call(block, weights, (hidden,), kwargs, strict=False)
+    out = out[0] if isinstance(out, tuple) else out
+    return F.mse_loss(out.float(), target.float())
+
+
+def _train_block(block, learned, rel, inputs, targets, epochs, lr, scale_lr, generator) -> tuple[float, float]:
+    """Adam with a cosine decay over ``epochs`` passes of ``inputs`` (shuffled); returns the mean loss
+    before training and after it, over every batch."""
+    def mean_loss():
+        with torch.no_grad():
+            return sum(float(_block_loss(block, learned, rel, h, kw, t)) for (h, kw), t in zip(inputs, targets)) / len(inputs)
+
+    before = mean_loss()
+    groups = [{"params": [l.weight for l in learned], "lr": lr},
+              {"params": [p for l in learned for p in (l.scale, l.zero) if p is not None], "lr": scale_lr}]
+    opt = torch.optim.Adam(groups)
+    total = epochs * len(inputs)
+    step = 0
+    for _ in range(epochs):
+        for i in torch.randperm(len(inputs), generator=generator).tolist():
+            decay = 0.5 * (1 + math.cos(math.pi * step / total))
+            for g, base in zip(opt.param_groups, (lr, scale_lr)):
+                g["lr"] = base * decay
+            hidden, kwargs = inputs[i]
+            loss = _block_loss(block, learned, rel, hidden, kwargs, targets[i])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+    return before, mean_loss()
+
+
+def recon_round(model: nn.Module, profiles, batches, epochs: int = 2, lr: float = 1e-5, scale_lr: float = 1e-4,
+                seed: int = 0, progress: bool = True, max_blocks: int | None = None) -> dict:
+    """Learn a grid per block unit and weight quantizer ``profiles`` use and set it as the unit's rounding.
+    ``model``: switchable (adapters ignored); ``batches``: calibration token ids, each (B, T) of one
+    shape (text the evaluation never sees). Returns a JSON-ready record with each block's mean squared
+    error before (round to nearest on the rounded stream) and after."""
+    from tqdm.auto import tqdm
+
+    if epochs < 1:
+        raise BitswitchError(f"--recon-epochs must be at least 1, got {epochs}")
+    if not (lr >= 0 and scale_lr >= 0):
+        raise BitswitchError(f"reconstruction learning rates must be >= 0, got {lr} and {scale_lr}")
+    found = recon_quantizers(model, profiles)
+    batches = list(batches)
+    if not batches:
+        raise BitswitchError("reconstruction needs calibration text: no calibration batches were given")
+    prefix, blocks, _ = block_list(model)
+    blocks = blocks[:max_blocks] if max_blocks else blocks
+    saved = snapshot(model)
+    units = list(state(model).units)
+    grads = {p: p.requires_grad for p in model.parameters()}
+    generator = torch.Generator().manual_seed(seed)
+    losses = {}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        set_unit_profiles(model, {u: "fp" for u in units}, adapters=False)
+        first = catch_block_inputs(model, blocks, batches)
+        bar = tqdm(total=len(found) * len(blocks), desc="recon", disable=not progress)
+        for cfg, cfg_units in found.items():
+            fp_in = [h for h, _ in first]
+            q_in = list(fp_in)
+            kwargs = [kw for _, kw in first]
+            per_block = losses[_weight_spec(cfg) + ("" if cfg.symmetric else "-asym")] = []
+            for layer, blk in enumerate(blocks):
+                lunits = [u for u in layer_units(model, layer) if u in cfg_units]
+                with torch.no_grad():
+                    targets = [run_block(blk, h, kw) for h, kw in zip(fp_in, kwargs)]
+                names = [n for u in lunits for n in state(model).units[u]]
+                block_name = f"{prefix}.{layer}."
+                rel = {n: n[len(block_name):] for n in names}
+                if any(not n.startswith(block_name) for n in names):
+                    raise BitswitchError(f"block {layer}'s units are not inside {block_name!r}: cannot reconstruct it")
+                learned = [_Learned(n, model.get_submodule(n), cfg) for n in names]
+                if learned:
+                    before, after = _train_block(blk, learned, rel, list(zip(q_in, kwargs)), targets, epochs, lr,
+                                                 scale_lr, generator)
+                    for l in learned:
+                        l.set_rounding()
+                    per_block.append({"block": layer, "mse_rtn": before, "mse_learned": after})
+                    bar.set_postfix(block=layer, mse=f"{before:.3g}->{after:.3g}")
+                del learned
+                if layer + 1 < len(blocks):
+                    spec = {u: _weight_spec(cfg) if u in lunits else "fp" for u in units}
+                    set_unit_profiles(model, spec, adapters=False)
+                    with torch.no_grad():
+                        q_in = [run_block(blk, h, kw) for h, kw in zip(q_in, kwargs)]
+                    set_unit_profiles(model, {u: "fp" for u in units}, adapters=False)
+                    fp_in = targets
+                bar.update(1)
+        bar.close()
+    finally:
+        for p, g in grads.items():
+            p.requires_grad_(g)
+        restore(model, saved)
+    return {"method": "recon", "epochs": epochs, "lr": lr, "scale_lr": scale_lr, "seed": seed,
+            "batches": len(batches), "batch_shape": list(batches[0].shape),
+            "tokens": int(sum(b.numel() for b in batches)),
+            "quantizers": [{"spec": _weight_spec(c), "symmetric": c.symmetric, "units": len(u)}
+                           for c, u in found.items()],
+            "block_mse": losses}
+
+
+def recon_batches(tokenizer, source: str, seqs: int, seq_len: int, batch_size: int, seed: int = 0) -> list:
+    """``seqs`` sequences of ``seq_len`` tokens, in (batch_size, seq_len) batches: the distinct
+    paragraphs of SQuAD training text ``source`` (stratified over articles), joined by EOS and cut.
+    Training text only: a file named like an evaluation split is refused."""
+    from ..data.squad import load_squad
+    from .gptq import check_training_source
+
+    check_training_source(source)
+    for name, v in (("--recon-seqs", seqs), ("--recon-seq-len", seq_len), ("--recon-batch-size", batch_size)):
+        if v < 1:
+            raise BitswitchError(f"{name} must be at least 1, got {v}")
+    if seqs % batch_size:
+        raise BitswitchError(f"--recon-seqs ({seqs}) must be a multiple of --recon-batch-size ({batch_size})")
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    ids, seen = [], set()
+    for ex in load_squad(source, split="train", sample_seed=seed):
+        if ex.context in seen:
+            continue
+        seen.add(ex.context)
+        ids += tokenizer(ex.context, add_special_tokens=False)["input_ids"] + eos
+        if len(ids) >= seqs * seq_len:
+            break
+    if len(ids) < seqs * seq_len:
+        raise BitswitchError(f"{source!r} holds {len(ids)} tokens of distinct paragraphs, fewer than "
+                             f"--recon-seqs x --recon-seq-len = {seqs * seq_len}")
+    flat = torch.tensor(ids[:seqs * seq_len]).reshape(seqs, seq_len)
+    return list(flat.split(batch_size))
+
+
+def recon_step(model: nn.Module, tokenizer, profiles, calib_data: str, seqs: int = 128, seq_len: int = 512,
+               batch_size: int = 4, epochs: int = 2, lr: float = 1e-5, scale_lr: float = 1e-4,
+               weight_asym: bool = False, seed: int = 0) -> dict:
+    """The ``recon`` preparation step on a plain model: wrap it, learn the grids, collect them as
+    roundings, unwrap it, and leave them for :func:`~.writer.save_prepared` (with any earlier step's)."""
+    from ..profiles import QuantOptions
+    from ..roundings import collect_roundings
+    from ..switching import make_switchable
+    from .gptq import _source_name, _unwrap, keep_roundings
+
+    if hasattr(model, "bitswitch"):
+        raise BitswitchError("the recon step runs on the plain model (it wraps and unwraps it itself)")
+    batches = recon_batches(tokenizer, calib_data, seqs, seq_len, batch_size, seed)
+    make_switchable(model, QuantOptions(weight_symmetric=not weight_asym))
+    try:
+        record = recon_round(model, list(profiles), batches, epochs=epochs, lr=lr, scale_lr=scale_lr, seed=seed)
+        roundings = collect_roundings(model)
+        units = {name: u for u, names in state(model).units.items() for name in names}
+    finally:
+        _unwrap(model)
+    record.update(profiles=list(profiles), calib_data=_source_name(calib_data), weight_asym=weight_asym)
+    keep_roundings(model, roundings, units, record)
+    return record
