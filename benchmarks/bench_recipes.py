@@ -8,7 +8,10 @@ Recipes (each one ``bitswitch train`` with identical flags and seed, plus its ow
   with the adapters;
 - ``full``: ``--train-base full``, switchable QAT of the block units' weights as well as the adapters;
 - ``gptq``: the frozen base rounded by GPTQ at every width the profiles use (``bitswitch prepare
-  --gptq``, calibrated on training-set prompts, never dev text), then LoRA as in ``lora``.
+  --gptq``, calibrated on training-set prompts, never dev text), then LoRA as in ``lora``;
+- ``recon``: the frozen base given learned grids by block-wise reconstruction at the widths of
+  ``--recon-profiles`` (``bitswitch prepare --recon``, calibrated on training-set paragraphs), then
+  LoRA as in ``lora``.
 
 Each trained model is evaluated on ``--limit`` SQuAD dev questions (a seeded sample stratified over
 articles, the same for every recipe) and on the first ``--wikitext-tokens`` of WikiText-2 test, at
@@ -36,7 +39,7 @@ from bitswitch.results import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-RECIPES = {"lora": [], "learn-clip": ["--learn-clip"], "full": ["--train-base", "full"], "gptq": []}
+RECIPES = {"lora": [], "learn-clip": ["--learn-clip"], "full": ["--train-base", "full"], "gptq": [], "recon": []}
 COLUMNS = ["recipe", "profile", "n", "f1", "em", "drop_from_fp", "se_drop", "d_f1_vs_lora", "se_vs_lora",
            "ppl", "ppl_ratio_fp", "train_s"]
 
@@ -67,9 +70,19 @@ def gptq_base(a, runs: Path) -> str:
     return str(out)
 
 
+def recon_base(a, runs: Path) -> str:
+    """A prepared model directory: SmolLM2 with learned grids for every weight width of --recon-profiles."""
+    out = runs / "recon-base"
+    if not (out / "config.json").is_file():
+        run(cli("prepare", "--model", a.model, "--recon", *a.recon_profiles, "--calib-data", rel(a.train),
+                "--recon-seqs", str(a.recon_seqs), "--recon-epochs", str(a.recon_epochs), "--recon-lr",
+                str(a.recon_lr), "--recon-scale-lr", str(a.recon_scale_lr), "--device", a.device, "--out", str(out)))
+    return str(out)
+
+
 def train_and_eval(a, recipe: str, runs: Path) -> dict:
     """Train ``recipe`` (resumable), evaluate it on SQuAD and WikiText; returns the eval directories."""
-    model = gptq_base(a, runs) if recipe == "gptq" else a.model
+    model = {"gptq": gptq_base, "recon": recon_base}[recipe](a, runs) if recipe in ("gptq", "recon") else a.model
     train = runs / f"train-{recipe}"
     if (train / "checkpoint" / "step.json").is_file() and not (train / "summary.json").is_file():
         run(cli("train", "--resume", str(train)))   # an interrupted run continues bit-exact
@@ -127,6 +140,12 @@ def main(argv=None) -> int:
     ap.add_argument("--wikitext-tokens", type=int, default=2048)
     ap.add_argument("--window", type=int, default=1024)
     ap.add_argument("--calib-questions", type=int, default=64, help="gptq: training prompts that calibrate it")
+    ap.add_argument("--recon-profiles", nargs="+", default=["w6a8", "w4a8"],
+                    help="recon: the widths given learned grids (w8 rounds to nearest within noise)")
+    ap.add_argument("--recon-seqs", type=int, default=64)
+    ap.add_argument("--recon-epochs", type=int, default=2)
+    ap.add_argument("--recon-lr", type=float, default=2e-4)
+    ap.add_argument("--recon-scale-lr", type=float, default=2e-3)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--runs", default="runs/recipes")
     ap.add_argument("--out", default=None)

@@ -36,8 +36,9 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--scale-lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--scale-lr", type=float, default=2e-3)
+    p.add_argument("--loss", choices=["mse", "channel"], default="mse")
     p.add_argument("--max-blocks", type=int, default=None, help="reconstruct only the first blocks (timing)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None)
@@ -64,9 +65,9 @@ def main() -> None:
     for spec in a.specs:
         measure("rtn", spec, {})
         t0 = time.time()
-        rec = recon_round(model, [spec], batches, epochs=a.epochs, lr=a.lr, scale_lr=a.scale_lr,
+        rec = recon_round(model, [spec], batches, epochs=a.epochs, lr=a.lr, scale_lr=a.scale_lr, loss=a.loss,
                           max_blocks=a.max_blocks)
-        blocks.append({"profile": spec, "block_mse": rec["block_mse"]})
+        blocks.append({"profile": spec, "block_loss": rec["block_loss"]})
         measure("recon", spec, {"recon_seconds": round(time.time() - t0, 1), "calib_tokens": rec["tokens"]})
         if a.out:
             atomic_write_json(a.out, {"meta": {"partial": True}, "rows": rows, "blocks": blocks})
@@ -75,7 +76,7 @@ def main() -> None:
     common.write(a.out, rows, ["recipe", "profile", "ppl", "x_fp", "tokens", "seconds", "recon_seconds"],
                  model=a.model, wikitext=common.rel(a.wikitext), calib=common.rel(a.calib), max_tokens=a.max_tokens,
                  window=window, threads=a.threads, weight_asym=a.weight_asym, seqs=a.seqs, seq_len=a.seq_len,
-                 batch_size=a.batch_size, epochs=a.epochs, lr=a.lr, scale_lr=a.scale_lr, max_blocks=a.max_blocks,
+                 batch_size=a.batch_size, epochs=a.epochs, lr=a.lr, loss=a.loss, scale_lr=a.scale_lr, max_blocks=a.max_blocks,
                  blocks=blocks, total_seconds=round(time.time() - t_all, 1))
 
 

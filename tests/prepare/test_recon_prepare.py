@@ -29,20 +29,23 @@ def _batches(tok, seqs=4, seq_len=64):
     return recon_batches(tok, TRAIN, seqs, seq_len, 2)
 
 
-def _reconstructed(spec="tiny-llama", asym=True, epochs=3):
+def _reconstructed(spec="tiny-llama", asym=True, epochs=3, loss="channel"):
     model, tok = tiny_model(spec)
     model.eval()
     make_switchable(model, QuantOptions(weight_symmetric=not asym))
-    record = recon_round(model, SPECS, _batches(tok), epochs=epochs, lr=1e-3, scale_lr=1e-3, progress=False)
+    record = recon_round(model, SPECS, _batches(tok), epochs=epochs, lr=1e-3, scale_lr=1e-3, loss=loss,
+                         progress=False)
     return model, tok, record
 
 
-def test_every_block_reconstructs_with_less_error_than_round_to_nearest():
-    _, _, record = _reconstructed()
-    assert set(record["block_mse"]) == {"w3g32-asym", "w2g16-asym"}
-    for per_block in record["block_mse"].values():
+@pytest.mark.parametrize("loss", ["channel", "mse"])
+def test_every_block_reconstructs_with_less_error_than_round_to_nearest(loss):
+    _, _, record = _reconstructed(loss=loss)
+    assert record["loss"] == loss
+    assert set(record["block_loss"]) == {"w3g32-asym", "w2g16-asym"}
+    for per_block in record["block_loss"].values():
         assert [b["block"] for b in per_block] == [0, 1]
-        assert all(b["mse_learned"] < b["mse_rtn"] for b in per_block)
+        assert all(b["loss_learned"] < b["loss_rtn"] for b in per_block)
 
 
 def test_fp_weights_and_logits_stay_bit_for_bit_and_only_the_profiles_quantizers_are_learned():
@@ -110,6 +113,7 @@ def test_learned_grids_of_other_weights_are_refused(tmp_path):
     (["--recon", "w3g32"], "--calib-data"),
     (["--recon", "w3g32", "--calib-data", str(shared_data("squad-v1.1", "dev-part1-v1.1.json"))], "evaluation split"),
     (["--recon", "w3g32", "--calib-data", TRAIN, "--recon-seqs", "3", "--recon-batch-size", "2"], "multiple"),
+    (["--recon", "w3g32", "--calib-data", TRAIN, "--recon-loss", "l1"], "--recon-loss"),
     (["--recon", "w3g32", "--calib-data", TRAIN, "--recon-epochs", "0", "--recon-seqs", "2", "--recon-seq-len", "16",
       "--recon-batch-size", "2"], "--recon-epochs"),
 ])
@@ -127,3 +131,15 @@ def test_grids_with_fixed_codes_take_no_learned_grid(grid):
     make_switchable(model, QuantOptions(weight_grid=grid))
     with pytest.raises(BitswitchError, match="independent grid"):
         recon_quantizers(model, ["w4g32"])
+
+
+def test_channel_loss_weighs_each_channel_by_its_fp_mean_square():
+    from bitswitch.prepare.recon import channel_weights
+
+    g = torch.Generator().manual_seed(0)
+    targets = [torch.randn(2, 5, 4, generator=g) for _ in range(3)]
+    targets[1][..., 2] += 1e4                      # a channel of huge magnitude, as SmolLM2's residual stream has
+    w = channel_weights(targets, "channel")
+    flat = torch.cat([t.reshape(-1, 4) for t in targets])
+    assert torch.allclose(w, 1 / flat.pow(2).mean(0), rtol=1e-5)
+    assert channel_weights(targets, "mse") is None

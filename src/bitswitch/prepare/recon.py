@@ -77,19 +77,36 @@ class _Learned:
         self.mod.set_rounding(self.cfg, *learned_codes(self.weight, self.scale, self.zero, self.cfg))
 
 
-def _block_loss(block, learned, rel, hidden, kwargs, target) -> torch.Tensor:
+LOSSES = ("mse", "channel")
+
+
+def channel_weights(targets: list[torch.Tensor], loss: str) -> torch.Tensor | None:
+    """Per hidden channel loss weights (hidden,): ``channel`` divides each channel's squared error by
+    its mean square in the fp targets, so that a few channels of huge magnitude (SmolLM2's residual
+    stream carries one of ~1e4, which the next norm all but zeroes) do not drown the error of the
+    others; ``mse``: None (every channel alike)."""
+    if loss == "mse":
+        return None
+    ms = sum(t.float().pow(2).sum(dim=(0, 1)) for t in targets) / sum(t.shape[0] * t.shape[1] for t in targets)
+    return 1.0 / ms.clamp(min=1e-6 * float(ms.median()) + 1e-12)   # a dead channel: not infinitely heavy
+
+
+def _block_loss(block, learned, rel, hidden, kwargs, target, weight) -> torch.Tensor:
     weights = {f"{rel[l.name]}.base.weight": l.quantized() for l in learned}
     out = torch.func.functional_call(block, weights, (hidden,), kwargs, strict=False)
     out = out[0] if isinstance(out, tuple) else out
-    return F.mse_loss(out.float(), target.float())
+    if weight is None:
+        return F.mse_loss(out.float(), target.float())
+    return ((out.float() - target.float()).pow(2) * weight).mean()
 
 
-def _train_block(block, learned, rel, inputs, targets, epochs, lr, scale_lr, generator) -> tuple[float, float]:
+def _train_block(block, learned, rel, inputs, targets, epochs, lr, scale_lr, generator, weight) -> tuple[float, float]:
     """Adam with a cosine decay over ``epochs`` passes of ``inputs`` (shuffled); returns the mean loss
     before training and after it, over every batch."""
     def mean_loss():
         with torch.no_grad():
-            return sum(float(_block_loss(block, learned, rel, h, kw, t)) for (h, kw), t in zip(inputs, targets)) / len(inputs)
+            return sum(float(_block_loss(block, learned, rel, h, kw, t, weight))
+                       for (h, kw), t in zip(inputs, targets)) / len(inputs)
 
     before = mean_loss()
     groups = [{"params": [l.weight for l in learned], "lr": lr},
@@ -103,7 +120,7 @@ def _train_block(block, learned, rel, inputs, targets, epochs, lr, scale_lr, gen
             for g, base in zip(opt.param_groups, (lr, scale_lr)):
                 g["lr"] = base * decay
             hidden, kwargs = inputs[i]
-            loss = _block_loss(block, learned, rel, hidden, kwargs, targets[i])
+            loss = _block_loss(block, learned, rel, hidden, kwargs, targets[i], weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -111,16 +128,19 @@ def _train_block(block, learned, rel, inputs, targets, epochs, lr, scale_lr, gen
     return before, mean_loss()
 
 
-def recon_round(model: nn.Module, profiles, batches, epochs: int = 2, lr: float = 1e-5, scale_lr: float = 1e-4,
-                seed: int = 0, progress: bool = True, max_blocks: int | None = None) -> dict:
+def recon_round(model: nn.Module, profiles, batches, epochs: int = 2, lr: float = 2e-4, scale_lr: float = 2e-3,
+                loss: str = "mse", seed: int = 0, progress: bool = True, max_blocks: int | None = None) -> dict:
     """Learn a grid per block unit and weight quantizer ``profiles`` use and set it as the unit's rounding.
     ``model``: switchable (adapters ignored); ``batches``: calibration token ids, each (B, T) of one
-    shape (text the evaluation never sees). Returns a JSON-ready record with each block's mean squared
-    error before (round to nearest on the rounded stream) and after."""
+    shape (text the evaluation never sees). ``loss``: ``mse`` or ``channel`` (each hidden channel's squared
+    error relative to its fp mean square, :func:`channel_weights`). Returns a JSON-ready record
+    with each block's loss before (round to nearest on the rounded stream) and after."""
     from tqdm.auto import tqdm
 
     if epochs < 1:
         raise BitswitchError(f"--recon-epochs must be at least 1, got {epochs}")
+    if loss not in LOSSES:
+        raise BitswitchError(f"--recon-loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     if not (lr >= 0 and scale_lr >= 0):
         raise BitswitchError(f"reconstruction learning rates must be >= 0, got {lr} and {scale_lr}")
     found = recon_quantizers(model, profiles)
@@ -157,11 +177,11 @@ def recon_round(model: nn.Module, profiles, batches, epochs: int = 2, lr: float 
                 learned = [_Learned(n, model.get_submodule(n), cfg) for n in names]
                 if learned:
                     before, after = _train_block(blk, learned, rel, list(zip(q_in, kwargs)), targets, epochs, lr,
-                                                 scale_lr, generator)
+                                                 scale_lr, generator, channel_weights(targets, loss))
                     for l in learned:
                         l.set_rounding()
-                    per_block.append({"block": layer, "mse_rtn": before, "mse_learned": after})
-                    bar.set_postfix(block=layer, mse=f"{before:.3g}->{after:.3g}")
+                    per_block.append({"block": layer, "loss_rtn": before, "loss_learned": after})
+                    bar.set_postfix(block=layer, loss=f"{before:.3g}->{after:.3g}")
                 del learned
                 if layer + 1 < len(blocks):
                     spec = {u: _weight_spec(cfg) if u in lunits else "fp" for u in units}
@@ -176,12 +196,12 @@ def recon_round(model: nn.Module, profiles, batches, epochs: int = 2, lr: float 
         for p, g in grads.items():
             p.requires_grad_(g)
         restore(model, saved)
-    return {"method": "recon", "epochs": epochs, "lr": lr, "scale_lr": scale_lr, "seed": seed,
+    return {"method": "recon", "loss": loss, "epochs": epochs, "lr": lr, "scale_lr": scale_lr, "seed": seed,
             "batches": len(batches), "batch_shape": list(batches[0].shape),
             "tokens": int(sum(b.numel() for b in batches)),
             "quantizers": [{"spec": _weight_spec(c), "symmetric": c.symmetric, "units": len(u)}
                            for c, u in found.items()],
-            "block_mse": losses}
+            "block_loss": losses}
 
 
 def recon_batches(tokenizer, source: str, seqs: int, seq_len: int, batch_size: int, seed: int = 0) -> list:
@@ -214,7 +234,7 @@ def recon_batches(tokenizer, source: str, seqs: int, seq_len: int, batch_size: i
 
 
 def recon_step(model: nn.Module, tokenizer, profiles, calib_data: str, seqs: int = 128, seq_len: int = 512,
-               batch_size: int = 4, epochs: int = 2, lr: float = 1e-5, scale_lr: float = 1e-4,
+               batch_size: int = 4, epochs: int = 2, lr: float = 2e-4, scale_lr: float = 2e-3, loss: str = "mse",
                weight_asym: bool = False, seed: int = 0) -> dict:
     """The ``recon`` preparation step on a plain model: wrap it, learn the grids, collect them as
     roundings, unwrap it, and leave them for :func:`~.writer.save_prepared` (with any earlier step's)."""
@@ -228,7 +248,8 @@ def recon_step(model: nn.Module, tokenizer, profiles, calib_data: str, seqs: int
     batches = recon_batches(tokenizer, calib_data, seqs, seq_len, batch_size, seed)
     make_switchable(model, QuantOptions(weight_symmetric=not weight_asym))
     try:
-        record = recon_round(model, list(profiles), batches, epochs=epochs, lr=lr, scale_lr=scale_lr, seed=seed)
+        record = recon_round(model, list(profiles), batches, epochs=epochs, lr=lr, scale_lr=scale_lr, loss=loss,
+                             seed=seed)
         roundings = collect_roundings(model)
         units = {name: u for u, names in state(model).units.items() for name in names}
     finally:
