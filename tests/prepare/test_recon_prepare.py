@@ -143,3 +143,21 @@ def test_channel_loss_weighs_each_channel_by_its_fp_mean_square():
     flat = torch.cat([t.reshape(-1, 4) for t in targets])
     assert torch.allclose(w, 1 / flat.pow(2).mean(0), rtol=1e-5)
     assert channel_weights(targets, "mse") is None
+
+
+def test_after_gptq_at_the_same_width_the_learned_grid_is_the_one_kept(tmp_path):
+    """gptq runs first, recon second: where both round a module at w3g32, the later (learned) rounding
+    is saved (GPTQ keeps round to nearest's scales; a learned grid moves them)."""
+    out = tmp_path / "prep"
+    assert main(["prepare", "--model", "tiny-llama", "--device", "cpu", "--gptq", "w3g32", "w4", "--recon", "w3g32",
+                 "--calib-data", TRAIN, "--calib-questions", "2", "--calib-max-length", "256", "--recon-seqs", "2",
+                 "--recon-seq-len", "32", "--recon-batch-size", "2", "--recon-epochs", "2", "--recon-lr", "1e-3",
+                 "--recon-scale-lr", "1e-3", "--out", str(out)]) == 0
+    model, _ = load_switchable(str(out), device="cpu")
+    moved = {3: 0, 4: 0}
+    for unit, _, mod in unit_modules(model):
+        for cfg, (_, scale, _) in mod.roundings.items():
+            moved[cfg.bits] += int(not torch.equal(scale, quantize_weight(mod.weight_out_in().detach(), cfg)[1]))
+    assert moved[3] > 0 and moved[4] == 0
+    steps = json.loads((out / INDEX).read_text())["record"]["steps"]
+    assert [s["method"] for s in steps] == ["gptq", "recon"]
