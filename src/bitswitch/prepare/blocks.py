@@ -8,7 +8,9 @@ import re
 import torch
 from torch import nn
 
-from ..switching import state
+from ..errors import BitswitchError
+from ..quant.config import WeightQuant
+from ..switching import resolve_profile, state
 
 _UNIT = re.compile(r"L(\d+)\.")
 
@@ -49,3 +51,30 @@ def run_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Ten
 
 def layer_units(model: nn.Module, layer: int) -> list[str]:
     return [u for u in state(model).units if (m := _UNIT.match(u)) and int(m.group(1)) == layer]
+
+
+def block_quantizers(model: nn.Module, profiles, check) -> dict[WeightQuant, list[str]]:
+    """``{WeightQuant: [block unit, ...]}``: which block units each weight quantizer of ``profiles``
+    covers at 2-8 bits (16-bit weights round to nearest near-exactly; the LM head keeps round to
+    nearest). ``check(cfg)`` raises ValueError for a quantizer the caller cannot round on; it becomes a
+    one-line BitswitchError naming the profile."""
+    found: dict[WeightQuant, list[str]] = {}
+    for profile in profiles:
+        _, table = resolve_profile(model, profile)
+        for unit, prec in table.items():
+            cfg = prec.weight
+            if cfg is None or cfg.bits > 8 or unit == "head":
+                continue
+            try:
+                check(cfg)
+            except ValueError as exc:
+                raise BitswitchError(f"profile {profile!r}: {exc}") from None
+            units = found.setdefault(cfg, [])
+            if unit not in units:
+                units.append(unit)
+    return found
+
+
+def weight_spec(cfg: WeightQuant) -> str:
+    """The weights-only profile spec of ``cfg`` (``w4g32``); the model's options give back ``cfg``."""
+    return f"w{cfg.bits}" + (f"g{cfg.group_size}" if cfg.group_size else "")

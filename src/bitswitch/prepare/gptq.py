@@ -27,29 +27,15 @@ from torch import nn
 from ..errors import BitswitchError
 from ..quant.config import WeightQuant
 from ..quant.gptq import HessianAccumulator, check_gptq_config, gptq_codes
-from ..switching import resolve_profile, restore, set_unit_profiles, snapshot, state
+from ..switching import restore, set_unit_profiles, snapshot, state
 from ..units import block_list
-from .blocks import catch_block_inputs, layer_units, run_block
+from .blocks import block_quantizers, catch_block_inputs, layer_units, run_block, weight_spec
+
 
 def quantizers_of(model: nn.Module, profiles) -> dict[WeightQuant, list[str]]:
-    """``{WeightQuant: [block unit, ...]}``: which units each weight quantizer of ``profiles`` covers
-    (16-bit weights left out: rounding to nearest there is already near-exact). A quantizer GPTQ
-    cannot round on is refused with a one-line BitswitchError."""
-    found: dict[WeightQuant, list[str]] = {}
-    for profile in profiles:
-        _, table = resolve_profile(model, profile)
-        for unit, prec in table.items():
-            cfg = prec.weight
-            if cfg is None or cfg.bits > 8 or unit == "head":
-                continue
-            try:
-                check_gptq_config(cfg)
-            except ValueError as exc:
-                raise BitswitchError(f"profile {profile!r}: {exc}") from None
-            units = found.setdefault(cfg, [])
-            if unit not in units:
-                units.append(unit)
-    return found
+    """``{WeightQuant: [block unit, ...]}`` GPTQ rounds for ``profiles``; a quantizer GPTQ cannot
+    round on is refused with a one-line BitswitchError."""
+    return block_quantizers(model, profiles, check_gptq_config)
 
 
 def _hessians(model, block, units, inputs) -> dict[str, torch.Tensor]:
@@ -122,7 +108,7 @@ def gptq_round(model: nn.Module, profiles, batches, sequential: bool = True, blo
                             _round_unit(model, unit, hess[unit], cfg, block, damp, act_order, refit_groups)
                 if layer + 1 < len(blocks):
                     if sequential:   # the next block sees this block's output with its units quantized
-                        spec = {u: _weight_spec(cfg_of_pass) if u in found[cfg_of_pass] else "fp" for u in lunits}
+                        spec = {u: weight_spec(cfg_of_pass) if u in found[cfg_of_pass] else "fp" for u in lunits}
                         set_unit_profiles(model, {u: spec.get(u, "fp") for u in units}, adapters=False)
                     with torch.no_grad():
                         inputs = [(run_block(blk, h, kw), kw) for h, kw in inputs]
@@ -135,13 +121,8 @@ def gptq_round(model: nn.Module, profiles, batches, sequential: bool = True, blo
             "block": block, "damp": damp, "act_order": act_order, "refit_groups": refit_groups,
             "batches": len(batches),
             "tokens": int(sum(b.numel() for b in batches)),
-            "quantizers": [{"spec": _weight_spec(c), "symmetric": c.symmetric, "units": len(u)}
+            "quantizers": [{"spec": weight_spec(c), "symmetric": c.symmetric, "units": len(u)}
                            for c, u in found.items()]}
-
-
-def _weight_spec(cfg: WeightQuant) -> str:
-    """The weights-only profile spec of ``cfg`` (``w4g32``); the model's options give back ``cfg``."""
-    return f"w{cfg.bits}" + (f"g{cfg.group_size}" if cfg.group_size else "")
 
 
 def check_training_source(source: str) -> None:

@@ -27,34 +27,24 @@ from torch import nn
 from ..errors import BitswitchError
 from ..quant.config import WeightQuant
 from ..quant.recon import init_grid, learned_codes, learned_fake_quantize, supports_learned_grid
-from ..switching import resolve_profile, restore, set_unit_profiles, snapshot, state
+from ..switching import restore, set_unit_profiles, snapshot, state
 from ..units import block_list
-from .blocks import catch_block_inputs, layer_units, run_block
+from .blocks import block_quantizers, catch_block_inputs, layer_units, run_block, weight_spec
+
+
+def _check_learnable(cfg: WeightQuant) -> None:
+    if not supports_learned_grid(cfg):
+        raise ValueError(f"reconstruction learns uniform grids on the independent grid only, not w{cfg.bits} "
+                         f"on the {cfg.grid} grid ({cfg.method})")
 
 
 def recon_quantizers(model: nn.Module, profiles) -> dict[WeightQuant, list[str]]:
     """``{WeightQuant: [block unit, ...]}`` that ``profiles`` use at 2-8 bits (the LM head keeps round to
     nearest); a quantizer that cannot take a learned grid is a one-line BitswitchError."""
-    found: dict[WeightQuant, list[str]] = {}
-    for profile in profiles:
-        _, table = resolve_profile(model, profile)
-        for unit, prec in table.items():
-            cfg = prec.weight
-            if cfg is None or cfg.bits > 8 or unit == "head":
-                continue
-            if not supports_learned_grid(cfg):
-                raise BitswitchError(f"profile {profile!r}: reconstruction learns uniform grids on the independent "
-                                     f"grid only, not w{cfg.bits} on the {cfg.grid} grid ({cfg.method})")
-            units = found.setdefault(cfg, [])
-            if unit not in units:
-                units.append(unit)
+    found = block_quantizers(model, profiles, _check_learnable)
     if not found:
         raise BitswitchError("the profiles quantize no block-unit weight at 2-8 bits: nothing to reconstruct")
     return found
-
-
-def _weight_spec(cfg: WeightQuant) -> str:
-    return f"w{cfg.bits}" + (f"g{cfg.group_size}" if cfg.group_size else "")
 
 
 class _Learned:
@@ -164,7 +154,7 @@ def recon_round(model: nn.Module, profiles, batches, epochs: int = 2, lr: float 
             fp_in = [h for h, _ in first]
             q_in = list(fp_in)
             kwargs = [kw for _, kw in first]
-            per_block = losses[_weight_spec(cfg) + ("" if cfg.symmetric else "-asym")] = []
+            per_block = losses[weight_spec(cfg) + ("" if cfg.symmetric else "-asym")] = []
             for layer, blk in enumerate(blocks):
                 lunits = [u for u in layer_units(model, layer) if u in cfg_units]
                 with torch.no_grad():
@@ -184,7 +174,7 @@ def recon_round(model: nn.Module, profiles, batches, epochs: int = 2, lr: float 
                     bar.set_postfix(block=layer, loss=f"{before:.3g}->{after:.3g}")
                 del learned
                 if layer + 1 < len(blocks):
-                    spec = {u: _weight_spec(cfg) if u in lunits else "fp" for u in units}
+                    spec = {u: weight_spec(cfg) if u in lunits else "fp" for u in units}
                     set_unit_profiles(model, spec, adapters=False)
                     with torch.no_grad():
                         q_in = [run_block(blk, h, kw) for h, kw in zip(q_in, kwargs)]
@@ -199,7 +189,7 @@ def recon_round(model: nn.Module, profiles, batches, epochs: int = 2, lr: float 
     return {"method": "recon", "loss": loss, "epochs": epochs, "lr": lr, "scale_lr": scale_lr, "seed": seed,
             "batches": len(batches), "batch_shape": list(batches[0].shape),
             "tokens": int(sum(b.numel() for b in batches)),
-            "quantizers": [{"spec": _weight_spec(c), "symmetric": c.symmetric, "units": len(u)}
+            "quantizers": [{"spec": weight_spec(c), "symmetric": c.symmetric, "units": len(u)}
                            for c, u in found.items()],
             "block_loss": losses}
 
