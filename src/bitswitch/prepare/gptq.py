@@ -30,6 +30,7 @@ from ..quant.gptq import HessianAccumulator, check_gptq_config, gptq_codes
 from ..switching import restore, set_unit_profiles, snapshot, state
 from ..units import block_list
 from .blocks import block_quantizers, catch_block_inputs, layer_units, run_block, weight_spec
+from .plain import check_training_source, round_plain_model, source_name
 
 
 def quantizers_of(model: nn.Module, profiles) -> dict[WeightQuant, list[str]]:
@@ -125,23 +126,10 @@ def gptq_round(model: nn.Module, profiles, batches, sequential: bool = True, blo
                            for c, u in found.items()]}
 
 
-def check_training_source(source: str) -> None:
-    """Refuse calibration text named like an evaluation split (``dev``, ``test``, ``valid``): what is
-    fitted to it (roundings, grids) would be fitted to the evaluation."""
-    from pathlib import Path
-
-    name = Path(str(source)).name.lower()
-    if any(word in name for word in ("dev", "test", "valid")):
-        raise BitswitchError(f"--calib-data {source!r} looks like an evaluation split: calibrate on "
-                             "training text (e.g. squad-v1.1/train-subset-v1.1.json or the hub name squad)")
-
-
 def calibration_ids(tokenizer, source: str, questions: int, max_length: int = 512, seed: int = 0) -> list:
     """(1, T) id tensors of the prompts (context + question) of ``questions`` SQuAD questions of
     ``source``, stratified over its articles. Training text only: a file named like an evaluation
     split (``dev``, ``test``, ``valid``) is refused, since the roundings would be fitted to it."""
-    from pathlib import Path
-
     from ..data.squad import calibration_batches, load_squad
 
     check_training_source(source)
@@ -157,58 +145,11 @@ def gptq_step(model: nn.Module, tokenizer, profiles, calib_data: str, calib_ques
     """The ``gptq`` preparation step on a plain model: wrap it, round, collect the roundings, unwrap
     it (the saved model stays a standard one), and leave the roundings on ``model`` for
     :func:`~.writer.save_prepared` to write beside it (:mod:`bitswitch.roundings`)."""
-    from ..profiles import QuantOptions
-    from ..roundings import collect_roundings
-    from ..switching import make_switchable
-
     if hessians not in ("fp", "sequential"):
         raise BitswitchError(f"--gptq-hessians must be fp or sequential, got {hessians!r}")
-    if hasattr(model, "bitswitch"):
-        raise BitswitchError("the gptq step runs on the plain model (it wraps and unwraps it itself)")
     batches = calibration_ids(tokenizer, calib_data, calib_questions, max_length, seed)
-    make_switchable(model, QuantOptions(weight_symmetric=not weight_asym))
-    try:
-        record = gptq_round(model, list(profiles), batches, sequential=hessians == "sequential", block=block,
-                            damp=damp, act_order=act_order)
-        roundings = collect_roundings(model)
-        units = {name: u for u, names in state(model).units.items() for name in names}
-    finally:
-        _unwrap(model)
-    record.update(profiles=list(profiles), calib_data=_source_name(calib_data), calib_questions=calib_questions,
-                  weight_asym=weight_asym)
-    keep_roundings(model, roundings, units, record)
-    return record
-
-
-def keep_roundings(model: nn.Module, roundings: dict, units: dict, record: dict) -> None:
-    """Leave ``roundings`` on the plain ``model`` for :func:`~.writer.save_prepared`. A later step
-    adds to an earlier one's (gptq then recon ...); where both round the same module and quantizer,
-    the later one's is kept."""
-    previous = getattr(model, "bitswitch_roundings", None)
-    if previous is not None:
-        for module, per_cfg in previous[0].items():
-            for cfg, r in per_cfg.items():
-                roundings.setdefault(module, {}).setdefault(cfg, r)   # this step's own stay
-        units = {**previous[1], **units}
-        record = {"steps": previous[2].get("steps", [previous[2]]) + [record]}
-    model.bitswitch_roundings = (roundings, units, record)
-
-
-def _source_name(source: str) -> str:
-    """A calibration source as recorded: a file's name, never a machine's absolute path."""
-    from pathlib import Path
-
-    return Path(str(source)).name
-
-
-def _unwrap(model: nn.Module) -> None:
-    """Put the original linears back in place of the QuantLinear wrappers (what make_switchable did)."""
-    st = getattr(model, "bitswitch", None)
-    if st is None:
-        return
-    for names in st.units.values():
-        for name in names:
-            parent, _, child = name.rpartition(".")
-            owner = model.get_submodule(parent) if parent else model
-            setattr(owner, child, owner.get_submodule(child).base)
-    del model.bitswitch
+    return round_plain_model(
+        model, "gptq", weight_asym,
+        lambda m: gptq_round(m, list(profiles), batches, sequential=hessians == "sequential", block=block,
+                             damp=damp, act_order=act_order),
+        profiles=list(profiles), calib_data=source_name(calib_data), calib_questions=calib_questions)

@@ -30,6 +30,7 @@ from ..quant.recon import init_grid, learned_codes, learned_fake_quantize, suppo
 from ..switching import restore, set_unit_profiles, snapshot, state
 from ..units import block_list
 from .blocks import block_quantizers, catch_block_inputs, layer_units, run_block, weight_spec
+from .plain import check_training_source, round_plain_model, source_name
 
 
 def _check_learnable(cfg: WeightQuant) -> None:
@@ -199,7 +200,6 @@ def recon_batches(tokenizer, source: str, seqs: int, seq_len: int, batch_size: i
     paragraphs of SQuAD training text ``source`` (stratified over articles), joined by EOS and cut.
     Training text only: a file named like an evaluation split is refused."""
     from ..data.squad import load_squad
-    from .gptq import check_training_source
 
     check_training_source(source)
     for name, v in (("--recon-seqs", seqs), ("--recon-seq-len", seq_len), ("--recon-batch-size", batch_size)):
@@ -228,22 +228,9 @@ def recon_step(model: nn.Module, tokenizer, profiles, calib_data: str, seqs: int
                weight_asym: bool = False, seed: int = 0) -> dict:
     """The ``recon`` preparation step on a plain model: wrap it, learn the grids, collect them as
     roundings, unwrap it, and leave them for :func:`~.writer.save_prepared` (with any earlier step's)."""
-    from ..profiles import QuantOptions
-    from ..roundings import collect_roundings
-    from ..switching import make_switchable
-    from .gptq import _source_name, _unwrap, keep_roundings
-
-    if hasattr(model, "bitswitch"):
-        raise BitswitchError("the recon step runs on the plain model (it wraps and unwraps it itself)")
     batches = recon_batches(tokenizer, calib_data, seqs, seq_len, batch_size, seed)
-    make_switchable(model, QuantOptions(weight_symmetric=not weight_asym))
-    try:
-        record = recon_round(model, list(profiles), batches, epochs=epochs, lr=lr, scale_lr=scale_lr, loss=loss,
-                             seed=seed)
-        roundings = collect_roundings(model)
-        units = {name: u for u, names in state(model).units.items() for name in names}
-    finally:
-        _unwrap(model)
-    record.update(profiles=list(profiles), calib_data=_source_name(calib_data), weight_asym=weight_asym)
-    keep_roundings(model, roundings, units, record)
-    return record
+    return round_plain_model(
+        model, "recon", weight_asym,
+        lambda m: recon_round(m, list(profiles), batches, epochs=epochs, lr=lr, scale_lr=scale_lr, loss=loss,
+                              seed=seed),
+        profiles=list(profiles), calib_data=source_name(calib_data))
