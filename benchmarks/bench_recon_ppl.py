@@ -18,9 +18,20 @@ import torch
 from bitswitch.evaluate.scorers import load_text_ids, score_text
 from bitswitch.io import atomic_write_json
 from bitswitch.loading import load
-from bitswitch.prepare.recon import recon_batches, recon_round
+from bitswitch.prepare.recon import recon_batches, recon_quantizers, recon_round
+from bitswitch.quant.recon import learned_codes, search_grid
 from bitswitch.profiles import QuantOptions
-from bitswitch.switching import make_switchable, set_profile
+from bitswitch.switching import make_switchable, set_profile, state
+
+
+def set_search_grids(model, spec: str) -> None:
+    """Every block unit ``spec`` quantizes gets the clip-searched grid as its rounding (no training)."""
+    for cfg, units in recon_quantizers(model, [spec]).items():
+        for u in units:
+            for name in state(model).units[u]:
+                mod = model.get_submodule(name)
+                w = mod.weight_out_in().detach().float()
+                mod.set_rounding(cfg, *learned_codes(w, *search_grid(w, cfg), cfg))
 
 
 def main() -> None:
@@ -39,6 +50,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--scale-lr", type=float, default=2e-3)
     p.add_argument("--loss", choices=["mse", "channel"], default="mse")
+    p.add_argument("--init", choices=["rtn", "search"], default="rtn", help="starting grid of the reconstruction")
     p.add_argument("--max-blocks", type=int, default=None, help="reconstruct only the first blocks (timing)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None)
@@ -64,9 +76,12 @@ def main() -> None:
     blocks = []
     for spec in a.specs:
         measure("rtn", spec, {})
+        if a.init == "search":
+            set_search_grids(model, spec)   # the starting point alone, before any training
+            measure("search", spec, {})
         t0 = time.time()
         rec = recon_round(model, [spec], batches, epochs=a.epochs, lr=a.lr, scale_lr=a.scale_lr, loss=a.loss,
-                          max_blocks=a.max_blocks)
+                          init=a.init, max_blocks=a.max_blocks)
         blocks.append({"profile": spec, "block_loss": rec["block_loss"]})
         measure("recon", spec, {"recon_seconds": round(time.time() - t0, 1), "calib_tokens": rec["tokens"]})
         if a.out:
@@ -76,7 +91,7 @@ def main() -> None:
     common.write(a.out, rows, ["recipe", "profile", "ppl", "x_fp", "tokens", "seconds", "recon_seconds"],
                  model=a.model, wikitext=common.rel(a.wikitext), calib=common.rel(a.calib), max_tokens=a.max_tokens,
                  window=window, threads=a.threads, weight_asym=a.weight_asym, seqs=a.seqs, seq_len=a.seq_len,
-                 batch_size=a.batch_size, epochs=a.epochs, lr=a.lr, loss=a.loss, scale_lr=a.scale_lr, max_blocks=a.max_blocks,
+                 batch_size=a.batch_size, epochs=a.epochs, lr=a.lr, loss=a.loss, init=a.init, scale_lr=a.scale_lr, max_blocks=a.max_blocks,
                  blocks=blocks, total_seconds=round(time.time() - t_all, 1))
 
 

@@ -29,19 +29,20 @@ def _batches(tok, seqs=4, seq_len=64):
     return recon_batches(tok, TRAIN, seqs, seq_len, 2)
 
 
-def _reconstructed(spec="tiny-llama", asym=True, epochs=3, loss="channel"):
+def _reconstructed(spec="tiny-llama", asym=True, epochs=3, loss="channel", init="rtn"):
     model, tok = tiny_model(spec)
     model.eval()
     make_switchable(model, QuantOptions(weight_symmetric=not asym))
     record = recon_round(model, SPECS, _batches(tok), epochs=epochs, lr=1e-3, scale_lr=1e-3, loss=loss,
-                         progress=False)
+                         init=init, progress=False)
     return model, tok, record
 
 
-@pytest.mark.parametrize("loss", ["channel", "mse"])
-def test_every_block_reconstructs_with_less_error_than_round_to_nearest(loss):
-    _, _, record = _reconstructed(loss=loss)
-    assert record["loss"] == loss
+@pytest.mark.parametrize("loss, init", [("channel", "rtn"), ("mse", "rtn"), ("mse", "search")])
+def test_every_block_reconstructs_with_less_error_than_round_to_nearest(loss, init):
+    """(With ``init=search`` the starting loss is the clip-searched grid's.)"""
+    _, _, record = _reconstructed(loss=loss, init=init)
+    assert record["loss"] == loss and record["init"] == init
     assert set(record["block_loss"]) == {"w3g32-asym", "w2g16-asym"}
     for per_block in record["block_loss"].values():
         assert [b["block"] for b in per_block] == [0, 1]
@@ -114,6 +115,7 @@ def test_learned_grids_of_other_weights_are_refused(tmp_path):
     (["--recon", "w3g32", "--calib-data", str(shared_data("squad-v1.1", "dev-part1-v1.1.json"))], "evaluation split"),
     (["--recon", "w3g32", "--calib-data", TRAIN, "--recon-seqs", "3", "--recon-batch-size", "2"], "multiple"),
     (["--recon", "w3g32", "--calib-data", TRAIN, "--recon-loss", "l1"], "--recon-loss"),
+    (["--recon", "w3g32", "--calib-data", TRAIN, "--recon-init", "clip"], "--recon-init"),
     (["--recon", "w3g32", "--calib-data", TRAIN, "--recon-epochs", "0", "--recon-seqs", "2", "--recon-seq-len", "16",
       "--recon-batch-size", "2"], "--recon-epochs"),
 ])

@@ -44,6 +44,9 @@ def add_parser(sub) -> None:
     r.add_argument("--recon-loss", choices=["mse", "channel"], default="mse",
                    help="mse: the block output's mean squared error (default); channel: each hidden channel's "
                         "squared error relative to its fp mean square (worse on SmolLM2: 1.93x fp PPL at w3g32 against 1.77x)")
+    r.add_argument("--recon-init", choices=["rtn", "search"], default="rtn",
+                   help="starting grid: rtn, round to nearest's min-max range (default); search: per group, the clipped "
+                        "range of least weight error")
     p.add_argument("--out", required=True, help="new or empty directory, or an earlier prepared model (replaced)")
 
 
@@ -67,7 +70,7 @@ def steps_from_args(a) -> list:
         steps.append(Step("recon", {"profiles": list(a.recon), "calib_data": a.calib_data, "seqs": a.recon_seqs,
                                     "seq_len": a.recon_seq_len, "batch_size": a.recon_batch_size,
                                     "epochs": a.recon_epochs, "lr": a.recon_lr, "scale_lr": a.recon_scale_lr,
-                                    "loss": a.recon_loss,
+                                    "loss": a.recon_loss, "init": a.recon_init,
                                     "weight_asym": a.weight_asym, "seed": a.seed}))
     if a.calib_data and not (a.gptq or a.recon):
         raise BitswitchError("--calib-data calibrates GPTQ or reconstruction: pass --gptq or --recon PROFILES too")

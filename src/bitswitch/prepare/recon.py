@@ -26,7 +26,7 @@ from torch import nn
 
 from ..errors import BitswitchError
 from ..quant.config import WeightQuant
-from ..quant.recon import init_grid, learned_codes, learned_fake_quantize, supports_learned_grid
+from ..quant.recon import INITS, init_grid, learned_codes, learned_fake_quantize, search_grid, supports_learned_grid
 from ..switching import restore, set_unit_profiles, snapshot, state
 from ..units import block_list
 from .blocks import block_quantizers, catch_block_inputs, layer_units, run_block, weight_spec
@@ -51,11 +51,11 @@ def recon_quantizers(model: nn.Module, profiles) -> dict[WeightQuant, list[str]]
 class _Learned:
     """One unit module's trainable copy: weight (out, in), scale and zero (out, groups)."""
 
-    def __init__(self, name: str, mod: nn.Module, cfg: WeightQuant):
+    def __init__(self, name: str, mod: nn.Module, cfg: WeightQuant, init: str = "rtn"):
         self.name, self.mod, self.cfg = name, mod, cfg
         w = mod.weight_out_in().detach().float()
         self.weight = w.clone().requires_grad_(True)
-        scale, zero = init_grid(w, cfg)
+        scale, zero = (search_grid if init == "search" else init_grid)(w, cfg)
         self.scale = scale.requires_grad_(True)
         self.zero = None if zero is None else zero.requires_grad_(True)
 
@@ -120,11 +120,14 @@ def _train_block(block, learned, rel, inputs, targets, epochs, lr, scale_lr, gen
 
 
 def recon_round(model: nn.Module, profiles, batches, epochs: int = 2, lr: float = 2e-4, scale_lr: float = 2e-3,
-                loss: str = "mse", seed: int = 0, progress: bool = True, max_blocks: int | None = None) -> dict:
+                loss: str = "mse", init: str = "rtn", seed: int = 0, progress: bool = True,
+                max_blocks: int | None = None) -> dict:
     """Learn a grid per block unit and weight quantizer ``profiles`` use and set it as the unit's rounding.
     ``model``: switchable (adapters ignored); ``batches``: calibration token ids, each (B, T) of one
     shape (text the evaluation never sees). ``loss``: ``mse`` or ``channel`` (each hidden channel's squared
-    error relative to its fp mean square, :func:`channel_weights`). Returns a JSON-ready record
+    error relative to its fp mean square, :func:`channel_weights`). ``init``: the starting grid, ``rtn``
+    (round to nearest's min-max range) or ``search`` (the clipped range of least weight error per group,
+    :func:`~bitswitch.quant.recon.search_grid`); a block's ``loss_rtn`` is measured at that start. Returns a JSON-ready record
     with each block's loss before (round to nearest on the rounded stream) and after."""
     from tqdm.auto import tqdm
 
@@ -132,6 +135,8 @@ def recon_round(model: nn.Module, profiles, batches, epochs: int = 2, lr: float 
         raise BitswitchError(f"--recon-epochs must be at least 1, got {epochs}")
     if loss not in LOSSES:
         raise BitswitchError(f"--recon-loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    if init not in INITS:
+        raise BitswitchError(f"--recon-init must be one of {', '.join(INITS)}, got {init!r}")
     if not (lr >= 0 and scale_lr >= 0):
         raise BitswitchError(f"reconstruction learning rates must be >= 0, got {lr} and {scale_lr}")
     found = recon_quantizers(model, profiles)
@@ -165,7 +170,7 @@ def recon_round(model: nn.Module, profiles, batches, epochs: int = 2, lr: float 
                 rel = {n: n[len(block_name):] for n in names}
                 if any(not n.startswith(block_name) for n in names):
                     raise BitswitchError(f"block {layer}'s units are not inside {block_name!r}: cannot reconstruct it")
-                learned = [_Learned(n, model.get_submodule(n), cfg) for n in names]
+                learned = [_Learned(n, model.get_submodule(n), cfg, init) for n in names]
                 if learned:
                     before, after = _train_block(blk, learned, rel, list(zip(q_in, kwargs)), targets, epochs, lr,
                                                  scale_lr, generator, channel_weights(targets, loss))
@@ -187,7 +192,7 @@ def recon_round(model: nn.Module, profiles, batches, epochs: int = 2, lr: float 
         for p, g in grads.items():
             p.requires_grad_(g)
         restore(model, saved)
-    return {"method": "recon", "loss": loss, "epochs": epochs, "lr": lr, "scale_lr": scale_lr, "seed": seed,
+    return {"method": "recon", "loss": loss, "init": init, "epochs": epochs, "lr": lr, "scale_lr": scale_lr, "seed": seed,
             "batches": len(batches), "batch_shape": list(batches[0].shape),
             "tokens": int(sum(b.numel() for b in batches)),
             "quantizers": [{"spec": weight_spec(c), "symmetric": c.symmetric, "units": len(u)}
@@ -225,12 +230,12 @@ def recon_batches(tokenizer, source: str, seqs: int, seq_len: int, batch_size: i
 
 def recon_step(model: nn.Module, tokenizer, profiles, calib_data: str, seqs: int = 128, seq_len: int = 512,
                batch_size: int = 4, epochs: int = 2, lr: float = 2e-4, scale_lr: float = 2e-3, loss: str = "mse",
-               weight_asym: bool = False, seed: int = 0) -> dict:
+               init: str = "rtn", weight_asym: bool = False, seed: int = 0) -> dict:
     """The ``recon`` preparation step on a plain model: wrap it, learn the grids, collect them as
     roundings, unwrap it, and leave them for :func:`~.writer.save_prepared` (with any earlier step's)."""
     batches = recon_batches(tokenizer, calib_data, seqs, seq_len, batch_size, seed)
     return round_plain_model(
         model, "recon", weight_asym,
         lambda m: recon_round(m, list(profiles), batches, epochs=epochs, lr=lr, scale_lr=scale_lr, loss=loss,
-                              seed=seed),
+                              init=init, seed=seed),
         profiles=list(profiles), calib_data=source_name(calib_data))

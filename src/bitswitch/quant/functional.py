@@ -100,12 +100,17 @@ def weight_qparams(w: Tensor, cfg: WeightQuant) -> tuple[Tensor, Tensor | None]:
     rounded to :func:`scale_dtype` and returned as float32.
     """
     wg = _grouped(w.float(), cfg.group_size)
-    scale, zero = compute_qparams(wg.amin(-1), wg.amax(-1), cfg.bits, cfg.symmetric, cfg.method)
+    return range_qparams(wg.amin(-1), wg.amax(-1), cfg)
+
+
+def range_qparams(wmin: Tensor, wmax: Tensor, cfg: WeightQuant) -> tuple[Tensor, Tensor | None]:
+    """:func:`weight_qparams` from a given range per row or group (``wmin``/``wmax``: (out, groups)),
+    so that a clipped range (a range search) gets the same scale rounding and zero point rule."""
+    scale, zero = compute_qparams(wmin, wmax, cfg.bits, cfg.symmetric, cfg.method)
     sd = scale_dtype(cfg.bits)
     scale = _safe(scale.to(sd).float())   # what export stores; an fp16 underflow to 0 becomes 1
     if zero is not None and cfg.method == "uniform":  # recompute with the rounded scale
-        wmin = wg.amin(-1).clamp(max=0.0)
-        zero = torch.round(-wmin / scale).clamp(0, 2**cfg.bits - 1)
+        zero = torch.round(-wmin.clamp(max=0.0) / scale).clamp(0, 2**cfg.bits - 1)
     return scale, zero
 
 
