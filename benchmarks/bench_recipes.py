@@ -60,13 +60,17 @@ def train_seconds(train_dir: Path) -> float:
     return round(sum(float(r.get("seconds", 0)) for r in rows if "step" in r), 1)
 
 
+def asym(a) -> list[str]:
+    return ["--weight-asym"] if a.weight_asym else []
+
+
 def gptq_base(a, runs: Path) -> str:
     """A prepared model directory: SmolLM2 with GPTQ roundings for every weight width of the profiles."""
     out = runs / "gptq-base"
     if not (out / "config.json").is_file():
         run(cli("prepare", "--model", a.model, "--gptq", *[p for p in a.profiles if p != "fp"], "--calib-data",
                 rel(a.train), "--calib-questions", str(a.calib_questions), "--gptq-hessians", "fp",
-                "--rotate", "none", "--device", a.device, "--out", str(out)))
+                "--rotate", "none", *asym(a), "--device", a.device, "--out", str(out)))
     return str(out)
 
 
@@ -76,7 +80,8 @@ def recon_base(a, runs: Path) -> str:
     if not (out / "config.json").is_file():
         run(cli("prepare", "--model", a.model, "--recon", *a.recon_profiles, "--calib-data", rel(a.train),
                 "--recon-seqs", str(a.recon_seqs), "--recon-epochs", str(a.recon_epochs), "--recon-lr",
-                str(a.recon_lr), "--recon-scale-lr", str(a.recon_scale_lr), "--device", a.device, "--out", str(out)))
+                str(a.recon_lr), "--recon-scale-lr", str(a.recon_scale_lr), "--recon-init", a.recon_init,
+                *asym(a), "--device", a.device, "--out", str(out)))
     return str(out)
 
 
@@ -91,10 +96,12 @@ def train_and_eval(a, recipe: str, runs: Path) -> dict:
                 "random", "--keying", "shared", "--steps", str(a.steps), "--batch-size", str(a.batch_size), "--lr",
                 str(a.lr), "--seed", "0", "--device", a.device, "--save-every", "20", "--set",
                 f"max_length={a.max_length}", "--set", f"warmup_steps={max(1, a.steps // 10)}", *RECIPES[recipe],
+                *asym(a),
                 "--out", str(train)))
     if recipe == "full":
         model = str(train / "model")   # the trained weights, with the adapters beside them
     common = ["--model", model, "--adapters", str(train / "adapters"), "--profiles", *a.profiles, "--seed", "0",
+              *asym(a),
               "--device", a.device]
     squad, wiki = runs / f"squad-{recipe}", runs / f"wikitext-{recipe}"
     run(cli("eval", *common, "--task", "squad", "--data", rel(a.dev), "--limit", str(a.limit), "--max-new-tokens",
@@ -146,6 +153,10 @@ def main(argv=None) -> int:
     ap.add_argument("--recon-epochs", type=int, default=2)
     ap.add_argument("--recon-lr", type=float, default=2e-4)
     ap.add_argument("--recon-scale-lr", type=float, default=2e-3)
+    ap.add_argument("--recon-init", choices=["rtn", "search"], default="rtn")
+    ap.add_argument("--weight-asym", action="store_true",
+                    help="asymmetric weight grids (a zero point per channel / group) in every recipe's prepare, "
+                         "training and evaluation")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--runs", default="runs/recipes")
     ap.add_argument("--out", default=None)
@@ -159,7 +170,8 @@ def main(argv=None) -> int:
     rows = rows_of(a, done)
     write(a.out, rows, COLUMNS, model=a.model, train=rel(a.train), dev=rel(a.dev), wikitext=rel(a.wikitext),
           limit=a.limit, order="stratified", steps=a.steps, batch_size=a.batch_size, lr=a.lr,
-          train_profiles=a.train_profiles, wikitext_tokens=a.wikitext_tokens, window=a.window)
+          train_profiles=a.train_profiles, wikitext_tokens=a.wikitext_tokens, window=a.window,
+          weight_asym=a.weight_asym)
     if a.out:
         atomic_write_text(Path(a.out).with_suffix(".md"),
             f"# Low-bit training recipes ({a.model})\n\n"
