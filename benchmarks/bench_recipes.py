@@ -153,7 +153,7 @@ def main(argv=None) -> int:
     ap.add_argument("--recon-epochs", type=int, default=2)
     ap.add_argument("--recon-lr", type=float, default=2e-4)
     ap.add_argument("--recon-scale-lr", type=float, default=2e-3)
-    ap.add_argument("--recon-init", choices=["rtn", "search"], default="rtn")
+    ap.add_argument("--recon-init", choices=["rtn", "search"], default="search")
     ap.add_argument("--weight-asym", action="store_true",
                     help="asymmetric weight grids (a zero point per channel / group) in every recipe's prepare, "
                          "training and evaluation")

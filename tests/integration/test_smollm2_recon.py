@@ -30,7 +30,7 @@ def test_reconstructing_the_first_blocks_lowers_w3g32_ppl_and_leaves_fp_alone():
 
     fp, rtn = ppl("fp"), ppl("w3g32")
     batches = recon_batches(tok, str(shared_data("squad-v1.1", "train-subset-v1.1.json")), 16, 256, 4)
-    record = recon_round(model, ["w3g32"], batches, epochs=2, max_blocks=4, progress=False)
+    record = recon_round(model, ["w3g32"], batches, epochs=2, init="rtn", max_blocks=4, progress=False)
     blocks = record["block_loss"]["w3g32-asym"]
     assert [b["block"] for b in blocks] == [0, 1, 2, 3]
     assert all(b["loss_learned"] < b["loss_rtn"] for b in blocks)

@@ -51,7 +51,7 @@ def recon_quantizers(model: nn.Module, profiles) -> dict[WeightQuant, list[str]]
 class _Learned:
     """One unit module's trainable copy: weight (out, in), scale and zero (out, groups)."""
 
-    def __init__(self, name: str, mod: nn.Module, cfg: WeightQuant, init: str = "rtn"):
+    def __init__(self, name: str, mod: nn.Module, cfg: WeightQuant, init: str = "search"):
         self.name, self.mod, self.cfg = name, mod, cfg
         w = mod.weight_out_in().detach().float()
         self.weight = w.clone().requires_grad_(True)
@@ -120,14 +120,14 @@ def _train_block(block, learned, rel, inputs, targets, epochs, lr, scale_lr, gen
 
 
 def recon_round(model: nn.Module, profiles, batches, epochs: int = 2, lr: float = 2e-4, scale_lr: float = 2e-3,
-                loss: str = "mse", init: str = "rtn", seed: int = 0, progress: bool = True,
+                loss: str = "mse", init: str = "search", seed: int = 0, progress: bool = True,
                 max_blocks: int | None = None) -> dict:
     """Learn a grid per block unit and weight quantizer ``profiles`` use and set it as the unit's rounding.
     ``model``: switchable (adapters ignored); ``batches``: calibration token ids, each (B, T) of one
     shape (text the evaluation never sees). ``loss``: ``mse`` or ``channel`` (each hidden channel's squared
-    error relative to its fp mean square, :func:`channel_weights`). ``init``: the starting grid, ``rtn``
-    (round to nearest's min-max range) or ``search`` (the clipped range of least weight error per group,
-    :func:`~bitswitch.quant.recon.search_grid`); a block's ``loss_rtn`` is measured at that start. Returns a JSON-ready record
+    error relative to its fp mean square, :func:`channel_weights`). ``init``: the starting grid, ``search`` (the
+    clipped range of least weight error per group, :func:`~bitswitch.quant.recon.search_grid`; on
+    SmolLM2 better at 2-3 bits, the same at 4) or ``rtn`` (round to nearest's min-max range); a block's ``loss_rtn`` is measured at that start. Returns a JSON-ready record
     with each block's loss before (round to nearest on the rounded stream) and after."""
     from tqdm.auto import tqdm
 
@@ -230,7 +230,7 @@ def recon_batches(tokenizer, source: str, seqs: int, seq_len: int, batch_size: i
 
 def recon_step(model: nn.Module, tokenizer, profiles, calib_data: str, seqs: int = 128, seq_len: int = 512,
                batch_size: int = 4, epochs: int = 2, lr: float = 2e-4, scale_lr: float = 2e-3, loss: str = "mse",
-               init: str = "rtn", weight_asym: bool = False, seed: int = 0) -> dict:
+               init: str = "search", weight_asym: bool = False, seed: int = 0) -> dict:
     """The ``recon`` preparation step on a plain model: wrap it, learn the grids, collect them as
     roundings, unwrap it, and leave them for :func:`~.writer.save_prepared` (with any earlier step's)."""
     batches = recon_batches(tokenizer, calib_data, seqs, seq_len, batch_size, seed)
