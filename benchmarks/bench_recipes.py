@@ -96,7 +96,7 @@ def train_and_eval(a, recipe: str, runs: Path) -> dict:
                 "random", "--keying", "shared", "--steps", str(a.steps), "--batch-size", str(a.batch_size), "--lr",
                 str(a.lr), "--seed", "0", "--device", a.device, "--save-every", "20", "--set",
                 f"max_length={a.max_length}", "--set", f"warmup_steps={max(1, a.steps // 10)}", *RECIPES[recipe],
-                *asym(a),
+                *(["--set", "weight_symmetric=false"] if a.weight_asym else []),
                 "--out", str(train)))
     if recipe == "full":
         model = str(train / "model")   # the trained weights, with the adapters beside them
