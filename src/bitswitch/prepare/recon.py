@@ -58,6 +58,16 @@ class _Learned:
         scale, zero = (search_grid if init == "search" else init_grid)(w, cfg)
         self.scale = scale.requires_grad_(True)
         self.zero = None if zero is None else zero.requires_grad_(True)
+        self.start = [t.detach().clone() for t in self.params()]
+
+    def params(self) -> list[torch.Tensor]:
+        return [self.weight, self.scale] + ([] if self.zero is None else [self.zero])
+
+    def reset(self) -> None:
+        """Back to the starting grid (where training made the block's calibration loss worse)."""
+        with torch.no_grad():
+            for p, p0 in zip(self.params(), self.start):
+                p.copy_(p0)
 
     def quantized(self) -> torch.Tensor:
         """The fake-quantized weight in the base layer's own layout and dtype."""
@@ -127,8 +137,10 @@ def recon_round(model: nn.Module, profiles, batches, epochs: int = 2, lr: float 
     shape (text the evaluation never sees). ``loss``: ``mse`` or ``channel`` (each hidden channel's squared
     error relative to its fp mean square, :func:`channel_weights`). ``init``: the starting grid, ``search`` (the
     clipped range of least weight error per group, :func:`~bitswitch.quant.recon.search_grid`; on
-    SmolLM2 better at 2-3 bits, the same at 4) or ``rtn`` (round to nearest's min-max range); a block's ``loss_rtn`` is measured at that start. Returns a JSON-ready record
-    with each block's loss before (round to nearest on the rounded stream) and after."""
+    SmolLM2 better at 2-3 bits, the same at 4) or ``rtn`` (round to nearest's min-max range); a block's ``loss_start`` is measured at that start. Returns a JSON-ready record
+    with each block's loss at the start (on the rounded stream) and after training, and which grid it
+    kept: the learned one, or the start where training raised the block's calibration loss (at 6-8 bits
+    the default learning rates can overshoot a grid that is already close)."""
     from tqdm.auto import tqdm
 
     if epochs < 1:
@@ -174,9 +186,12 @@ def recon_round(model: nn.Module, profiles, batches, epochs: int = 2, lr: float 
                 if learned:
                     before, after = _train_block(blk, learned, rel, list(zip(q_in, kwargs)), targets, epochs, lr,
                                                  scale_lr, generator, channel_weights(targets, loss))
+                    kept = "learned" if after < before else "start"   # never worse than the start on calibration
                     for l in learned:
+                        if kept == "start":
+                            l.reset()
                         l.set_rounding()
-                    per_block.append({"block": layer, "loss_rtn": before, "loss_learned": after})
+                    per_block.append({"block": layer, "loss_start": before, "loss_learned": after, "kept": kept})
                     bar.set_postfix(block=layer, loss=f"{before:.3g}->{after:.3g}")
                 del learned
                 if layer + 1 < len(blocks):
