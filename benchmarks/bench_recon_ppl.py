@@ -49,7 +49,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--scale-lr", type=float, default=2e-3)
-    p.add_argument("--loss", choices=["mse", "channel"], default="mse")
+    p.add_argument("--loss", choices=["mse", "channel", "token"], default="mse")
     p.add_argument("--init", choices=["rtn", "search"], default="search", help="starting grid of the reconstruction")
     p.add_argument("--max-blocks", type=int, default=None, help="reconstruct only the first blocks (timing)")
     p.add_argument("--threads", type=int, default=2)

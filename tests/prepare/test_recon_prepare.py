@@ -38,7 +38,7 @@ def _reconstructed(spec="tiny-llama", asym=True, epochs=3, loss="channel", init=
     return model, tok, record
 
 
-@pytest.mark.parametrize("loss, init", [("channel", "rtn"), ("mse", "rtn"), ("mse", "search")])
+@pytest.mark.parametrize("loss, init", [("channel", "rtn"), ("mse", "rtn"), ("mse", "search"), ("token", "search")])
 def test_every_block_reconstructs_with_less_error_than_round_to_nearest(loss, init):
     """(With ``init=search`` the starting loss is the clip-searched grid's.)"""
     _, _, record = _reconstructed(loss=loss, init=init)
@@ -161,6 +161,24 @@ def test_channel_loss_weighs_each_channel_by_its_fp_mean_square():
     flat = torch.cat([t.reshape(-1, 4) for t in targets])
     assert torch.allclose(w, 1 / flat.pow(2).mean(0), rtol=1e-5)
     assert channel_weights(targets, "mse") is None
+
+
+def test_token_loss_is_each_tokens_error_relative_to_its_fp_mean_square():
+    """A token whose fp output is 1e4 times larger (SmolLM2's attention sink) weighs no more than any
+    other; the same error everywhere gives mse x mean(1 / ms_t)."""
+    from bitswitch.prepare.recon import output_loss
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(2, 5, 4, generator=g)
+    target[:, 0, 1] += 1e4
+    err = torch.randn(2, 5, 4, generator=g)
+    ms = target.pow(2).mean(-1, keepdim=True)
+    assert torch.allclose(output_loss(target + err, target, "token"), (err.pow(2) / ms).mean(), rtol=1e-5)
+    assert float(output_loss(target + err, target, "mse")) == pytest.approx(float(err.pow(2).mean()), rel=1e-5)
+    scaled = target.clone()
+    scaled[:, 0] *= 10          # one token 10x larger in the fp output and in its error: the same token loss
+    assert torch.allclose(output_loss(scaled + torch.where(torch.arange(5)[None, :, None] == 0, err * 10, err), scaled,
+                                      "token"), output_loss(target + err, target, "token"), rtol=1e-5)
 
 
 def test_after_gptq_at_the_same_width_the_learned_grid_is_the_one_kept(tmp_path):

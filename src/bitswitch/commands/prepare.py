@@ -41,9 +41,10 @@ def add_parser(sub) -> None:
     r.add_argument("--recon-lr", type=float, default=2e-4, help="Adam learning rate of the weights (default 2e-4)")
     r.add_argument("--recon-scale-lr", type=float, default=2e-3,
                    help="Adam learning rate of the scales and zero points (default 2e-3)")
-    r.add_argument("--recon-loss", choices=["mse", "channel"], default="mse",
+    r.add_argument("--recon-loss", choices=["mse", "channel", "token"], default="mse",
                    help="mse: the block output's mean squared error (default); channel: each hidden channel's "
-                        "squared error relative to its fp mean square (worse on SmolLM2: 1.93x fp PPL at w3g32 against 1.77x)")
+                        "squared error relative to its fp mean square; token: each token's squared error relative "
+                        "to its fp mean square (what the next RMSNorm sees)")
     r.add_argument("--recon-init", choices=["rtn", "search"], default="search",
                    help="starting grid: search, per group the clipped range of least weight error (default; on SmolLM2 "
                         "w2g32 270 PPL against 709, w3g32 33.9 against 35.8); rtn: round to nearest's min-max range")

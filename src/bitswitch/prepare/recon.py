@@ -78,35 +78,48 @@ class _Learned:
         self.mod.set_rounding(self.cfg, *learned_codes(self.weight, self.scale, self.zero, self.cfg))
 
 
-LOSSES = ("mse", "channel")
+LOSSES = ("mse", "channel", "token")
 
 
 def channel_weights(targets: list[torch.Tensor], loss: str) -> torch.Tensor | None:
     """Per hidden channel loss weights (hidden,): ``channel`` divides each channel's squared error by
     its mean square in the fp targets, so that a few channels of huge magnitude (SmolLM2's residual
     stream carries one of ~1e4, which the next norm all but zeroes) do not drown the error of the
-    others; ``mse``: None (every channel alike)."""
-    if loss == "mse":
+    others; other losses: None."""
+    if loss != "channel":
         return None
     ms = sum(t.float().pow(2).sum(dim=(0, 1)) for t in targets) / sum(t.shape[0] * t.shape[1] for t in targets)
     return 1.0 / ms.clamp(min=1e-6 * float(ms.median()) + 1e-12)   # a dead channel: not infinitely heavy
 
 
-def _block_loss(block, learned, rel, hidden, kwargs, target, weight) -> torch.Tensor:
+def output_loss(out: torch.Tensor, target: torch.Tensor, loss: str, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The block output's error (B, T, hidden) against the fp target. ``mse``: mean squared error;
+    ``channel``: each channel's squared error times ``weight`` (:func:`channel_weights`); ``token``:
+    each token's squared error relative to its fp mean square -- what the next RMSNorm sees, since it
+    divides every token by its RMS. On SmolLM2 the first token of a sequence (the attention sink)
+    carries one channel of ~2e4 against ~1e2 elsewhere, so plain MSE is mostly that one token's error."""
+    if loss == "mse":
+        return F.mse_loss(out.float(), target.float())
+    d2 = (out.float() - target.float()).pow(2)
+    if loss == "channel":
+        return (d2 * weight).mean()
+    ms = target.float().pow(2).mean(-1, keepdim=True)
+    return (d2 / ms.clamp(min=1e-12)).mean()
+
+
+def _block_loss(block, learned, rel, hidden, kwargs, target, loss, weight) -> torch.Tensor:
     weights = {f"{rel[l.name]}.base.weight": l.quantized() for l in learned}
     out = torch.func.functional_call(block, weights, (hidden,), kwargs, strict=False)
-    out = out[0] if isinstance(out, tuple) else out
-    if weight is None:
-        return F.mse_loss(out.float(), target.float())
-    return ((out.float() - target.float()).pow(2) * weight).mean()
+    return output_loss(out[0] if isinstance(out, tuple) else out, target, loss, weight)
 
 
-def _train_block(block, learned, rel, inputs, targets, epochs, lr, scale_lr, generator, weight) -> tuple[float, float]:
+def _train_block(block, learned, rel, inputs, targets, epochs, lr, scale_lr, generator, loss, weight
+                 ) -> tuple[float, float]:
     """Adam with a cosine decay over ``epochs`` passes of ``inputs`` (shuffled); returns the mean loss
     before training and after it, over every batch."""
     def mean_loss():
         with torch.no_grad():
-            return sum(float(_block_loss(block, learned, rel, h, kw, t, weight))
+            return sum(float(_block_loss(block, learned, rel, h, kw, t, loss, weight))
                        for (h, kw), t in zip(inputs, targets)) / len(inputs)
 
     before = mean_loss()
@@ -121,9 +134,9 @@ def _train_block(block, learned, rel, inputs, targets, epochs, lr, scale_lr, gen
             for g, base in zip(opt.param_groups, (lr, scale_lr)):
                 g["lr"] = base * decay
             hidden, kwargs = inputs[i]
-            loss = _block_loss(block, learned, rel, hidden, kwargs, targets[i], weight)
+            value = _block_loss(block, learned, rel, hidden, kwargs, targets[i], loss, weight)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            value.backward()
             opt.step()
             step += 1
     return before, mean_loss()
@@ -134,8 +147,8 @@ def recon_round(model: nn.Module, profiles, batches, epochs: int = 2, lr: float 
                 max_blocks: int | None = None) -> dict:
     """Learn a grid per block unit and weight quantizer ``profiles`` use and set it as the unit's rounding.
     ``model``: switchable (adapters ignored); ``batches``: calibration token ids, each (B, T) of one
-    shape (text the evaluation never sees). ``loss``: ``mse`` or ``channel`` (each hidden channel's squared
-    error relative to its fp mean square, :func:`channel_weights`). ``init``: the starting grid, ``search`` (the
+    shape (text the evaluation never sees). ``loss``: ``mse``, ``channel`` or ``token``
+    (:func:`output_loss`). ``init``: the starting grid, ``search`` (the
     clipped range of least weight error per group, :func:`~bitswitch.quant.recon.search_grid`; on
     SmolLM2 better at 2-3 bits, the same at 4) or ``rtn`` (round to nearest's min-max range); a block's ``loss_start`` is measured at that start. Returns a JSON-ready record
     with each block's loss at the start (on the rounded stream) and after training, and which grid it
@@ -185,7 +198,8 @@ def recon_round(model: nn.Module, profiles, batches, epochs: int = 2, lr: float 
                 learned = [_Learned(n, model.get_submodule(n), cfg, init) for n in names]
                 if learned:
                     before, after = _train_block(blk, learned, rel, list(zip(q_in, kwargs)), targets, epochs, lr,
-                                                 scale_lr, generator, channel_weights(targets, loss))
+                                                 scale_lr, generator, loss,
+                                                 channel_weights(targets, loss))
                     kept = "learned" if after < before else "start"   # never worse than the start on calibration
                     for l in learned:
                         if kept == "start":
